@@ -1,0 +1,3 @@
+from purgeproxy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,65 @@
+"""Request ids and the access log: one structured line per request, whatever answered it.
+
+A middleware rather than code in each handler, so that pass-through, metadata, health checks and
+operations are logged alike. Only the path is logged, never the query string: its values are
+patient data.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from aiohttp import web
+
+from purgeproxy.fhir.outcome import FHIR_JSON, error
+from purgeproxy.logs import get_logger
+
+REQUEST_ID = web.RequestKey("request_id", str)
+UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
+
+log = get_logger("purgeproxy.access")
+
+
+def outcome_response(status: int, code: str, text: str, **extra: object) -> web.Response:
+    """An OperationOutcome answer made by the proxy itself."""
+    body = json.dumps(error(code, text, **extra))
+    return web.Response(status=status, text=body, content_type=FHIR_JSON)
+
+
+def _request_id(request: web.Request) -> str:
+    """The caller's ``X-Request-Id`` when it sent a sane one, otherwise a fresh id."""
+    given = request.headers.get("X-Request-Id", "")
+    if 0 < len(given) <= 128 and given.isprintable():
+        return given
+    return uuid.uuid4().hex
+
+
+@web.middleware
+async def access_log(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+    """Tag the request with an id, answer crashes with an OperationOutcome, log the outcome."""
+    request[REQUEST_ID] = rid = _request_id(request)
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as http_error:
+        response = outcome_response(
+            http_error.status, "not-found" if http_error.status == 404 else "processing",
+            http_error.reason,
+        )
+    except Exception as crash:  # the message may quote patient data: log its type only
+        log.error("handler_failed", request_id=rid, path=request.path, error=type(crash).__name__)
+        response = outcome_response(500, "exception", "internal error in purgeproxy")
+    if not response.prepared:
+        response.headers["X-Request-Id"] = rid
+    log.info(
+        "request",
+        request_id=rid,
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        upstream_status=request.get(UPSTREAM_STATUS),
+        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+    return response

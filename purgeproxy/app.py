@@ -1,0 +1,71 @@
+"""aiohttp wiring: routes, the two pooled upstream clients, start-up and clean-up.
+
+Route order matters: the proxy's own routes are registered before the catch-all pass-through, and
+aiohttp's router tries resources in registration order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import aiohttp
+from aiohttp import web
+
+from purgeproxy import routes
+from purgeproxy.access_log import access_log
+from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, OPERATIONS, PASSTHROUGH, PASSTHROUGH_SESSION
+from purgeproxy.config import Config
+from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.passthrough import Passthrough
+
+
+def _passthrough_session(config: Config) -> aiohttp.ClientSession:
+    upstream = config.upstream
+    connector = aiohttp.TCPConnector(
+        limit=upstream.pool.max_connections,
+        limit_per_host=0,
+        keepalive_timeout=upstream.pool.keepalive_seconds,
+        enable_cleanup_closed=True,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=upstream.timeouts.connect, sock_read=upstream.timeouts.read
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,  # Content-Encoding passes through untouched
+        cookie_jar=aiohttp.DummyCookieJar(),  # never mix one client's cookies into another's
+    )
+
+
+async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    app[PASSTHROUGH_SESSION] = session = _passthrough_session(config)
+    app[PASSTHROUGH] = Passthrough(config, session)
+    http = make_http_client(
+        config.upstream.timeouts.connect,
+        config.upstream.timeouts.read,
+        config.upstream.pool.max_connections,
+    )
+    app[FHIR_CLIENT] = FhirClient(config.upstream.url, http)
+    yield
+    await session.close()
+    await http.aclose()
+
+
+async def _passthrough(request: web.Request) -> web.StreamResponse:
+    return await request.app[PASSTHROUGH].handle(request)
+
+
+def create_app(config: Config) -> web.Application:
+    app = web.Application(middlewares=[access_log])
+    app[CONFIG] = config
+    app[OPERATIONS] = []
+    app.cleanup_ctx.append(_upstream_clients)
+    base = config.server.base_path
+    app.router.add_get("/healthz", routes.healthz)
+    app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get(f"{base}/metadata", routes.metadata)
+    app.router.add_route("*", base, _passthrough)
+    app.router.add_route("*", base + "/{tail:.*}", _passthrough)
+    return app

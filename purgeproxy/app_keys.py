@@ -1,0 +1,17 @@
+"""Typed application keys: what the app holds, shared by the wiring and the handlers."""
+
+from __future__ import annotations
+
+import aiohttp
+from aiohttp import web
+
+from purgeproxy.capabilities import AdvertisedOperation
+from purgeproxy.config import Config
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.passthrough import Passthrough
+
+CONFIG = web.AppKey("config", Config)
+PASSTHROUGH_SESSION = web.AppKey("passthrough_session", aiohttp.ClientSession)
+PASSTHROUGH = web.AppKey("passthrough", Passthrough)
+FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
+OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])

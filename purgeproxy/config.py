@@ -1,0 +1,165 @@
+"""Configuration: the YAML file, validated once at start-up.
+
+Validation lives in pydantic models so that a wrong key, type or value is caught before the proxy
+binds its port, and reported as one line naming the key (``ConfigError``), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(Exception):
+    """A configuration mistake, phrased for the operator in one line."""
+
+
+class _Strict(BaseModel):
+    """Unknown keys are mistakes: a typo must not silently fall back to a default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Timeouts(_Strict):
+    connect: float = Field(5.0, gt=0, description="seconds to open a connection to the upstream")
+    read: float = Field(120.0, gt=0, description="seconds the upstream may stay silent mid-answer")
+
+
+class Pool(_Strict):
+    max_connections: int = Field(200, ge=1, description="upstream connections kept open at most")
+    keepalive_seconds: float = Field(30.0, ge=0)
+
+
+class Upstream(_Strict):
+    url: str = Field(description="the upstream FHIR base, e.g. http://hapi:8080/fhir")
+    timeouts: Timeouts = Timeouts()
+    pool: Pool = Pool()
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s?#]+(/[^\s?#]*)?$", value):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+
+class Server(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    base_path: str = Field("/fhir", description="where the proxy's FHIR base is mounted")
+    public_url: str | None = Field(
+        None, description="the proxy's FHIR base as clients see it; default: from each request"
+    )
+
+    @field_validator("base_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        if not re.match(r"^(/[A-Za-z0-9._~-]+)+$", value):
+            raise ValueError("must look like /fhir (no trailing slash)")
+        return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^https?://[^\s?#]+$", value):
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/") if value else value
+
+
+class Passthrough(_Strict):
+    rewrite_bundle_types: list[Literal["searchset", "history", "transaction-response",
+                                       "batch-response", "collection", "document", "message",
+                                       "transaction", "batch"]] = ["searchset", "history"]
+    rewrite_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=0, description="larger Bundles stream through unrewritten"
+    )
+
+
+class Auth(_Strict):
+    admin_token: str = Field(
+        "", description="bearer token for destructive operations; empty: they are refused"
+    )
+
+
+class Logging(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Config(_Strict):
+    upstream: Upstream
+    server: Server = Server()
+    passthrough: Passthrough = Passthrough()
+    auth: Auth = Auth()
+    logging: Logging = Logging()
+
+
+def expand_env(value: Any, where: str = "") -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML.
+
+    An unset variable without a default is an error rather than an empty string, because an
+    empty upstream URL or token that looks configured is worse than a refusal to start.
+    """
+    if isinstance(value, dict):
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in os.environ:
+            return os.environ[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set")
+
+    return _ENV_REF.sub(substitute, value)
+
+
+def _describe(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    if first["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    if first["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+
+
+def parse_config(raw: Any, overrides: dict[str, Any] | None = None) -> Config:
+    """Validate an already parsed YAML document, with command-line overrides applied on top."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("(top level): must be a mapping of keys")
+    document = expand_env(raw)
+    for dotted, value in (overrides or {}).items():
+        section, key = dotted.split(".")
+        if not isinstance(document.get(section, {}), dict):
+            raise ConfigError(f"{section}: must be a mapping of keys")
+        document.setdefault(section, {})[key] = value
+    try:
+        return Config.model_validate(document)
+    except ValidationError as error:
+        raise ConfigError(_describe(error)) from None
+
+
+def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Read, expand and validate the YAML file; every failure is a ``ConfigError``."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_config(raw, overrides)

@@ -1,0 +1,1 @@
+"""FHIR building blocks that know nothing of HTTP frameworks: outcomes, references, definitions."""

@@ -1,0 +1,96 @@
+"""The proxy's own FHIR client: the calls purgeproxy makes itself (metadata, searches, deletes).
+
+Built on httpx so that tests can plug ``respx`` or an ``httpx.MockTransport`` into one seam, the
+transport. Every transport failure becomes an ``UpstreamError`` carrying the HTTP status the proxy
+should answer with (502 or 504), so callers never see httpx's exception zoo.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import httpx
+
+from purgeproxy.fhir.outcome import (
+    FHIR_JSON,
+    UPSTREAM_MALFORMED,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+)
+
+
+class UpstreamError(Exception):
+    """The upstream could not be used: unreachable, too slow, or it answered nonsense."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+@dataclass(frozen=True)
+class FhirResponse:
+    status: int
+    headers: httpx.Headers
+    body: Any  # parsed JSON
+
+    @property
+    def resource_type(self) -> str | None:
+        return self.body.get("resourceType") if isinstance(self.body, dict) else None
+
+
+class FhirClient:
+    """JSON-only FHIR REST calls against one upstream base URL."""
+
+    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.http = http
+
+    def url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        json: Any = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> FhirResponse:
+        """One call; any answer with a JSON body (any status) is returned, the rest raises."""
+        sent = {"Accept": FHIR_JSON, **(headers or {})}
+        if json is not None:
+            sent["Content-Type"] = FHIR_JSON
+        try:
+            response = await self.http.request(
+                method, self.url(path), params=params, json=json, headers=sent
+            )
+        except httpx.TimeoutException:
+            raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
+        except httpx.ConnectError:
+            raise UpstreamError(502, "transient", UPSTREAM_UNREACHABLE) from None
+        except httpx.HTTPError:
+            raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
+        return FhirResponse(response.status_code, response.headers, _json_body(response))
+
+    async def capabilities(self, headers: Mapping[str, str] | None = None) -> FhirResponse:
+        return await self.request("GET", "metadata", headers=headers)
+
+
+def _json_body(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
+
+
+def make_http_client(connect: float, read: float, max_connections: int) -> httpx.AsyncClient:
+    """The pooled httpx client for the proxy's own calls: one per app."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(read, connect=connect),
+        limits=httpx.Limits(max_connections=max_connections),
+        follow_redirects=False,
+    )

@@ -1,0 +1,26 @@
+"""OperationOutcome builders: every answer the proxy makes up itself is one of these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+FHIR_JSON = "application/fhir+json"
+
+
+def issue(severity: str, code: str, text: str, **extra: Any) -> dict[str, Any]:
+    """One OperationOutcome issue; ``extra`` carries fields such as ``expression``."""
+    return {"severity": severity, "code": code, "diagnostics": text, **extra}
+
+
+def outcome(*issues: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "OperationOutcome", "issue": list(issues)}
+
+
+def error(code: str, text: str, **extra: Any) -> dict[str, Any]:
+    """The common case: a single error issue."""
+    return outcome(issue("error", code, text, **extra))
+
+
+UPSTREAM_TIMEOUT = "the upstream FHIR server did not answer in time"
+UPSTREAM_UNREACHABLE = "the upstream FHIR server cannot be reached"
+UPSTREAM_MALFORMED = "the upstream FHIR server gave a malformed answer"

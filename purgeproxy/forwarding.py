@@ -1,0 +1,141 @@
+"""Header and URL rules of a reverse proxy, as pure functions.
+
+Kept apart from the byte pipe in ``passthrough`` so that each rule (RFC 9110 hop-by-hop headers,
+the forwarded headers HAPI's address strategy reads, URL rewriting) is testable without sockets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+# RFC 9110 §7.6.1 plus the legacy names that proxies still meet in the wild.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+
+# A path that a server or framework between us and the data could normalise into another path.
+_UNSAFE_SEGMENT = re.compile(r"(^|/)(\.|%2e){1,2}(/|$)", re.IGNORECASE)
+_UNSAFE_ESCAPE = re.compile(r"%(2f|5c|00|3f|23)", re.IGNORECASE)
+
+
+def unsafe_path_reason(raw_path: str) -> str | None:
+    """Why a raw request path must not be forwarded, or None when it is safe.
+
+    A dot segment or an encoded slash, backslash, NUL, ``?`` or ``#`` could be normalised by the
+    upstream (or a server in front of it) into a request outside the FHIR base or into another
+    resource than the one the proxy checked.
+    """
+    path = raw_path.split("?", 1)[0]
+    if _UNSAFE_SEGMENT.search(path):
+        return "dot segments are not allowed in the path"
+    if _UNSAFE_ESCAPE.search(path):
+        return "encoded '/', '\\', '?', '#' or NUL are not allowed in the path"
+    if "\\" in path or "//" in path:
+        return "empty segments and backslashes are not allowed in the path"
+    return None
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    tokens: set[str] = set()
+    for value in headers.getall("Connection", []):
+        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    return tokens
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
+    """The headers a proxy may pass on: all but hop-by-hop ones and those named in Connection."""
+    drop = HOP_BY_HOP | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+
+
+@dataclass(frozen=True)
+class Client:
+    """Who called the proxy and how, as needed for the forwarded headers."""
+
+    address: str
+    scheme: str
+    host: str
+    prefix: str
+    request_id: str
+
+
+def _forwarded_node(address: str) -> str:
+    return f'"[{address}]"' if ":" in address else address
+
+
+def upstream_request_headers(
+    incoming: CIMultiDictProxy[str], client: Client
+) -> CIMultiDict[str]:
+    """Headers for the upstream: end-to-end ones unchanged, the forwarding ones added or set.
+
+    ``Host`` is dropped so that the HTTP client names the upstream host; the original host travels
+    in ``X-Forwarded-Host`` and ``Forwarded`` so that upstreams configured for it (HAPI's
+    ApacheProxyAddressStrategy) build links that point at the proxy.
+    """
+    headers = end_to_end(incoming)
+    headers.popall("Host", None)
+    previous_for = ", ".join(headers.popall("X-Forwarded-For", []))
+    headers["X-Forwarded-For"] = f"{previous_for}, {client.address}" if previous_for else client.address
+    headers["X-Forwarded-Proto"] = client.scheme
+    headers["X-Forwarded-Host"] = client.host
+    headers["X-Forwarded-Prefix"] = client.prefix
+    element = (
+        f"for={_forwarded_node(client.address)};proto={client.scheme};"
+        f'host="{quote(client.host, safe=":[]")}"'
+    )
+    previous = ", ".join(headers.popall("Forwarded", []))
+    headers["Forwarded"] = f"{previous}, {element}" if previous else element
+    headers["X-Request-Id"] = client.request_id
+    return headers
+
+
+@dataclass(frozen=True)
+class UrlRewriter:
+    """Maps absolute URLs under the upstream's base onto the proxy's public base."""
+
+    upstream_base: str
+    public_base: str
+
+    def __call__(self, url: str) -> str:
+        base = self.upstream_base
+        if url == base or url.startswith((base + "/", base + "?")):
+            return self.public_base + url[len(base):]
+        return url
+
+    def bundle(self, bundle: dict[str, Any]) -> bool:
+        """Rewrite ``link[].url`` and ``entry[].fullUrl`` in place; True when anything changed."""
+        changed = False
+        for holder, key in [(link, "url") for link in bundle.get("link") or []] + [
+            (entry, "fullUrl") for entry in bundle.get("entry") or []
+        ]:
+            if isinstance(holder, dict) and isinstance(holder.get(key), str):
+                new = self(holder[key])
+                changed |= new != holder[key]
+                holder[key] = new
+        return changed
+
+
+def client_response_headers(
+    upstream: CIMultiDictProxy[str], rewrite: UrlRewriter
+) -> CIMultiDict[str]:
+    """The upstream's headers for the client, with upstream URLs in Location headers rewritten."""
+    headers = end_to_end(upstream)
+    for name in ("Location", "Content-Location"):
+        if name in headers:
+            headers[name] = rewrite(headers[name])
+    return headers

@@ -1,0 +1,196 @@
+"""The streaming pass-through: every request that is not one of the proxy's own operations.
+
+A byte pipe with header rules. Bodies stream in both directions through fixed-size chunks, so
+memory does not grow with body size. The only FHIR knowledge here is the optional rewrite of
+upstream URLs in searchset/history Bundles, which needs the whole (bounded) body.
+
+The upstream client is aiohttp's ``ClientSession``: measured in front of a 10 ms upstream it held
+~0.9-1.0x direct throughput at 20-64 concurrent requests where httpx's pool fell to 0.02-0.18x.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from purgeproxy.config import Config
+from purgeproxy.access_log import REQUEST_ID, UPSTREAM_STATUS, outcome_response
+from purgeproxy.fhir.outcome import UPSTREAM_MALFORMED, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE
+from purgeproxy.forwarding import (
+    Client,
+    UrlRewriter,
+    client_response_headers,
+    unsafe_path_reason,
+    upstream_request_headers,
+)
+from purgeproxy.logs import get_logger
+
+CHUNK = 64 * 1024
+_JSON_TYPES = ("application/fhir+json", "application/json")
+# aiohttp adds these when missing; a transparent proxy must send exactly what the client sent.
+_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+
+log = get_logger("purgeproxy.passthrough")
+
+
+@dataclass(frozen=True)
+class Mount:
+    """Where the proxy's FHIR base is mounted and what it maps onto upstream."""
+
+    base_path: str
+    upstream_base: str
+    public_url: str | None
+
+    def public_base(self, request: web.Request) -> str:
+        return self.public_url or f"{request.scheme}://{request.host}{self.base_path}"
+
+    def remainder(self, request: web.Request) -> str:
+        """The raw path and query after the base, exactly as the client encoded them."""
+        return request.raw_path[len(self.base_path):]
+
+    def rewriter(self, request: web.Request) -> UrlRewriter:
+        return UrlRewriter(self.upstream_base, self.public_base(request))
+
+    def client(self, request: web.Request, rid: str) -> Client:
+        peer = request.remote or "unknown"
+        return Client(peer, request.scheme, request.host, self.base_path, rid)
+
+
+class Passthrough:
+    """Forwards one request to the upstream and streams the answer back."""
+
+    def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
+        self.mount = Mount(
+            config.server.base_path, config.upstream.url, config.server.public_url
+        )
+        self.session = session
+        self.rewrite_types = frozenset(config.passthrough.rewrite_bundle_types)
+        self.rewrite_max = config.passthrough.rewrite_max_bytes
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        reason = unsafe_path_reason(self.mount.remainder(request))
+        if reason:
+            return outcome_response(400, "invalid", reason)
+        return await self._forward(request, request[REQUEST_ID])
+
+    async def _forward(self, request: web.Request, rid: str) -> web.StreamResponse:
+        url = URL(self.mount.upstream_base + self.mount.remainder(request), encoded=True)
+        headers = upstream_request_headers(request.headers, self.mount.client(request, rid))
+        try:
+            upstream = await self.session.request(
+                request.method,
+                url,
+                headers=headers,
+                data=request.content if request.body_exists else None,
+                skip_auto_headers=_NO_AUTO_HEADERS,
+                allow_redirects=False,
+                compress=None,
+            )
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
+        except aiohttp.ClientConnectorError:
+            return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
+        except aiohttp.ClientError:
+            return outcome_response(502, "transient", UPSTREAM_MALFORMED)
+        request[UPSTREAM_STATUS] = upstream.status
+        async with upstream:
+            return await self._relay(request, upstream)
+
+    async def _relay(
+        self, request: web.Request, upstream: aiohttp.ClientResponse
+    ) -> web.StreamResponse:
+        rewriter = self.mount.rewriter(request)
+        headers = client_response_headers(upstream.headers, rewriter)
+        headers["X-Request-Id"] = request[REQUEST_ID]
+        if self._may_rewrite(request, upstream):
+            return await self._relay_rewritten(request, upstream, headers, rewriter)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        await self._pump(request, upstream, response, b"")
+        return response
+
+    def _may_rewrite(self, request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+        """Only plain JSON answers can be Bundles we rewrite; compressed ones pass untouched."""
+        return (
+            bool(self.rewrite_types)
+            and request.method in ("GET", "POST")
+            and upstream.content_type in _JSON_TYPES
+            and upstream.headers.get("Content-Encoding", "identity") == "identity"
+            and (upstream.content_length or 0) <= self.rewrite_max
+        )
+
+    async def _relay_rewritten(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        headers: CIMultiDict[str],
+        rewriter: UrlRewriter,
+    ) -> web.StreamResponse:
+        """Buffer a bounded JSON body; rewrite it when it is a Bundle of a configured type."""
+        head = await _read_at_most(upstream, self.rewrite_max + 1)
+        body = _rewritten_bundle(head, self.rewrite_types, rewriter) if len(head) <= self.rewrite_max else None
+        if body is not None:
+            headers.popall("Content-Length", None)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        await response.prepare(request)
+        await self._pump(request, upstream, response, head)
+        return response
+
+    async def _pump(
+        self,
+        request: web.Request,
+        upstream: aiohttp.ClientResponse,
+        response: web.StreamResponse,
+        already_read: bytes,
+    ) -> None:
+        """Copy the rest of the upstream body; a failure mid-body aborts the client connection.
+
+        The status line is already sent, so the only honest signal left is a broken connection:
+        finishing the response normally would present a truncated body as complete.
+        """
+        try:
+            if already_read:
+                await response.write(already_read)
+            async for chunk in upstream.content.iter_chunked(CHUNK):
+                await response.write(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            log.warning("upstream_body_failed", path=request.path, status=upstream.status)
+            response.force_close()
+            if request.transport is not None:
+                request.transport.abort()
+
+
+async def _read_at_most(upstream: aiohttp.ClientResponse, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in upstream.content.iter_chunked(CHUNK):
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
+
+
+def _rewritten_bundle(
+    body: bytes, types: frozenset[str], rewriter: UrlRewriter
+) -> bytes | None:
+    """The body with upstream URLs rewritten, or None to relay the original bytes unchanged."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    if not (
+        isinstance(document, dict)
+        and document.get("resourceType") == "Bundle"
+        and document.get("type") in types
+        and rewriter.bundle(document)
+    ):
+        return None
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()

@@ -1,0 +1,57 @@
+"""The proxy's own non-destructive routes: liveness, readiness and the CapabilityStatement."""
+
+from __future__ import annotations
+
+import json
+
+from aiohttp import web
+
+from purgeproxy.access_log import UPSTREAM_STATUS, outcome_response
+from purgeproxy.app_keys import FHIR_CLIENT, OPERATIONS, PASSTHROUGH
+from purgeproxy.capabilities import advertise
+from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.fhir.outcome import FHIR_JSON
+
+
+async def healthz(request: web.Request) -> web.Response:
+    """Alive: the process answers. Says nothing about the upstream on purpose."""
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Ready: the upstream answers ``metadata``, so requests have somewhere to go."""
+    try:
+        answer = await request.app[FHIR_CLIENT].capabilities()
+    except UpstreamError as failure:
+        return web.json_response({"status": "unavailable", "reason": failure.text}, status=503)
+    if answer.status != 200:
+        return web.json_response(
+            {"status": "unavailable", "reason": f"upstream metadata answered {answer.status}"},
+            status=503,
+        )
+    return web.json_response({"status": "ready"})
+
+
+def _wants_json(request: web.Request) -> bool:
+    """Only a plain JSON metadata request is augmented; XML, ``mode=`` and the like pass through."""
+    if set(request.query) - {"_format"}:
+        return False
+    fmt = request.query.get("_format", "json")
+    accept = request.headers.get("Accept", "*/*")
+    return "json" in fmt and ("json" in accept or "*/*" in accept)
+
+
+async def metadata(request: web.Request) -> web.StreamResponse:
+    """The upstream's CapabilityStatement with the proxy's operations added."""
+    if not _wants_json(request):
+        return await request.app[PASSTHROUGH].handle(request)
+    forwarded = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+    try:
+        answer = await request.app[FHIR_CLIENT].capabilities(forwarded)
+    except UpstreamError as failure:
+        return outcome_response(failure.status, failure.code, failure.text)
+    request[UPSTREAM_STATUS] = answer.status
+    body = answer.body
+    if answer.status == 200 and answer.resource_type == "CapabilityStatement":
+        body = advertise(body, request.app[OPERATIONS])
+    return web.Response(status=answer.status, text=json.dumps(body), content_type=FHIR_JSON)
