@@ -6,17 +6,27 @@ aiohttp's router tries resources in registration order.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
-from purgeproxy import routes
+from purgeproxy import operations, routes
 from purgeproxy.access_log import access_log
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, OPERATIONS, PASSTHROUGH, PASSTHROUGH_SESSION
+from purgeproxy.app_keys import (
+    CONFIG,
+    FHIR_CLIENT,
+    OPERATIONS,
+    PASSTHROUGH,
+    PASSTHROUGH_SESSION,
+    PROFILE,
+    UPSTREAM_LIMIT,
+)
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.servers.profile import ProfileCache
 
 
 def _passthrough_session(config: Config) -> aiohttp.ClientSession:
@@ -47,7 +57,9 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
         config.upstream.timeouts.read,
         config.upstream.pool.max_connections,
     )
-    app[FHIR_CLIENT] = FhirClient(config.upstream.url, http)
+    app[FHIR_CLIENT] = client = FhirClient(config.upstream.url, http)
+    app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version)
+    app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
     yield
     await session.close()
     await http.aclose()
@@ -60,12 +72,13 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[access_log])
     app[CONFIG] = config
-    app[OPERATIONS] = []
+    app[OPERATIONS] = list(operations.ADVERTISED)
     app.cleanup_ctx.append(_upstream_clients)
     base = config.server.base_path
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get(f"{base}/metadata", routes.metadata)
+    operations.add_routes(app, base)
     app.router.add_route("*", base, _passthrough)
     app.router.add_route("*", base + "/{tail:.*}", _passthrough)
     return app

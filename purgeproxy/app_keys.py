@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import aiohttp
 from aiohttp import web
 
@@ -9,9 +11,12 @@ from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.servers.profile import ProfileCache
 
 CONFIG = web.AppKey("config", Config)
 PASSTHROUGH_SESSION = web.AppKey("passthrough_session", aiohttp.ClientSession)
 PASSTHROUGH = web.AppKey("passthrough", Passthrough)
 FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
 OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])
+PROFILE = web.AppKey("upstream_profile", ProfileCache)
+UPSTREAM_LIMIT = web.AppKey("upstream_limit", asyncio.Semaphore)  # shared by every operation

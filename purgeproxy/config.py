@@ -39,6 +39,12 @@ class Pool(_Strict):
 
 class Upstream(_Strict):
     url: str = Field(description="the upstream FHIR base, e.g. http://hapi:8080/fhir")
+    kind: Literal["auto", "hapi", "medplum", "generic"] = Field(
+        "auto", description="which hard-delete strategy applies; auto: from metadata"
+    )
+    fhir_version: Literal["auto", "4.0.1", "4.3.0", "5.0.0"] = Field(
+        "auto", description="picks resource types and the Patient compartment; auto: from metadata"
+    )
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
 
@@ -88,6 +94,22 @@ class Auth(_Strict):
     )
 
 
+class Purge(_Strict):
+    excluded_types: list[str] = Field(
+        ["AuditEvent", "Provenance"], description="kept and listed, never deleted"
+    )
+    shared: Literal["keep", "delete"] = Field(
+        "keep", description="resources also in another patient's compartment"
+    )
+    batch_size: int = Field(100, ge=1, le=5000, description="DELETE entries per transaction")
+    page_size: int = Field(200, ge=1, le=5000, description="_count of compartment searches")
+    concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
+    max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
+    hard_delete: Literal["require", "auto", "never"] = "auto"
+    audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
+
+
 class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -97,6 +119,7 @@ class Config(_Strict):
     server: Server = Server()
     passthrough: Passthrough = Passthrough()
     auth: Auth = Auth()
+    purge: Purge = Purge()
     logging: Logging = Logging()
 
 

@@ -1,0 +1,170 @@
+"""Compartment resolution: which resources really are in ``Patient/<id>``'s compartment.
+
+The upstream's search answers are candidates, not facts. A server may ignore a search parameter
+it does not support and answer as if it were absent (HAPI does so unless asked to be strict), so
+every candidate is checked to reference the patient through one of its type's compartment
+parameters before it may be deleted. Candidates that fail are kept and reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.definitions import FhirDefinitions
+from purgeproxy.fhir.references import Key, all_references, references_at
+
+Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
+STRICT = {"Prefer": "handling=strict"}
+
+
+class ResolutionError(Exception):
+    """The upstream's answers cannot be trusted to list the compartment (e.g. a paging loop)."""
+
+
+@dataclass
+class Member:
+    """A resource proven to be in the patient's compartment."""
+
+    key: Key
+    version: str | None
+    via: set[str]  # the compartment params through which it references the patient
+    other_patients: set[str]  # other patients it references through compartment params
+    references: set[Key]  # every local reference it holds, for ordering deletes
+
+
+@dataclass
+class Resolution:
+    patient_id: str
+    patient: dict[str, Any] | None = None
+    members: dict[Key, Member] = field(default_factory=dict)
+    ignored: dict[Key, set[str]] = field(default_factory=dict)  # returned, but not referencing
+    unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)  # pair -> why
+
+    @property
+    def patient_key(self) -> Key:
+        return ("Patient", self.patient_id)
+
+
+@dataclass(frozen=True)
+class Resolver:
+    """Runs the compartment searches with bounded concurrency and checks every candidate."""
+
+    client: FhirClient
+    definitions: FhirDefinitions
+    compartment: Compartment
+    page_size: int
+    limit: asyncio.Semaphore
+    searchable: dict[str, frozenset[str]] | None = None  # from the CapabilityStatement
+    max_pages: int = 100_000
+
+    async def resolve(self, patient_id: str) -> Resolution:
+        result = Resolution(patient_id)
+        result.patient = await self._read_patient(patient_id)
+        pairs = [(rtype, param) for rtype, params in self.compartment.items() for param in params]
+        await asyncio.gather(*(self._search(result, rtype, param) for rtype, param in pairs))
+        return result
+
+    async def _read_patient(self, patient_id: str) -> dict[str, Any] | None:
+        async with self.limit:
+            answer = await self.client.request("GET", f"Patient/{patient_id}")
+        if answer.status == 200 and answer.resource_type == "Patient":
+            return answer.body
+        if answer.status in (404, 410):
+            return None
+        raise ResolutionError(f"reading Patient/{patient_id} answered {answer.status}")
+
+    def _not_searchable(self, rtype: str, param: str) -> str | None:
+        if self.searchable is None:
+            return None
+        if rtype not in self.searchable:
+            return f"the upstream's CapabilityStatement does not list {rtype}"
+        if param not in self.searchable[rtype]:
+            return f"the upstream's CapabilityStatement does not list {rtype}?{param}"
+        return None
+
+    async def _search(self, result: Resolution, rtype: str, param: str) -> None:
+        why = self._not_searchable(rtype, param)
+        if why:
+            result.unsearchable[(rtype, param)] = why
+            return
+        params = {param: f"Patient/{result.patient_id}", "_count": str(self.page_size)}
+        url: str | None = rtype
+        seen_pages: set[str] = set()
+        query: dict[str, str] | None = params
+        while url is not None:
+            async with self.limit:
+                answer = await self.client.request("GET", url, params=query, headers=STRICT)
+            if answer.status != 200 or answer.resource_type != "Bundle":
+                result.unsearchable[(rtype, param)] = _diagnostics(answer.body, answer.status)
+                return
+            self._take(result, rtype, param, _entries(answer.body))
+            url, query = self._next(answer.body, seen_pages), None
+
+    def _next(self, bundle: dict[str, Any], seen: set[str]) -> str | None:
+        """The next page, only on the upstream itself, and never the same page twice."""
+        link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+        if not link:
+            return None
+        if not link.startswith(self.client.base_url + "/") and not link.startswith(self.client.base_url + "?"):
+            raise ResolutionError("the upstream's next link points outside its own base")
+        if link in seen or len(seen) >= self.max_pages:
+            raise ResolutionError("the upstream's paging does not end")
+        seen.add(link)
+        return link
+
+    def _take(self, result: Resolution, rtype: str, param: str, resources: Iterable[dict[str, Any]]) -> None:
+        target = result.patient_key
+        for resource in resources:
+            if resource.get("resourceType") != rtype or not isinstance(resource.get("id"), str):
+                continue
+            key = (rtype, resource["id"])
+            if key == target:
+                continue  # the patient's own record is read, planned and deleted on its own
+            member = self.check(resource, target)
+            if member is None:
+                result.ignored.setdefault(key, set()).add(param)
+            elif key not in result.members:
+                result.members[key] = member
+
+    def check(self, resource: dict[str, Any], patient: Key) -> Member | None:
+        """A Member when the resource references ``patient`` through a compartment param."""
+        rtype = resource["resourceType"]
+        base = self.client.base_url
+        via: set[str] = set()
+        others: set[str] = set()
+        for param in self.compartment.get(rtype, ()):
+            for path in self.definitions.reference_paths(rtype, param) or ():
+                for key in references_at(resource, path, base):
+                    if key == patient:
+                        via.add(param)
+                    elif key[0] == "Patient":
+                        others.add(key[1])
+        if not via:
+            return None
+        if rtype == "Patient":
+            others.add(resource["id"])  # another patient's own record is always theirs too
+        version = (resource.get("meta") or {}).get("versionId")
+        refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
+        return Member((rtype, resource["id"]), version, via, others, refs)
+
+
+def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The match entries of a search page (includes and outcome entries are not candidates)."""
+    return [
+        entry["resource"]
+        for entry in bundle.get("entry") or []
+        if isinstance(entry.get("resource"), dict)
+        and (entry.get("search") or {}).get("mode", "match") == "match"
+    ]
+
+
+def _diagnostics(body: Any, status: int) -> str:
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        texts = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
+                 for i in body.get("issue", [])]
+        return f"search answered {status}: " + "; ".join(t for t in texts if t)
+    return f"search answered {status}"

@@ -1,0 +1,105 @@
+"""Planning: what a purge deletes, what it keeps and why, and in which order.
+
+Policies (excluded types, resources shared with other patients) decide what is kept; the order
+puts every resource before the resources it references, and the Patient last, so that servers
+that enforce referential integrity (HAPI) accept each batch.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+from purgeproxy.engine.compartment import Member, Resolution
+from purgeproxy.fhir.references import Key
+
+
+@dataclass(frozen=True)
+class Policy:
+    excluded_types: frozenset[str]
+    delete_shared: bool
+
+
+@dataclass
+class Plan:
+    patient_id: str
+    order: list[Key]  # everything to delete, referencing resources first, the Patient last
+    excluded: list[Key] = field(default_factory=list)
+    shared: dict[Key, set[str]] = field(default_factory=dict)  # key -> the other patients
+    ignored: dict[Key, set[str]] = field(default_factory=dict)
+    unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)
+    outside_references: dict[Key, set[Key]] = field(default_factory=dict)  # kept -> deleted it references
+    patient_exists: bool = False
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(rtype for rtype, _ in self.order).items()))
+
+
+def make_plan(resolution: Resolution, policy: Policy) -> Plan:
+    kept: list[Member] = []
+    doomed: dict[Key, Member] = {}
+    plan = Plan(resolution.patient_id, [], ignored=dict(resolution.ignored),
+                unsearchable=dict(resolution.unsearchable),
+                patient_exists=resolution.patient is not None)
+    for key, member in sorted(resolution.members.items()):
+        if key[0] in policy.excluded_types:
+            plan.excluded.append(key)
+            kept.append(member)
+        elif member.other_patients:
+            plan.shared[key] = set(member.other_patients)
+            if policy.delete_shared:
+                doomed[key] = member
+            else:
+                kept.append(member)
+        else:
+            doomed[key] = member
+    plan.order = delete_order(doomed)
+    if plan.patient_exists:
+        plan.order.append(resolution.patient_key)
+    gone = set(plan.order)
+    for member in kept:
+        hit = member.references & gone
+        if hit:
+            plan.outside_references[member.key] = hit
+    return plan
+
+
+def delete_order(members: dict[Key, Member]) -> list[Key]:
+    """Referencing resources before referenced ones (Kahn's algorithm, stable by key).
+
+    A resource may go once everything that references it has gone. In a reference cycle the
+    member referenced by the fewest remaining resources goes first; the cycle's members end up
+    next to each other, which usually puts them in the same transaction.
+    """
+    referenced_by: dict[Key, int] = {key: 0 for key in members}
+    for member in members.values():
+        for target in member.references:
+            if target in referenced_by and target != member.key:
+                referenced_by[target] += 1
+    ready = [key for key, count in referenced_by.items() if count == 0]
+    heapq.heapify(ready)
+    order: list[Key] = []
+    remaining = dict(referenced_by)
+    while remaining:
+        if not ready:  # a cycle: break it where it is weakest
+            key = min(remaining, key=lambda k: (remaining[k], k))
+            heapq.heappush(ready, key)
+        key = heapq.heappop(ready)
+        if key not in remaining:
+            continue
+        del remaining[key]
+        order.append(key)
+        for target in members[key].references:
+            if target in remaining and target != key:
+                remaining[target] -= 1
+                if remaining[target] == 0:
+                    heapq.heappush(ready, target)
+    return order
+
+
+def by_type(keys: list[Key]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = defaultdict(list)
+    for rtype, rid in keys:
+        grouped[rtype].append(rid)
+    return dict(sorted(grouped.items()))

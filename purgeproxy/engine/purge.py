@@ -1,0 +1,127 @@
+"""Patient purge: resolve the compartment, plan, delete, and prove what is gone.
+
+Runs in rounds: each round resolves the compartment afresh and deletes what it finds, so pages
+that an upstream skipped while its result set shrank are caught by the next round. The round
+that finds nothing left to delete is the verification. A resource that comes back after it was
+deleted ends the purge with an error instead of a loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from purgeproxy.engine.compartment import Compartment, Resolver, ResolutionError
+from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
+from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.fhir.client import FhirClient, UpstreamError
+from purgeproxy.fhir.references import Key
+from purgeproxy.servers.profile import UpstreamProfile
+
+
+@dataclass(frozen=True)
+class PurgeSettings:
+    policy: Policy
+    batch_size: int
+    page_size: int
+    max_rounds: int
+    hard_delete: str  # require | auto | never
+
+
+@dataclass(frozen=True)
+class PurgeRequest:
+    patient_id: str
+    compartment: Compartment
+    dry_run: bool = False
+
+
+@dataclass
+class PurgeResult:
+    request: PurgeRequest
+    plan: Plan
+    hard_delete_method: str | None
+    deletion: DeletionReport = field(default_factory=DeletionReport)
+    remaining: list[Key] = field(default_factory=list)  # in scope, still there at the end
+    history_remaining: list[Key] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not (self.remaining or self.history_remaining or self.errors
+                    or self.deletion.blocked or self.deletion.failed
+                    or self.deletion.hard_delete_failed or self.plan.unsearchable)
+
+
+@dataclass
+class PurgeEngine:
+    client: FhirClient
+    profile: UpstreamProfile
+    settings: PurgeSettings
+    limit: asyncio.Semaphore
+
+    def resolver(self, compartment: Compartment) -> Resolver:
+        return Resolver(self.client, self.profile.definitions, compartment,
+                        self.settings.page_size, self.limit, self.profile.searchable)
+
+    def deleter(self, hard: bool) -> Deleter:
+        return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
+
+    async def run(self, request: PurgeRequest, progress: Progress | None = None) -> PurgeResult:
+        resolver = self.resolver(request.compartment)
+        first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
+        hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
+        result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
+        if request.dry_run:
+            return result
+        try:
+            await self._rounds(resolver, first, self.deleter(hard), result, progress)
+        except (ResolutionError, UpstreamError) as failure:
+            result.errors.append(str(failure))
+        if hard and not result.errors:
+            result.history_remaining = await self._history_left(result.deletion.hard_deleted)
+        return result
+
+    async def _rounds(self, resolver: Resolver, plan: Plan, deleter: Deleter,
+                      result: PurgeResult, progress: Progress | None) -> None:
+        gone: set[Key] = set()
+        for _ in range(self.settings.max_rounds):
+            todo = [k for k in plan.order if k not in result.deletion.blocked and k not in result.deletion.failed]
+            if not todo:
+                result.remaining = list(plan.order)  # only what was blocked or failed
+                return
+            back = gone.intersection(todo)
+            if back:
+                result.remaining = sorted(back)
+                raise ResolutionError(
+                    f"the upstream still returns {len(back)} resource(s) after deleting them"
+                )
+            report = await deleter.delete(todo, progress)
+            result.deletion.merge(report)
+            gone.update(report.deleted, report.already_gone)
+            plan = make_plan(await resolver.resolve(plan.patient_id), self.settings.policy)
+            _carry_over(result.plan, plan)
+        result.remaining = list(plan.order)
+        result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
+
+    async def _history_left(self, keys: list[Key]) -> list[Key]:
+        """Hard-deleted resources whose history the upstream still serves."""
+        async def has_history(key: Key) -> bool:
+            async with self.limit:
+                answer = await self.client.request("GET", f"{key[0]}/{key[1]}/_history")
+            if answer.status in (404, 410):
+                return False
+            return not (answer.resource_type == "Bundle" and not answer.body.get("entry"))
+
+        flags = await asyncio.gather(*(has_history(key) for key in keys))
+        return [key for key, flag in zip(keys, flags) if flag]
+
+
+def _carry_over(first: Plan, later: Plan) -> None:
+    """Findings of later rounds (new shared or excluded resources, new gaps) join the report."""
+    for key in later.excluded:
+        if key not in first.excluded:
+            first.excluded.append(key)
+    first.shared.update(later.shared)
+    first.ignored.update(later.ignored)
+    first.unsearchable.update(later.unsearchable)
+    first.outside_references.update(later.outside_references)

@@ -1,0 +1,102 @@
+"""The purge's answer: one OperationOutcome that says truthfully what was and was not removed.
+
+The first issue is the verdict (R6 ``$purge``: ``success`` or ``incomplete``; ``informational``
+for a dry run); the ones after it give counts per type and every kept, blocked or doubtful
+resource with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from purgeproxy.engine.plan import by_type
+from purgeproxy.engine.purge import PurgeResult
+from purgeproxy.fhir.outcome import issue, outcome
+from purgeproxy.fhir.references import Key
+
+
+def _refs(keys: Iterable[Key]) -> str:
+    return ", ".join(f"{t}/{i}" for t, i in sorted(keys))
+
+
+def _info(text: str, code: str = "informational", **extra: Any) -> dict[str, Any]:
+    return issue("information", code, text, **extra)
+
+
+def verdict(result: PurgeResult) -> dict[str, Any]:
+    patient = f"Patient/{result.request.patient_id}"
+    if result.request.dry_run:
+        return _info(f"Dry run: {len(result.plan.order)} resource(s) of {patient} would be deleted; nothing was deleted")
+    removed = len(result.deletion.deleted)
+    if result.complete:
+        return issue("information", "success",
+                     f"All resources for {patient} in scope were purged ({removed} deleted)")
+    return issue("warning", "incomplete",
+                 f"The purge of {patient} is incomplete: {removed} deleted, "
+                 f"{len(result.remaining)} in scope remain; see the issues below")
+
+
+def _counts(result: PurgeResult) -> list[dict[str, Any]]:
+    if result.request.dry_run:
+        grouped = by_type(result.plan.order)
+        verb = "would be deleted"
+    else:
+        grouped = by_type(result.deletion.deleted)
+        verb = "deleted"
+    return [_info(f"{rtype}: {len(ids)} {verb}", expression=[rtype]) for rtype, ids in grouped.items()]
+
+
+def _history(result: PurgeResult) -> list[dict[str, Any]]:
+    if result.request.dry_run:
+        method = result.hard_delete_method
+        return [_info(f"history would be removed with {method}" if method
+                      else "history would be kept: this upstream offers no hard delete")]
+    if result.hard_delete_method is None:
+        return [issue("warning", "not-supported",
+                      "history was not removed: soft delete only (this upstream offers no hard delete "
+                      "or hard_delete is 'never'); deleted versions may still be readable")]
+    texts = [_info(f"history removed with {result.hard_delete_method} for "
+                   f"{len(result.deletion.hard_deleted)} resource(s)")]
+    if result.deletion.hard_delete_failed:
+        texts += [issue("error", "incomplete", f"history of {t}/{i} was not removed: {why}")
+                  for (t, i), why in sorted(result.deletion.hard_delete_failed.items())]
+    if result.history_remaining:
+        texts.append(issue("error", "incomplete",
+                           f"history still readable after hard delete: {_refs(result.history_remaining)}"))
+    return texts
+
+
+def _kept(result: PurgeResult) -> list[dict[str, Any]]:
+    plan = result.plan
+    texts = [_info(f"kept (excluded type {rtype}): {_refs((rtype, i) for i in ids)}", expression=[rtype])
+             for rtype, ids in by_type(plan.excluded).items()]
+    deleting = "would be deleted" if result.request.dry_run else "deleted"
+    texts += [_info(f"{deleting if (t, i) in plan.order else 'kept'} (shared): {t}/{i} is also in "
+                    f"the compartment of {_refs(('Patient', p) for p in others)}")
+              for (t, i), others in sorted(plan.shared.items())]
+    texts += [issue("warning", "not-found",
+                    f"the upstream ignored the search parameter {t}?{'/'.join(sorted(params))}: it returned "
+                    f"{t}/{i}, which does not reference Patient/{plan.patient_id}; not deleted")
+              for (t, i), params in sorted(plan.ignored.items())]
+    texts += [_info(f"{t}/{i} is kept and still references {_refs(targets)}")
+              for (t, i), targets in sorted(plan.outside_references.items())]
+    return texts
+
+
+def _problems(result: PurgeResult) -> list[dict[str, Any]]:
+    texts = [issue("error", "not-supported", f"could not search {t}?{p}: {why}")
+             for (t, p), why in sorted(result.plan.unsearchable.items())]
+    texts += [issue("error", "conflict", f"{t}/{i} was not deleted: {why}")
+              for (t, i), why in sorted(result.deletion.blocked.items())]
+    texts += [issue("error", "exception", f"{t}/{i} was not deleted: {why}")
+              for (t, i), why in sorted(result.deletion.failed.items())]
+    if result.remaining:
+        texts.append(issue("error", "incomplete", f"still present: {_refs(result.remaining)}"))
+    texts += [issue("error", "exception", text) for text in result.errors]
+    return texts
+
+
+def purge_outcome(result: PurgeResult) -> dict[str, Any]:
+    return outcome(verdict(result), *_counts(result), *_history(result), *_kept(result),
+                   *_problems(result))

@@ -1,0 +1,67 @@
+"""The FHIR definitions the engine needs, per FHIR version, loaded from the shipped data files.
+
+The data (``fhir/data/*.json``) is generated from the official packages by
+``tools/gen_fhir_data.py``: resource types, every reference search parameter with the element
+paths it indexes, and the official Patient CompartmentDefinition.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+_FILES = {"4.0": "r4", "4.3": "r4b", "5.0": "r5"}
+
+
+@dataclass(frozen=True)
+class ReferencePath:
+    """Where a search parameter finds references: dotted element steps, each possibly a list."""
+
+    steps: tuple[str, ...]
+    target_type: str | None  # set when the expression says ``resolve() is <Type>``
+    filtered: bool  # the expression has a ``where`` we do not evaluate: never trust a match
+
+    @classmethod
+    def from_data(cls, data: dict[str, Any]) -> ReferencePath:
+        return cls(tuple(data["path"].split(".")), data.get("type"), bool(data.get("where")))
+
+
+@dataclass(frozen=True)
+class FhirDefinitions:
+    fhir_version: str
+    resource_types: frozenset[str]
+    reference_params: dict[str, dict[str, tuple[ReferencePath, ...]]]
+    patient_compartment: dict[str, tuple[str, ...]]
+
+    def reference_paths(self, resource_type: str, param: str) -> tuple[ReferencePath, ...] | None:
+        """The paths of a reference search parameter, or None when it is not one."""
+        return self.reference_params.get(resource_type, {}).get(param)
+
+
+def supported_versions() -> list[str]:
+    return sorted(_FILES)
+
+
+@lru_cache(maxsize=None)
+def definitions_for(fhir_version: str) -> FhirDefinitions:
+    """Definitions for a ``fhirVersion`` such as ``4.0.1``; ``KeyError`` when not shipped."""
+    key = ".".join(fhir_version.split(".")[:2])
+    if key not in _FILES:
+        raise KeyError(fhir_version)
+    text = resources.files("purgeproxy.fhir").joinpath(f"data/{_FILES[key]}.json").read_text("utf-8")
+    data = json.loads(text)
+    return FhirDefinitions(
+        fhir_version=data["fhirVersion"],
+        resource_types=frozenset(data["resourceTypes"]),
+        reference_params={
+            rtype: {
+                param: tuple(ReferencePath.from_data(p) for p in spec["paths"])
+                for param, spec in params.items()
+            }
+            for rtype, params in data["referenceParams"].items()
+        },
+        patient_compartment={k: tuple(v) for k, v in data["patientCompartment"].items()},
+    )

@@ -1,0 +1,15 @@
+"""The proxy's own destructive operations: HTTP handlers that parse, validate and call the engine."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from purgeproxy.capabilities import AdvertisedOperation
+from purgeproxy.operations import purge
+
+ADVERTISED = [purge.ADVERTISED]
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    """Register before the pass-through catch-all: the first matching route wins."""
+    purge.add_routes(app, base)

@@ -1,0 +1,67 @@
+"""What the proxy knows about its upstream: kind, FHIR version, what it can search.
+
+Learnt once from ``metadata`` (lazily, so the proxy starts while the upstream is still down) and
+overridable in config where detection cannot be trusted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from purgeproxy.fhir.client import FhirClient, UpstreamError
+from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for
+from purgeproxy.servers.base import ServerKind, detect, kind_named
+
+DEFAULT_FHIR_VERSION = "4.0.1"
+
+
+@dataclass(frozen=True)
+class UpstreamProfile:
+    kind: ServerKind
+    definitions: FhirDefinitions
+    searchable: dict[str, frozenset[str]] | None  # None: the upstream does not say
+
+
+def searchable_pairs(capability: dict[str, Any]) -> dict[str, frozenset[str]] | None:
+    """Resource type -> search params, when the statement lists search params at all."""
+    listed: dict[str, frozenset[str]] = {}
+    for rest in capability.get("rest", []):
+        if rest.get("mode", "server") != "server":
+            continue
+        for resource in rest.get("resource", []):
+            names = {p.get("name") for p in resource.get("searchParam", []) if p.get("name")}
+            listed[resource.get("type", "")] = frozenset(names)
+    return listed if any(listed.values()) else None
+
+
+class ProfileCache:
+    """Fetches the profile on first use and keeps it; concurrent first uses fetch once."""
+
+    def __init__(self, client: FhirClient, kind: str, fhir_version: str) -> None:
+        self.client, self.kind, self.fhir_version = client, kind, fhir_version
+        self._profile: UpstreamProfile | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> UpstreamProfile:
+        async with self._lock:
+            if self._profile is None:
+                self._profile = await self._learn()
+            return self._profile
+
+    async def _learn(self) -> UpstreamProfile:
+        answer = await self.client.capabilities()
+        if answer.status != 200:
+            raise UpstreamError(502, "transient", f"the upstream's metadata answered {answer.status}")
+        document = answer.body if isinstance(answer.body, dict) else {}
+        is_statement = document.get("resourceType") == "CapabilityStatement"
+        kind = detect(document) if self.kind == "auto" else kind_named(self.kind)
+        version = self.fhir_version
+        if version == "auto":
+            version = str(document.get("fhirVersion", DEFAULT_FHIR_VERSION)) if is_statement else DEFAULT_FHIR_VERSION
+        try:
+            definitions = definitions_for(version)
+        except KeyError:
+            raise UpstreamError(502, "not-supported", f"FHIR version {version} is not supported") from None
+        return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None)

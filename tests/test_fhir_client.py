@@ -1,0 +1,60 @@
+"""The proxy's own FHIR client turns every transport failure into a 502 or 504 (respx faults)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import respx
+
+from purgeproxy.fhir.client import FhirClient, UpstreamError, make_http_client
+
+BASE = "http://upstream.test/fhir"
+
+
+@pytest.fixture
+async def client() -> FhirClient:
+    http = make_http_client(connect=1, read=1, max_connections=4)
+    yield FhirClient(BASE, http)
+    await http.aclose()
+
+
+@respx.mock
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        (httpx.ConnectTimeout("slow connect"), 504, "timeout"),
+        (httpx.ReadTimeout("slow answer"), 504, "timeout"),
+        (httpx.ConnectError("refused"), 502, "transient"),
+        (httpx.RemoteProtocolError("garbage"), 502, "transient"),
+    ],
+)
+async def test_transport_faults_become_gateway_errors(
+    client: FhirClient, fault: Exception, status: int, code: str
+) -> None:
+    respx.get(f"{BASE}/metadata").mock(side_effect=fault)
+    with pytest.raises(UpstreamError) as raised:
+        await client.capabilities()
+    assert (raised.value.status, raised.value.code) == (status, code)
+
+
+@respx.mock
+async def test_a_non_json_answer_is_malformed(client: FhirClient) -> None:
+    respx.get(f"{BASE}/metadata").respond(200, text="<html>oops</html>")
+    with pytest.raises(UpstreamError) as raised:
+        await client.capabilities()
+    assert raised.value.status == 502
+
+
+@respx.mock
+async def test_upstream_errors_with_fhir_bodies_are_answers_not_faults(client: FhirClient) -> None:
+    outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": "exception"}]}
+    respx.get(f"{BASE}/Patient/1").respond(500, json=outcome)
+    answer = await client.request("GET", "Patient/1")
+    assert (answer.status, answer.resource_type) == (500, "OperationOutcome")
+
+
+@respx.mock
+async def test_requests_ask_for_fhir_json_and_keep_absolute_urls(client: FhirClient) -> None:
+    route = respx.get("http://upstream.test/fhir?_getpages=x").respond(200, json={"resourceType": "Bundle"})
+    await client.request("GET", "http://upstream.test/fhir?_getpages=x")
+    assert route.calls.last.request.headers["Accept"] == "application/fhir+json"
