@@ -19,6 +19,8 @@ def configure(level: str = "info") -> None:
     numeric = logging.getLevelName(level.upper())
     logging.basicConfig(stream=sys.stderr, level=numeric, format="%(message)s", force=True)
     logging.getLogger("aiohttp.access").disabled = True  # our own access log replaces it
+    for chatty in ("httpx", "httpcore"):  # they log full URLs, query values included
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
