@@ -39,6 +39,7 @@ class Member:
 @dataclass
 class Resolution:
     patient_id: str
+    patient_in_scope: bool  # the compartment lists Patient: the record itself goes too
     patient: dict[str, Any] | None = None
     members: dict[Key, Member] = field(default_factory=dict)
     ignored: dict[Key, set[str]] = field(default_factory=dict)  # returned, but not referencing
@@ -62,7 +63,7 @@ class Resolver:
     max_pages: int = 100_000
 
     async def resolve(self, patient_id: str) -> Resolution:
-        result = Resolution(patient_id)
+        result = Resolution(patient_id, "Patient" in self.compartment)
         result.patient = await self._read_patient(patient_id)
         pairs = [(rtype, param) for rtype, params in self.compartment.items() for param in params]
         await asyncio.gather(*(self._search(result, rtype, param) for rtype, param in pairs))

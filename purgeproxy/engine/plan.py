@@ -55,7 +55,7 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
         else:
             doomed[key] = member
     plan.order = delete_order(doomed)
-    if plan.patient_exists:
+    if plan.patient_exists and resolution.patient_in_scope:
         plan.order.append(resolution.patient_key)
     gone = set(plan.order)
     for member in kept:

@@ -47,7 +47,9 @@ class PurgeResult:
 
     @property
     def complete(self) -> bool:
-        return not (self.remaining or self.history_remaining or self.errors
+        """Nothing in scope is left; history counts when a hard delete was promised."""
+        history_left = self.history_remaining and self.hard_delete_method is not None
+        return not (self.remaining or history_left or self.errors
                     or self.deletion.blocked or self.deletion.failed
                     or self.deletion.hard_delete_failed or self.plan.unsearchable)
 
@@ -77,8 +79,8 @@ class PurgeEngine:
             await self._rounds(resolver, first, self.deleter(hard), result, progress)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
-        if hard and not result.errors:
-            result.history_remaining = await self._history_left(result.deletion.hard_deleted)
+        if not result.errors:
+            result.history_remaining = await self._history_left(result.deletion.deleted)
         return result
 
     async def _rounds(self, resolver: Resolver, plan: Plan, deleter: Deleter,
@@ -104,7 +106,7 @@ class PurgeEngine:
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
 
     async def _history_left(self, keys: list[Key]) -> list[Key]:
-        """Hard-deleted resources whose history the upstream still serves."""
+        """Deleted resources whose history the upstream still serves: checked, never assumed."""
         async def has_history(key: Key) -> bool:
             async with self.limit:
                 answer = await self.client.request("GET", f"{key[0]}/{key[1]}/_history")

@@ -52,18 +52,22 @@ def _history(result: PurgeResult) -> list[dict[str, Any]]:
         method = result.hard_delete_method
         return [_info(f"history would be removed with {method}" if method
                       else "history would be kept: this upstream offers no hard delete")]
+    checked = len(result.deletion.deleted)
+    left = result.history_remaining
     if result.hard_delete_method is None:
+        if not left:
+            return [_info(f"history: the upstream serves no history for any of the {checked} deleted "
+                          "resource(s) (checked after deleting)")]
         return [issue("warning", "not-supported",
-                      "history was not removed: soft delete only (this upstream offers no hard delete "
-                      "or hard_delete is 'never'); deleted versions may still be readable")]
+                      f"history was not removed for {len(left)} of {checked} deleted resource(s): this "
+                      "upstream offers no hard delete (or hard_delete is 'never'); old versions may "
+                      f"still be readable: {_refs(left)}")]
     texts = [_info(f"history removed with {result.hard_delete_method} for "
                    f"{len(result.deletion.hard_deleted)} resource(s)")]
-    if result.deletion.hard_delete_failed:
-        texts += [issue("error", "incomplete", f"history of {t}/{i} was not removed: {why}")
-                  for (t, i), why in sorted(result.deletion.hard_delete_failed.items())]
-    if result.history_remaining:
-        texts.append(issue("error", "incomplete",
-                           f"history still readable after hard delete: {_refs(result.history_remaining)}"))
+    texts += [issue("error", "incomplete", f"history of {t}/{i} was not removed: {why}")
+              for (t, i), why in sorted(result.deletion.hard_delete_failed.items())]
+    if left:
+        texts.append(issue("error", "incomplete", f"history still readable after hard delete: {_refs(left)}"))
     return texts
 
 

@@ -1,0 +1,112 @@
+"""Patient ``$purge`` against real upstreams: everything in scope goes, nothing else moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import seed as seeds
+
+TOKEN = "test-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
+def upstream(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param, request.getfixturevalue(f"{request.param}_base")
+
+
+@pytest.fixture
+async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
+    return await make_proxy(upstream[1], auth={"admin_token": TOKEN})
+
+
+async def purge(proxy: str, patient: str, body: Any = None, query: str = "") -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=300) as http:
+        answer = await http.post(f"{proxy}/Patient/{patient}/$purge{query}", json=body, headers=AUTH)
+    return answer.status_code, answer.json()
+
+
+def texts(outcome: dict[str, Any]) -> str:
+    return "\n".join(issue["diagnostics"] for issue in outcome["issue"])
+
+
+async def test_purge_removes_the_compartment_and_nothing_else(proxy, upstream) -> None:
+    base = upstream[1]
+    seed = seeds.build()
+    seeds.write(base, seed.resources)
+    before = seeds.snapshot(base, seed.untouchable)
+
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    assert status == 200 and plan["issue"][0]["code"] == "informational"
+    assert f"{len(seed.in_scope)} resource(s)" in plan["issue"][0]["diagnostics"]
+    assert seeds.present(base, seed.in_scope) == seed.in_scope  # the dry run deleted nothing
+
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200
+    assert outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert "Observation: 200 deleted" in texts(outcome)
+    assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, seed.untouchable) == before  # byte-identical
+    shared = texts(outcome)
+    assert f"kept (shared): Group/{seed.patient[:-2]}-shared" in shared
+    assert f"kept (shared): Coverage/{seed.patient[:-2]}-cov" in shared
+    assert f"Group/{seed.patient} " not in shared  # the same-id Group is not this patient
+
+
+async def test_purge_is_idempotent_and_unknown_patients_are_fine(proxy, upstream) -> None:
+    seed = seeds.build(sizes={"Observation": 3})
+    seeds.write(upstream[1], seed.resources)
+    assert (await purge(proxy, seed.patient))[1]["issue"][0]["code"] == "success"
+    status, again = await purge(proxy, seed.patient)
+    assert status == 200 and again["issue"][0]["code"] == "success"
+    assert "(0 deleted)" in again["issue"][0]["diagnostics"]
+    status, unknown = await purge(proxy, "never-existed-42")
+    assert status == 200 and unknown["issue"][0]["code"] == "success"
+
+
+async def test_custom_compartment_limits_the_scope(proxy, upstream) -> None:
+    base = upstream[1]
+    seed = seeds.build(sizes={"Observation": 5, "Condition": 4})
+    seeds.write(base, seed.resources)
+    definition = {"resourceType": "CompartmentDefinition", "code": "Patient", "status": "active",
+                  "search": True, "resource": [{"code": "Observation", "param": ["subject"]}]}
+    body = {"resourceType": "Parameters", "parameter": [{"name": "compartmentDefinition", "resource": definition}]}
+    status, outcome = await purge(proxy, seed.patient, body)
+    assert status == 200 and "Observation: 5 deleted" in texts(outcome)
+    observations = [k for k in seed.in_scope if k[0] == "Observation"]
+    others = [k for k in seed.in_scope if k[0] != "Observation"]
+    assert seeds.present(base, observations) == []
+    assert seeds.present(base, others) == others  # Conditions and the Patient itself stay
+
+
+async def test_excluded_provenance_is_kept_and_reported(proxy, upstream) -> None:
+    kind, base = upstream
+    seed = seeds.build(sizes={"Observation": 2})
+    provenance = {"resourceType": "Provenance", "id": f"{seed.patient}-prov", "recorded": "2024-01-01T00:00:00Z",
+                  "agent": [{"who": {"display": "clinic"}}], "target": [seeds.ref("Patient", seed.patient)]}
+    seeds.write(base, seed.resources + [provenance])
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200
+    assert f"kept (excluded type Provenance): Provenance/{seed.patient}-prov" in texts(outcome)
+    assert seeds.present(base, [("Provenance", provenance["id"])]) == [("Provenance", provenance["id"])]
+    if kind == "hapi":  # referential integrity: the kept Provenance blocks deleting the Patient
+        assert outcome["issue"][0]["code"] == "incomplete"
+        assert f"Patient/{seed.patient} was not deleted: still referenced by Provenance/{seed.patient}-prov" in texts(outcome)
+    else:
+        assert outcome["issue"][0]["code"] == "success", texts(outcome)
+        assert f"Provenance/{seed.patient}-prov is kept and still references Patient/{seed.patient}" in texts(outcome)
+
+
+async def test_shared_resources_can_be_deleted_by_policy(make_proxy, upstream) -> None:
+    base = upstream[1]
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"shared": "delete"})
+    seed = seeds.build(sizes={"Observation": 1})
+    seeds.write(base, seed.resources)
+    status, outcome = await purge(proxy, seed.patient)
+    tag = seed.patient[:-2]
+    assert f"deleted (shared): Group/{tag}-shared" in texts(outcome)
+    assert seeds.present(base, [("Group", f"{tag}-shared"), ("Coverage", f"{tag}-cov")]) == []
+    assert seeds.present(base, [("Patient", seed.control)]) == [("Patient", seed.control)]
