@@ -80,8 +80,11 @@ PATIENT_SIZES = {"Encounter": 10, "Observation": 200, "DiagnosticReport": 20, "C
 CONTROL_SIZES = {"Encounter": 2, "Observation": 20, "Condition": 5, "DiagnosticReport": 2}
 
 
-def build(tag: str | None = None, sizes: dict[str, int] | None = None) -> Seed:
-    """A patient with several hundred resources, a control patient, and the classic traps."""
+def build(tag: str | None = None, sizes: dict[str, int] | None = None, shared: bool = True) -> Seed:
+    """A patient with several hundred resources, a control patient, and the classic traps.
+
+    ``shared`` adds a Group and a Coverage that belong to both patients.
+    """
     tag = tag or new_tag()
     seed = Seed(patient=f"{tag}-p", control=f"{tag}-c")
     seed.add({"resourceType": "Patient", "id": seed.patient, "name": [{"family": "Purge"}]}, True)
@@ -94,13 +97,18 @@ def build(tag: str | None = None, sizes: dict[str, int] | None = None) -> Seed:
     for i in range(3):
         seed.add({"resourceType": "Observation", "id": f"{tag}-grpobs{i}", "status": "final",
                   "code": {"text": "g"}, "subject": ref("Group", seed.patient)}, False)
-    # Shared with the control patient: kept by default.
+    if shared:
+        add_shared(seed, tag)
+    return seed
+
+
+def add_shared(seed: Seed, tag: str) -> None:
+    """A Group and a Coverage in both patients' compartments: kept by default."""
     seed.add({"resourceType": "Group", "id": f"{tag}-shared", "type": "person", "actual": True,
               "member": [{"entity": ref("Patient", seed.patient)}, {"entity": ref("Patient", seed.control)}]}, False)
     seed.add({"resourceType": "Coverage", "id": f"{tag}-cov", "status": "active",
               "subscriber": ref("Patient", seed.patient), "beneficiary": ref("Patient", seed.control),
               "payor": [ref("Patient", seed.control)]}, False)
-    return seed
 
 
 def write(base: str, resources: list[dict[str, Any]], chunk: int = 50) -> None:

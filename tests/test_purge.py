@@ -35,7 +35,7 @@ def texts(outcome: dict[str, Any]) -> str:
 
 async def test_purge_removes_the_compartment_and_nothing_else(proxy, upstream) -> None:
     base = upstream[1]
-    seed = seeds.build()
+    seed = seeds.build(shared=False)
     seeds.write(base, seed.resources)
     before = seeds.snapshot(base, seed.untouchable)
 
@@ -50,14 +50,37 @@ async def test_purge_removes_the_compartment_and_nothing_else(proxy, upstream) -
     assert "Observation: 200 deleted" in texts(outcome)
     assert seeds.present(base, seed.in_scope) == []
     assert seeds.snapshot(base, seed.untouchable) == before  # byte-identical
-    shared = texts(outcome)
-    assert f"kept (shared): Group/{seed.patient[:-2]}-shared" in shared
-    assert f"kept (shared): Coverage/{seed.patient[:-2]}-cov" in shared
-    assert f"Group/{seed.patient} " not in shared  # the same-id Group is not this patient
+    assert f"Group/{seed.patient}" not in texts(outcome)  # the same-id Group is not this patient
+    if upstream[0] == "hapi":  # a hard delete: history is gone too
+        assert "history removed with HAPI $expunge" in texts(outcome)
+        async with httpx.AsyncClient() as http:
+            history = await http.get(f"{base}/Patient/{seed.patient}/_history")
+        assert history.status_code == 404
+
+
+async def test_shared_resources_are_kept_and_reported(proxy, upstream) -> None:
+    kind, base = upstream
+    seed = seeds.build(sizes={"Observation": 4})
+    seeds.write(base, seed.resources)
+    before = seeds.snapshot(base, seed.untouchable)
+    status, outcome = await purge(proxy, seed.patient)
+    tag = seed.patient[:-2]
+    report = texts(outcome)
+    assert f"kept (shared): Group/{tag}-shared is also in the compartment of Patient/{seed.control}" in report
+    assert f"kept (shared): Coverage/{tag}-cov is also in the compartment of Patient/{seed.control}" in report
+    assert f"Group/{tag}-shared is kept and still references Patient/{seed.patient}" in report
+    assert seeds.snapshot(base, seed.untouchable) == before
+    assert seeds.present(base, [k for k in seed.in_scope if k[0] == "Observation"]) == []
+    if kind == "hapi":  # referential integrity: the kept resources block deleting the Patient
+        assert outcome["issue"][0]["code"] == "incomplete"
+        assert f"Patient/{seed.patient} was not deleted: still referenced by" in report
+        assert seeds.present(base, [("Patient", seed.patient)]) == [("Patient", seed.patient)]
+    else:
+        assert outcome["issue"][0]["code"] == "success", report
 
 
 async def test_purge_is_idempotent_and_unknown_patients_are_fine(proxy, upstream) -> None:
-    seed = seeds.build(sizes={"Observation": 3})
+    seed = seeds.build(sizes={"Observation": 3}, shared=False)
     seeds.write(upstream[1], seed.resources)
     assert (await purge(proxy, seed.patient))[1]["issue"][0]["code"] == "success"
     status, again = await purge(proxy, seed.patient)
@@ -69,7 +92,7 @@ async def test_purge_is_idempotent_and_unknown_patients_are_fine(proxy, upstream
 
 async def test_custom_compartment_limits_the_scope(proxy, upstream) -> None:
     base = upstream[1]
-    seed = seeds.build(sizes={"Observation": 5, "Condition": 4})
+    seed = seeds.build(sizes={"Observation": 5, "Condition": 4}, shared=False)
     seeds.write(base, seed.resources)
     definition = {"resourceType": "CompartmentDefinition", "code": "Patient", "status": "active",
                   "search": True, "resource": [{"code": "Observation", "param": ["subject"]}]}
@@ -84,7 +107,7 @@ async def test_custom_compartment_limits_the_scope(proxy, upstream) -> None:
 
 async def test_excluded_provenance_is_kept_and_reported(proxy, upstream) -> None:
     kind, base = upstream
-    seed = seeds.build(sizes={"Observation": 2})
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
     provenance = {"resourceType": "Provenance", "id": f"{seed.patient}-prov", "recorded": "2024-01-01T00:00:00Z",
                   "agent": [{"who": {"display": "clinic"}}], "target": [seeds.ref("Patient", seed.patient)]}
     seeds.write(base, seed.resources + [provenance])
