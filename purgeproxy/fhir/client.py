@@ -47,7 +47,10 @@ class FhirClient:
         self.http = http
 
     def url(self, path: str) -> str:
-        return path if path.startswith(("http://", "https://")) else f"{self.base_url}/{path.lstrip('/')}"
+        """Absolute URLs (paging links) as they are; paths relative to the base; "" the base."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}" if path else self.base_url
 
     async def request(
         self,

@@ -1,0 +1,51 @@
+"""Scope is proven, not trusted: an upstream that ignores a search parameter deletes nothing extra."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import respx
+
+from tests.fake_upstream import BASE, scripted_upstream
+
+TOKEN = "scope-token"
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    yield from scripted_upstream()
+
+
+def deleted_urls(router: respx.MockRouter) -> list[str]:
+    urls = []
+    for call in router.calls:
+        if call.request.method == "POST" and str(call.request.url) == BASE:
+            urls += [e["request"]["url"] for e in json.loads(call.request.content)["entry"]]
+        elif call.request.method == "DELETE":
+            urls.append(str(call.request.url))
+    return urls
+
+
+async def test_only_resources_that_reference_the_patient_are_deleted(make_proxy, upstream) -> None:
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{proxy}/Patient/p1/$purge", headers={"Authorization": f"Bearer {TOKEN}"})
+    outcome = answer.json()
+    assert answer.status_code == 200
+    assert sorted(deleted_urls(upstream)) == ["Observation/mine", "Observation/versioned", "Patient/p1"]
+    report = "\n".join(i["diagnostics"] for i in outcome["issue"])
+    for kept in ("someone-else", "group-trap", "other-server"):
+        assert f"the upstream ignored the search parameter Observation?subject: it returned Observation/{kept}" in report
+
+
+async def test_every_compartment_search_asks_for_strict_handling(make_proxy, upstream) -> None:
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient() as http:
+        await http.post(f"{proxy}/Patient/p1/$purge?dryRun=true", headers={"Authorization": f"Bearer {TOKEN}"})
+    searches = [c.request for c in upstream.calls if c.request.method == "GET" and "?" in str(c.request.url)]
+    assert len(searches) == 102  # every (type, param) pair of the R4 Patient compartment
+    assert all(r.headers["Prefer"] == "handling=strict" for r in searches)
+    assert deleted_urls(upstream) == []
