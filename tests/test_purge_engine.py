@@ -1,0 +1,93 @@
+"""The purge engine on its own, without aiohttp: what a CLI or a job worker would drive."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+
+from purgeproxy.engine.plan import Policy
+from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
+from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.servers.profile import ProfileCache
+from tests import seed as seeds
+
+SETTINGS = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False),
+                         batch_size=25, page_size=50, max_rounds=5, hard_delete="auto")
+
+
+class Crash(Exception):
+    """Stands in for a process dying in the middle of a purge."""
+
+
+@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
+def upstream(request: pytest.FixtureRequest) -> str:
+    return request.getfixturevalue(f"{request.param}_base")
+
+
+@pytest.fixture
+async def engine(upstream: str) -> Any:
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    client = FhirClient(upstream, http)
+    profile = await ProfileCache(client, "auto", "auto").get()
+    yield PurgeEngine(client, profile, SETTINGS, asyncio.Semaphore(4))
+    await http.aclose()
+
+
+async def test_a_purge_interrupted_half_way_completes_when_run_again(engine, upstream) -> None:
+    seed = seeds.build(sizes={"Encounter": 5, "Observation": 120, "Condition": 20}, shared=False)
+    seeds.write(upstream, seed.resources)
+    request = PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment))
+
+    async def die_after_two_batches(done: int) -> None:
+        if done >= 2 * SETTINGS.batch_size:
+            raise Crash
+
+    with pytest.raises(Crash):
+        await engine.run(request, die_after_two_batches)
+    left = seeds.present(upstream, seed.in_scope)
+    assert 0 < len(left) < len(seed.in_scope)  # really half-way
+
+    result = await engine.run(request)
+    assert result.complete, result
+    assert seeds.present(upstream, seed.in_scope) == []
+    assert seeds.present(upstream, seed.untouchable) == seed.untouchable
+
+
+async def test_delete_order_puts_referencing_resources_first(engine, upstream) -> None:
+    seed = seeds.build(sizes={"Encounter": 2, "Observation": 4, "DiagnosticReport": 1}, shared=False)
+    seeds.write(upstream, seed.resources)
+    result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment), dry_run=True))
+    order = result.plan.order
+    position = {key: index for index, key in enumerate(order)}
+    assert order[-1] == ("Patient", seed.patient)
+    report = ("DiagnosticReport", f"{seed.patient}-dr0")
+    assert all(position[report] < position[("Observation", f"{seed.patient}-obs{i}")] for i in range(3))
+    assert all(position[("Observation", f"{seed.patient}-obs{i}")] < position[("Encounter", f"{seed.patient}-enc{i % 2}")]
+               for i in range(4))
+
+
+@pytest.mark.hapi
+async def test_a_reference_from_outside_the_compartment_is_named(hapi_base: str) -> None:
+    """HAPI refuses (409) to delete what an outside resource references: we report who blocks it."""
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    client = FhirClient(hapi_base, http)
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), SETTINGS, asyncio.Semaphore(4))
+    seed = seeds.build(sizes={"Observation": 3}, shared=False)
+    task = {"resourceType": "Task", "id": f"{seed.patient}-task", "status": "requested", "intent": "order",
+            "for": seeds.ref("Patient", seed.control), "focus": seeds.ref("Observation", f"{seed.patient}-obs1")}
+    seeds.write(hapi_base, seed.resources + [task])
+    try:
+        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)))
+    finally:
+        await http.aclose()
+    blocked = ("Observation", f"{seed.patient}-obs1")
+    assert not result.complete
+    assert result.deletion.blocked[blocked].startswith(f"still referenced by Task/{seed.patient}-task")
+    assert seeds.present(hapi_base, [blocked, ("Task", task["id"])]) == [blocked, ("Task", task["id"])]
+    patient = ("Patient", seed.patient)  # the blocked Observation still references the Patient
+    assert result.deletion.blocked[patient] == f"still referenced by Observation/{seed.patient}-obs1 (itself kept)"
+    others = [k for k in seed.in_scope if k not in (blocked, patient)]
+    assert seeds.present(hapi_base, others) == []  # everything else still went
