@@ -7,6 +7,10 @@ operator reading a pod's log sees the cause, not a traceback.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -28,20 +32,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--upstream", help="upstream FHIR base URL (overrides upstream.url)")
     serve.add_argument("--host", help="address to listen on (overrides server.host)")
     serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
+    serve.add_argument("--workers", type=int, help="processes sharing the port (overrides server.workers)")
     return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    given = {"upstream.url": args.upstream, "server.host": args.host, "server.port": args.port}
+    given = {"upstream.url": args.upstream, "server.host": args.host, "server.port": args.port,
+             "server.workers": args.workers}
     return {key: value for key, value in given.items() if value is not None}
 
 
-def serve(config: Config) -> None:
+def _run(config: Config) -> None:
+    """One serving process; with several workers each binds the same port with SO_REUSEPORT."""
     logs.configure(config.logging.level)
     logs.get_logger("purgeproxy").info(
         "starting",
         listen=f"{config.server.host}:{config.server.port}",
         base_path=config.server.base_path,
+        pid=os.getpid(),
     )
     web.run_app(
         create_app(config),
@@ -49,7 +57,39 @@ def serve(config: Config) -> None:
         port=config.server.port,
         access_log=None,
         print=None,
+        reuse_port=config.server.workers > 1,
     )
+
+
+def serve(config: Config) -> None:
+    """Serve in this process, or in N worker processes that the kernel balances connections over.
+
+    One Python process is CPU-bound at high concurrency; the kernel's SO_REUSEPORT spreads
+    connections over several without a balancer in front. Port 0 cannot be shared, so it means
+    one process.
+    """
+    if config.server.workers == 1 or config.server.port == 0:
+        _run(config)
+        return
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_run, args=(config,), daemon=True) for _ in range(config.server.workers)]
+    for worker in workers:
+        worker.start()
+    signal.signal(signal.SIGTERM, lambda *_: _stop(workers))
+    try:
+        for worker in workers:
+            worker.join()
+    except KeyboardInterrupt:
+        _stop(workers)
+
+
+def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
+    for worker in workers:
+        if worker.is_alive() and worker.pid is not None:
+            os.kill(worker.pid, signal.SIGTERM)
+    for worker in workers:
+        worker.join(10)
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,6 +59,7 @@ class Upstream(_Strict):
 class Server(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="processes sharing the port (SO_REUSEPORT)")
     base_path: str = Field("/fhir", description="where the proxy's FHIR base is mounted")
     public_url: str | None = Field(
         None, description="the proxy's FHIR base as clients see it; default: from each request"
