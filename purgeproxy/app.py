@@ -15,6 +15,8 @@ from aiohttp import web
 from purgeproxy import operations, routes
 from purgeproxy.access_log import access_log
 from purgeproxy.app_keys import (
+    AUTHORIZER,
+    CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
     OPERATIONS,
@@ -25,7 +27,10 @@ from purgeproxy.app_keys import (
 )
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.security.limits import CallerLimits
+from purgeproxy.security.wiring import auth_http_client, make_authorizer
 from purgeproxy.servers.profile import ProfileCache
 
 
@@ -52,17 +57,22 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
     app[PASSTHROUGH_SESSION] = session = _passthrough_session(config)
     app[PASSTHROUGH] = Passthrough(config, session)
+    auth_http = auth_http_client()
     http = make_http_client(
         config.upstream.timeouts.connect,
         config.upstream.timeouts.read,
         config.upstream.pool.max_connections,
+        upstream_auth(config.upstream.url, config.upstream.auth, auth_http),
     )
+    app[AUTHORIZER] = make_authorizer(config, auth_http)
+    app[CALLER_LIMITS] = CallerLimits(config.auth.max_concurrent_per_caller, config.auth.retry_after_seconds)
     app[FHIR_CLIENT] = client = FhirClient(config.upstream.url, http)
     app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version)
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
     yield
     await session.close()
     await http.aclose()
+    await auth_http.aclose()
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:

@@ -7,10 +7,12 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
+from purgeproxy.auth import Authorizer
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.security.limits import CallerLimits
 from purgeproxy.servers.profile import ProfileCache
 
 CONFIG = web.AppKey("config", Config)
@@ -20,3 +22,5 @@ FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
 OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])
 PROFILE = web.AppKey("upstream_profile", ProfileCache)
 UPSTREAM_LIMIT = web.AppKey("upstream_limit", asyncio.Semaphore)  # shared by every operation
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+CALLER_LIMITS = web.AppKey("caller_limits", CallerLimits)  # destructive operations per caller

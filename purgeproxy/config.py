@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator,
+                      model_validator)
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -47,6 +48,7 @@ class Upstream(_Strict):
     )
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
+    auth: UpstreamAuth = Field(default_factory=lambda: UpstreamAuth())
 
     @field_validator("url")
     @classmethod
@@ -89,10 +91,112 @@ class Passthrough(_Strict):
     )
 
 
+DESTRUCTIVE_OPERATIONS = ("$purge", "$erase", "$expunge", "cascade-delete", "$delete-expunge")
+Operation = Literal["$purge", "$erase", "$expunge", "cascade-delete", "$delete-expunge"]
+
+
+class SecretSource(_Strict):
+    """Where a secret comes from: an environment variable or a file (read at each use, so a
+    rotated Kubernetes secret is picked up), never a literal in the YAML file."""
+
+    env: str | None = Field(None, description="name of the environment variable holding it")
+    file: Path | None = Field(None, description="file holding it; surrounding whitespace dropped")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "SecretSource":
+        if (self.env is None) == (self.file is None):
+            raise ValueError("give exactly one of env or file")
+        if self.env is not None and not os.environ.get(self.env):
+            raise ValueError(f"environment variable {self.env} is not set")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"file {self.file} does not exist")
+        return self
+
+    def value(self) -> str:
+        if self.env is not None:
+            return os.environ.get(self.env, "")
+        return self.file.read_text(encoding="utf-8").strip() if self.file else ""
+
+
+class StaticToken(_Strict):
+    name: str = Field(min_length=1, description="who holds it, as written to the audit log")
+    sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="hex SHA-256 of the token")
+    token: SecretSource | None = Field(None, description="the token itself, from env or file")
+    operations: list[Operation | Literal["*"]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "StaticToken":
+        if (self.sha256 is None) == (self.token is None):
+            raise ValueError("give exactly one of sha256 or token")
+        return self
+
+
+_SAFE_ALGORITHMS = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"]
+
+
+class Jwt(_Strict):
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1, description="this proxy's identifier, e.g. its public FHIR base")
+    jwks_url: str | None = Field(None, pattern=r"^https?://", description="the issuer's JWKS")
+    keys: list[dict[str, Any]] = Field([], description="public JWKs, instead of or besides jwks_url")
+    algorithms: list[_SAFE_ALGORITHMS] = ["RS256", "RS384", "ES256", "ES384"]
+    leeway_seconds: int = Field(30, ge=0, le=300, description="clock skew allowed on exp/nbf/iat")
+    jwks_cache_seconds: int = Field(300, ge=0)
+
+    @model_validator(mode="after")
+    def _some_key(self) -> "Jwt":
+        if not self.jwks_url and not self.keys:
+            raise ValueError("give jwks_url or keys")
+        return self
+
+
+class Introspection(_Strict):
+    url: str = Field(pattern=r"^https?://", description="the RFC 7662 introspection endpoint")
+    client_id: str = Field(min_length=1)
+    client_secret: SecretSource
+    issuer: str | None = Field(None, description="when set, the answer's iss must match")
+    audience: str | None = Field(None, description="when set, the answer's aud must include it")
+
+
 class Auth(_Strict):
-    admin_token: str = Field(
-        "", description="bearer token for destructive operations; empty: they are refused"
+    admin_token: SecretStr = Field(
+        SecretStr(""), description="bearer token that may run every destructive operation; empty: none"
     )
+    tokens: list[StaticToken] = []
+    jwt: Jwt | None = None
+    introspection: Introspection | None = None
+    scopes: dict[Operation, list[str]] = Field(
+        {}, description="scopes that allow an operation (any one); default: SMART v2 and vendor scopes"
+    )
+    insecure_allow_all: bool = Field(False, description="anyone may run anything: demos only")
+    max_concurrent_per_caller: int = Field(2, ge=1, description="destructive operations in flight")
+    retry_after_seconds: int = Field(10, ge=1, description="Retry-After of the 429 past that limit")
+
+
+class UpstreamAuth(_Strict):
+    """Credentials for the proxy's own upstream calls; the pass-through never adds them."""
+
+    type: Literal["none", "bearer", "basic", "client_credentials"] = "none"
+    token: SecretSource | None = Field(None, description="bearer: the token")
+    username: str | None = Field(None, description="basic: the user name")
+    password: SecretSource | None = Field(None, description="basic: the password")
+    token_url: str | None = Field(None, pattern=r"^https?://", description="client_credentials")
+    client_id: str | None = None
+    client_secret: SecretSource | None = None
+    scope: str | None = Field(None, description="client_credentials: the scope to ask for")
+
+    @model_validator(mode="after")
+    def _complete(self) -> "UpstreamAuth":
+        needed = {"none": (), "bearer": ("token",), "basic": ("username", "password"),
+                  "client_credentials": ("token_url", "client_id", "client_secret")}[self.type]
+        missing = [name for name in needed if getattr(self, name) is None]
+        if missing:
+            raise ValueError(f"type {self.type} needs {', '.join(missing)}")
+        return self
+
+
+class Safety(_Strict):
+    read_only: bool = Field(False, description="refuse every destructive operation (403)")
 
 
 class Purge(_Strict):
@@ -109,6 +213,9 @@ class Purge(_Strict):
     hard_delete: Literal["require", "auto", "never"] = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
+    max_without_confirm: int = Field(
+        1000, ge=0, description="resources one request may delete without confirm=true"
+    )
 
 
 class Logging(_Strict):
@@ -120,6 +227,7 @@ class Config(_Strict):
     server: Server = Server()
     passthrough: Passthrough = Passthrough()
     auth: Auth = Auth()
+    safety: Safety = Safety()
     purge: Purge = Purge()
     logging: Logging = Logging()
 
@@ -148,6 +256,9 @@ def expand_env(value: Any, where: str = "") -> Any:
     return _ENV_REF.sub(substitute, value)
 
 
+_SECRET_KEYS = {"admin_token", "tokens", "token", "password", "client_secret", "sha256"}
+
+
 def _describe(error: ValidationError) -> str:
     first = error.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "(top level)"
@@ -155,6 +266,8 @@ def _describe(error: ValidationError) -> str:
         return f"{key}: unknown key"
     if first["type"] == "missing":
         return f"{key}: required key is missing"
+    if _SECRET_KEYS.intersection(str(part) for part in first["loc"]):
+        return f"{key}: {first['msg']}"  # the value may be a secret: never echo it
     return f"{key}: {first['msg']} (got {first.get('input')!r})"
 
 

@@ -24,7 +24,7 @@ def test_example_config_is_valid_as_shipped(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.delenv("PURGEPROXY_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("PURGEPROXY_UPSTREAM", raising=False)
     config = load_config(ROOT / "config.example.yaml")
-    assert config.auth.admin_token == ""
+    assert config.auth.admin_token.get_secret_value() == ""
     assert config.upstream.url == "http://127.0.0.1:8080/fhir"
 
 
@@ -35,7 +35,7 @@ def test_environment_references_are_expanded(monkeypatch: pytest.MonkeyPatch) ->
         {"upstream": {"url": "${UPSTREAM}"}, "auth": {"admin_token": "${PURGEPROXY_ADMIN_TOKEN}"}}
     )
     assert config.upstream.url == "http://up:1/baseR4"
-    assert config.auth.admin_token == "s3cret"
+    assert config.auth.admin_token.get_secret_value() == "s3cret"
 
 
 def test_command_line_overrides_win() -> None:

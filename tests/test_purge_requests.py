@@ -94,7 +94,7 @@ async def test_without_a_configured_token_destructive_operations_are_disabled(ma
     async with httpx.AsyncClient() as http:
         answer = await http.post(f"{proxy}/Patient/p1/$purge", headers={"Authorization": "Bearer anything"})
     assert answer.status_code == 403
-    assert "no operator token is configured" in answer.json()["issue"][0]["diagnostics"]
+    assert "no operator token or other authorization policy" in answer.json()["issue"][0]["diagnostics"]
     assert upstream_calls(upstream) == []
 
 

@@ -19,6 +19,14 @@ from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
 
 
+class ConfirmationRequired(Exception):
+    """The purge would delete more than ``max_without_confirm`` resources; nothing was deleted."""
+
+    def __init__(self, planned: int, limit: int) -> None:
+        super().__init__(f"this purge would delete {planned} resources, more than {limit} without confirmation")
+        self.planned, self.limit = planned, limit
+
+
 @dataclass(frozen=True)
 class PurgeSettings:
     policy: Policy
@@ -26,6 +34,7 @@ class PurgeSettings:
     page_size: int
     max_rounds: int
     hard_delete: str  # require | auto | never
+    max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
 
 
 @dataclass(frozen=True)
@@ -33,6 +42,7 @@ class PurgeRequest:
     patient_id: str
     compartment: Compartment
     dry_run: bool = False
+    confirmed: bool = False  # the caller said confirm=true: no max_without_confirm
 
 
 @dataclass
@@ -75,6 +85,7 @@ class PurgeEngine:
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
         if request.dry_run:
             return result
+        self._check_confirmed(request, first)
         try:
             await self._rounds(resolver, first, self.deleter(hard), result, progress)
         except (ResolutionError, UpstreamError) as failure:
@@ -82,6 +93,12 @@ class PurgeEngine:
         if not result.errors:
             result.history_remaining = await self._history_left(result.deletion.deleted)
         return result
+
+    def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
+        """The safety rail, after planning and before the first delete of the same run."""
+        limit = self.settings.max_without_confirm
+        if limit is not None and not request.confirmed and len(plan.order) > limit:
+            raise ConfirmationRequired(len(plan.order), limit)
 
     async def _rounds(self, resolver: Resolver, plan: Plan, deleter: Deleter,
                       result: PurgeResult, progress: Progress | None) -> None:

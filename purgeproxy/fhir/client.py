@@ -60,14 +60,20 @@ class FhirClient:
         params: Mapping[str, str] | list[tuple[str, str]] | None = None,
         json: Any = None,
         headers: Mapping[str, str] | None = None,
+        for_client: bool = False,
     ) -> FhirResponse:
-        """One call; any answer with a JSON body (any status) is returned, the rest raises."""
+        """One call; any answer with a JSON body (any status) is returned, the rest raises.
+
+        ``for_client``: made on a client's behalf (with its own ``Authorization``, if any), so the
+        proxy's upstream credentials are left out.
+        """
         sent = {"Accept": FHIR_JSON, **(headers or {})}
+        auth = None if for_client else httpx.USE_CLIENT_DEFAULT
         if json is not None:
             sent["Content-Type"] = FHIR_JSON
         try:
             response = await self.http.request(
-                method, self.url(path), params=params, json=json, headers=sent
+                method, self.url(path), params=params, json=json, headers=sent, auth=auth
             )
         except httpx.TimeoutException:
             raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
@@ -78,7 +84,8 @@ class FhirClient:
         return FhirResponse(response.status_code, response.headers, _json_body(response))
 
     async def capabilities(self, headers: Mapping[str, str] | None = None) -> FhirResponse:
-        return await self.request("GET", "metadata", headers=headers)
+        """The CapabilityStatement; with ``headers`` it is fetched for a client, as the client."""
+        return await self.request("GET", "metadata", headers=headers, for_client=headers is not None)
 
 
 def _json_body(response: httpx.Response) -> Any:
@@ -90,10 +97,13 @@ def _json_body(response: httpx.Response) -> Any:
         raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
 
 
-def make_http_client(connect: float, read: float, max_connections: int) -> httpx.AsyncClient:
-    """The pooled httpx client for the proxy's own calls: one per app."""
+def make_http_client(connect: float, read: float, max_connections: int,
+                     auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+    """The pooled httpx client for the proxy's own calls: one per app; ``auth`` adds the proxy's
+    upstream credentials (``upstream.auth``)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(read, connect=connect),
         limits=httpx.Limits(max_connections=max_connections),
         follow_redirects=False,
+        auth=auth,
     )

@@ -1,28 +1,43 @@
-"""What every destructive operation handler does first: authorize, read a bounded body."""
+"""What every destructive operation handler does first: the read-only switch, path checks,
+authorization, a bounded body; and how a refusal is answered."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
 from purgeproxy.access_log import outcome_response
-from purgeproxy.app_keys import CONFIG
-from purgeproxy.auth import Caller, Denied, authorize
+from purgeproxy.app_keys import AUTHORIZER, CONFIG
+from purgeproxy.auth import Caller, Denied
+from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.forwarding import unsafe_path_reason
 from purgeproxy.operations.params import BadRequest
 
 
-def refuse(problem: BadRequest | Denied) -> web.Response:
+def refuse(problem: BadRequest | Denied | ConfirmationRequired) -> web.Response:
     """The OperationOutcome answer for a refused request."""
+    if isinstance(problem, ConfirmationRequired):
+        return outcome_response(422, "business-rule", f"{problem}: nothing was deleted; see the plan "
+                                "with dryRun=true, then repeat with confirm=true", expression=["confirm"])
     if isinstance(problem, Denied):
-        response = outcome_response(problem.status, "login" if problem.status == 401 else "forbidden", problem.text)
-        if problem.status == 401:
-            response.headers["WWW-Authenticate"] = 'Bearer realm="purgeproxy"'
+        response = outcome_response(problem.status, problem.code, problem.text)
+        if problem.status == 401 or problem.challenge:
+            error = f', error="{problem.challenge}"' if problem.challenge else ""
+            response.headers["WWW-Authenticate"] = f'Bearer realm="purgeproxy"{error}'
+        if problem.retry_after is not None:
+            response.headers["Retry-After"] = str(problem.retry_after)
         return response
     extra = {"expression": [problem.expression]} if problem.expression else {}
     return outcome_response(problem.status, problem.code, problem.text, **extra)
 
 
-def caller_of(request: web.Request) -> Caller:
-    return authorize(request.headers.get("Authorization"), request.app[CONFIG].auth.admin_token)
+async def caller_of(request: web.Request, operation: str) -> Caller:
+    """Who may run ``operation`` here, checked before the body is read: refusals cost nothing."""
+    if request.app[CONFIG].safety.read_only:
+        raise Denied(403, "purgeproxy is read-only (safety.read_only): destructive operations are refused")
+    reason = unsafe_path_reason(request.raw_path)
+    if reason:
+        raise BadRequest(400, "invalid", reason)
+    return await request.app[AUTHORIZER].authorize(request.headers.get("Authorization"), operation)
 
 
 async def bounded_body(request: web.Request) -> bytes:

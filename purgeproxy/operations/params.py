@@ -29,6 +29,7 @@ class BadRequest(Exception):
 class PurgeInput:
     dry_run: bool
     compartment_definition: dict[str, Any] | None  # validated later, against the FHIR version
+    confirm: bool = False  # allows deleting more than purge.max_without_confirm
 
 
 def _boolean(value: str, where: str) -> bool:
@@ -41,7 +42,8 @@ def parse_query(query: Mapping[str, str], allowed: frozenset[str]) -> dict[str, 
     """The operation's query parameters; unknown or repeated ones are refused."""
     unknown = sorted(set(query) - allowed)
     if unknown:
-        raise BadRequest(400, "not-supported", f"unknown parameter '{unknown[0]}'", unknown[0])
+        name = unknown[0][:64]
+        raise BadRequest(400, "not-supported", f"unknown parameter '{name}'", name)
     for name in query:
         if len(query.getall(name)) > 1:  # type: ignore[attr-defined]
             raise BadRequest(400, "invalid", f"parameter '{name}' is repeated", name)
@@ -67,27 +69,45 @@ def parse_parameters(body: bytes, content_type: str) -> dict[str, Any] | None:
     return document
 
 
+BOOLEAN_PARAMETERS = ("dryRun", "confirm")
+
+
+def _query_booleans(query: Mapping[str, str]) -> dict[str, bool]:
+    params = parse_query(query, frozenset(BOOLEAN_PARAMETERS))
+    return {name: _boolean(value, name) for name, value in params.items()}
+
+
+def _body_boolean(flags: dict[str, bool], parameter: dict[str, Any], where: str) -> None:
+    """A ``valueBoolean`` parameter; given in the query too, both must agree."""
+    name, value = parameter["name"], parameter["valueBoolean"]
+    if name in flags and flags[name] != value:
+        raise BadRequest(400, "invalid", f"{name} is given twice with different values", where)
+    flags[name] = value
+
+
 def parse_purge(query: Mapping[str, str], body: bytes, content_type: str) -> PurgeInput:
-    params = parse_query(query, frozenset({"dryRun"}))
-    dry_run = _boolean(params["dryRun"], "dryRun") if "dryRun" in params else None
+    flags = _query_booleans(query)
     definition = None
     document = parse_parameters(body, content_type)
     for index, parameter in enumerate((document or {}).get("parameter", [])):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name")
-        if name == "dryRun" and isinstance(parameter.get("valueBoolean"), bool):
-            if dry_run is not None and dry_run != parameter["valueBoolean"]:
-                raise BadRequest(400, "invalid", "dryRun is given twice with different values", where)
-            dry_run = parameter["valueBoolean"]
+        if name in BOOLEAN_PARAMETERS and isinstance(parameter.get("valueBoolean"), bool):
+            _body_boolean(flags, parameter, where)
         elif name == "compartmentDefinition" and isinstance(parameter.get("resource"), dict):
             if definition is not None:
                 raise BadRequest(400, "invalid", "compartmentDefinition is given twice", where)
             definition = parameter["resource"]
-        elif name in ("dryRun", "compartmentDefinition"):
+        elif name in (*BOOLEAN_PARAMETERS, "compartmentDefinition"):
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         else:
-            raise BadRequest(400, "not-supported", f"unknown parameter '{name}'", where)
-    return PurgeInput(bool(dry_run), definition)
+            raise BadRequest(400, "not-supported", f"unknown parameter '{_printable(name)}'", where)
+    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False))
+
+
+def _printable(name: Any) -> str:
+    """A parameter name fit to quote back: a string, at most 64 characters."""
+    return name[:64] if isinstance(name, str) else type(name).__name__
 
 
 def compartment_from(definition: dict[str, Any], fhir: FhirDefinitions) -> Compartment:

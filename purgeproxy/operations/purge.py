@@ -8,12 +8,13 @@ from aiohttp import web
 
 from purgeproxy import audit
 from purgeproxy.access_log import outcome_response
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.auth import Caller, Denied
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeResult, PurgeSettings
+from purgeproxy.engine.purge import (ConfirmationRequired, PurgeEngine, PurgeRequest, PurgeResult,
+                                     PurgeSettings)
 from purgeproxy.engine.report import purge_outcome
 from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.outcome import FHIR_JSON
@@ -30,7 +31,8 @@ ADVERTISED = AdvertisedOperation(
 def settings_from(config: Config) -> PurgeSettings:
     purge = config.purge
     policy = Policy(frozenset(purge.excluded_types), purge.shared == "delete")
-    return PurgeSettings(policy, purge.batch_size, purge.page_size, purge.max_rounds, purge.hard_delete)
+    return PurgeSettings(policy, purge.batch_size, purge.page_size, purge.max_rounds, purge.hard_delete,
+                         purge.max_without_confirm)
 
 
 async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile]:
@@ -38,7 +40,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     patient_id = request.match_info["id"]
     if not is_valid_id(patient_id):
         raise BadRequest(400, "invalid", "the patient id does not match the FHIR id rule", "id")
-    caller = caller_of(request)
+    caller = await caller_of(request, "$purge")
     body = await bounded_body(request) if request.method == "POST" else b""
     given = parse_purge(request.query, body, request.content_type)
     profile = await request.app[PROFILE].get()
@@ -48,7 +50,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     if request.app[CONFIG].purge.hard_delete == "require" and profile.kind.hard_delete_method is None:
         raise BadRequest(422, "not-supported", f"hard_delete is 'require' but this upstream "
                          f"({profile.kind.name}) offers no hard delete; nothing was deleted")
-    return caller, PurgeRequest(patient_id, compartment, given.dry_run), profile
+    return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile
 
 
 async def _audit(request: web.Request, caller: Caller, result: PurgeResult) -> None:
@@ -78,9 +80,12 @@ async def handle(request: web.Request) -> web.Response:
     engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
                          request.app[UPSTREAM_LIMIT])
     try:
-        result = await engine.run(purge_request)
+        with request.app[CALLER_LIMITS].hold(caller.name):
+            result = await engine.run(purge_request)
     except UpstreamError as failure:
         return outcome_response(failure.status, failure.code, failure.text)
+    except (Denied, ConfirmationRequired) as refusal:
+        return refuse(refusal)
     await _audit(request, caller, result)
     return web.Response(text=json.dumps(purge_outcome(result)), content_type=FHIR_JSON)
 

@@ -1,0 +1,31 @@
+"""At most N destructive operations in flight per caller: one runaway script must not occupy
+the upstream (or every slot of ``purge.concurrency``) for everybody else."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from purgeproxy.security.errors import Denied
+
+
+class CallerLimits:
+    def __init__(self, maximum: int, retry_after: int) -> None:
+        self.maximum = maximum
+        self.retry_after = retry_after
+        self._running: Counter[str] = Counter()
+
+    @contextmanager
+    def hold(self, caller: str) -> Iterator[None]:
+        """A slot for ``caller`` while the block runs, or ``Denied`` 429 with Retry-After."""
+        if self._running[caller] >= self.maximum:
+            raise Denied(429, f"this caller already runs {self.maximum} destructive operation(s); "
+                              "retry later", code="throttled", retry_after=self.retry_after)
+        self._running[caller] += 1
+        try:
+            yield
+        finally:
+            self._running[caller] -= 1
+            if not self._running[caller]:
+                del self._running[caller]

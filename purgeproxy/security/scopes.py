@@ -1,0 +1,55 @@
+"""Which OAuth scopes allow which destructive operation.
+
+Defaults follow SMART v2's ``<context>/<type>.<operation>`` style and accept the vendor scopes that
+callers of Kodjin and Firely already hold, so moving a client behind the proxy needs no new
+grants. Wildcard scopes (``system/*.*``, ``system/*.cruds``) are deliberately not enough: a purge
+is more than a delete, and an existing broad grant must not turn into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+FIRELY = "http://server.fire.ly/auth/scope"
+
+
+def _smart(resource_type: str, operation: str) -> tuple[str, ...]:
+    return (f"system/{resource_type}.{operation}", f"user/{resource_type}.{operation}")
+
+
+DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
+    "$purge": _smart("Patient", "$purge") + ("system/kodjin/$patient-purge", f"{FIRELY}/purge-operation"),
+    "$erase": _smart("Patient", "$erase") + (f"{FIRELY}/erase-operation",),
+    "$expunge": _smart("*", "$expunge"),
+    "cascade-delete": _smart("*", "cascade-delete"),
+    "$delete-expunge": _smart("*", "$delete-expunge"),
+}
+
+
+def required_scopes(operation: str, configured: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+    """The scopes of which a caller needs one: the configured list, else the default."""
+    if operation in configured:
+        return tuple(configured[operation])
+    return DEFAULT_SCOPES.get(operation, _smart("*", operation))
+
+
+def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
+    """The scopes a token carries: ``scope`` (RFC 8693/9068, space-separated) or ``scp`` (list)."""
+    held: set[str] = set()
+    for claim in ("scope", "scp"):
+        value = claims.get(claim)
+        if isinstance(value, str):
+            held.update(value.split())
+        elif isinstance(value, list):
+            held.update(v for v in value if isinstance(v, str))
+    return frozenset(held)
+
+
+def identity(claims: Mapping[str, Any], kind: str) -> str:
+    """The caller's name for the audit log: subject and client, never the token."""
+    subject = claims.get("sub") or claims.get("username")
+    client = claims.get("client_id") or claims.get("azp")
+    if subject and client and subject != client:
+        return f"{kind}:{subject} (client {client})"
+    return f"{kind}:{subject or client or 'unknown'}"
