@@ -28,6 +28,7 @@ from purgeproxy.app_keys import (
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
+from purgeproxy.operations.job_runners import jobs_context
 from purgeproxy.passthrough import Passthrough
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
@@ -84,6 +85,7 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[OPERATIONS] = list(operations.ADVERTISED)
     app.cleanup_ctx.append(_upstream_clients)
+    app.cleanup_ctx.append(jobs_context)  # after the clients: its workers stop before they close
     base = config.server.base_path
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)

@@ -11,6 +11,8 @@ from purgeproxy.auth import Authorizer
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.jobs.store import JobStore
+from purgeproxy.jobs.worker import WorkerPool
 from purgeproxy.passthrough import Passthrough
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.servers.profile import ProfileCache
@@ -22,5 +24,7 @@ FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
 OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])
 PROFILE = web.AppKey("upstream_profile", ProfileCache)
 UPSTREAM_LIMIT = web.AppKey("upstream_limit", asyncio.Semaphore)  # shared by every operation
+JOB_STORE = web.AppKey("job_store", JobStore)
+JOB_WORKERS = web.AppKey("job_workers", WorkerPool)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
 CALLER_LIMITS = web.AppKey("caller_limits", CallerLimits)  # destructive operations per caller

@@ -218,6 +218,19 @@ class Purge(_Strict):
     )
 
 
+class Jobs(_Strict):
+    """Asynchronous jobs (``Prefer: respond-async``): where they are stored and who runs them."""
+
+    store: str = Field("purgeproxy-jobs.sqlite3", min_length=1,
+                       description="SQLite file path, or postgresql://… shared by all replicas")
+    workers: int = Field(4, ge=0, le=64, description="jobs run at once by this process; 0: none")
+    lease_seconds: float = Field(30.0, ge=0.5, le=3600, description="a silent worker's jobs are "
+                                 "taken over after this long; heartbeats come every third of it")
+    poll_seconds: float = Field(1.0, gt=0, le=60, description="how often idle workers look for jobs")
+    retry_after_seconds: int = Field(2, ge=1, le=3600, description="Retry-After on status polls")
+    max_attempts: int = Field(5, ge=1, le=100, description="claims of one job before it is an error")
+
+
 class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -229,6 +242,7 @@ class Config(_Strict):
     auth: Auth = Auth()
     safety: Safety = Safety()
     purge: Purge = Purge()
+    jobs: Jobs = Jobs()
     logging: Logging = Logging()
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -36,9 +40,26 @@ def hapi_base() -> Iterator[str]:
         yield base
 
 
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (Debian's package) in a throwaway cluster, one per test run."""
+    from tests.upstreams.postgres import running_postgres
+
+    with running_postgres() as url:
+        yield url
+
+
+_JOBS_DIR = tempfile.mkdtemp(prefix="purgeproxy-test-jobs-")
+atexit.register(shutil.rmtree, _JOBS_DIR, True)
+
+
 def config_for(upstream_url: str, **sections: dict[str, Any]) -> Any:
-    """A validated config for ``upstream_url``, with ``sections`` merged over the defaults."""
-    document: dict[str, Any] = {"upstream": {"url": upstream_url}}
+    """A validated config for ``upstream_url``, with ``sections`` merged over the defaults.
+
+    Each config gets a job store of its own, so that no test resumes another test's jobs.
+    """
+    document: dict[str, Any] = {"upstream": {"url": upstream_url},
+                                "jobs": {"store": f"{_JOBS_DIR}/{uuid.uuid4().hex}.sqlite3"}}
     for name, values in sections.items():
         document[name] = {**document.get(name, {}), **values}
     return parse_config(document)

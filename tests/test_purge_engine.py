@@ -41,7 +41,7 @@ async def test_a_purge_interrupted_half_way_completes_when_run_again(engine, ups
     seeds.write(upstream, seed.resources)
     request = PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment))
 
-    async def die_after_two_batches(done: int) -> None:
+    async def die_after_two_batches(done: int, planned: int) -> None:
         if done >= 2 * SETTINGS.batch_size:
             raise Crash
 

@@ -9,7 +9,9 @@ deleted ends the purge with an error instead of a loop.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from purgeproxy.engine.compartment import Compartment, Resolver, ResolutionError
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
@@ -37,12 +39,28 @@ class PurgeSettings:
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
 
 
+# (removed so far, planned so far) over the whole purge; called before each round and after
+# every batch, so a caller can checkpoint, and stop the purge by raising
+PurgeProgress = Callable[[int, int], Awaitable[None]]
+
+
 @dataclass(frozen=True)
 class PurgeRequest:
     patient_id: str
     compartment: Compartment
     dry_run: bool = False
     confirmed: bool = False  # the caller said confirm=true: no max_without_confirm
+
+    def to_json(self) -> dict[str, Any]:
+        """The validated request as plain JSON, so that a stored job can run it later."""
+        compartment = {rtype: list(params) for rtype, params in self.compartment.items()}
+        return {"patient_id": self.patient_id, "compartment": compartment, "dry_run": self.dry_run,
+                "confirmed": self.confirmed}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PurgeRequest:
+        compartment = {rtype: tuple(params) for rtype, params in data["compartment"].items()}
+        return cls(data["patient_id"], compartment, bool(data["dry_run"]), bool(data["confirmed"]))
 
 
 @dataclass
@@ -78,7 +96,7 @@ class PurgeEngine:
     def deleter(self, hard: bool) -> Deleter:
         return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
 
-    async def run(self, request: PurgeRequest, progress: Progress | None = None) -> PurgeResult:
+    async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
         first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
@@ -101,7 +119,7 @@ class PurgeEngine:
             raise ConfirmationRequired(len(plan.order), limit)
 
     async def _rounds(self, resolver: Resolver, plan: Plan, deleter: Deleter,
-                      result: PurgeResult, progress: Progress | None) -> None:
+                      result: PurgeResult, progress: PurgeProgress | None) -> None:
         gone: set[Key] = set()
         for _ in range(self.settings.max_rounds):
             todo = [k for k in plan.order if k not in result.deletion.blocked and k not in result.deletion.failed]
@@ -114,7 +132,7 @@ class PurgeEngine:
                 raise ResolutionError(
                     f"the upstream still returns {len(back)} resource(s) after deleting them"
                 )
-            report = await deleter.delete(todo, progress)
+            report = await deleter.delete(todo, await _overall(progress, result.deletion, len(todo)))
             result.deletion.merge(report)
             gone.update(report.deleted, report.already_gone)
             plan = make_plan(await resolver.resolve(plan.patient_id), self.settings.policy)
@@ -133,6 +151,19 @@ class PurgeEngine:
 
         flags = await asyncio.gather(*(has_history(key) for key in keys))
         return [key for key, flag in zip(keys, flags) if flag]
+
+
+async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo: int) -> Progress | None:
+    """The deleter counts within one round; callers want the whole purge's (removed, planned)."""
+    if progress is None:
+        return None
+    before = len(so_far.deleted) + len(so_far.already_gone)
+    await progress(before, before + todo)
+
+    async def batch_done(removed: int) -> None:
+        await progress(before + removed, before + todo)
+
+    return batch_done
 
 
 def _carry_over(first: Plan, later: Plan) -> None:

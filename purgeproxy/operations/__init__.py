@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy.capabilities import AdvertisedOperation
-from purgeproxy.operations import purge
+from purgeproxy.operations import async_status, purge
 
 ADVERTISED = [purge.ADVERTISED]
 
@@ -13,3 +13,4 @@ ADVERTISED = [purge.ADVERTISED]
 def add_routes(app: web.Application, base: str) -> None:
     """Register before the pass-through catch-all: the first matching route wins."""
     purge.add_routes(app, base)
+    async_status.add_routes(app, base)

@@ -19,6 +19,7 @@ from purgeproxy.engine.report import purge_outcome
 from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import is_valid_id
+from purgeproxy.operations.async_status import kick_off, wants_async
 from purgeproxy.operations.common import bounded_body, caller_of, refuse
 from purgeproxy.operations.params import BadRequest, compartment_from, parse_purge
 from purgeproxy.servers.profile import UpstreamProfile
@@ -53,14 +54,15 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile
 
 
-async def _audit(request: web.Request, caller: Caller, result: PurgeResult) -> None:
+async def audit_result(app: web.Application, caller: Caller, result: PurgeResult) -> None:
+    """Shared by the synchronous path and the asynchronous job runner."""
     counts = result.plan.counts() if result.request.dry_run else _deleted_counts(result)
     state = "dry-run" if result.request.dry_run else ("success" if result.complete else "incomplete")
     audit.record("$purge", result.request.patient_id, caller.name, state, counts, result.request.dry_run)
-    if request.app[CONFIG].purge.audit_event and not result.request.dry_run:
+    if app[CONFIG].purge.audit_event and not result.request.dry_run:
         event = audit.audit_event("$purge", result.request.patient_id, caller.name, result.complete, counts)
-        async with request.app[UPSTREAM_LIMIT]:
-            await request.app[FHIR_CLIENT].request("POST", "AuditEvent", json=event)
+        async with app[UPSTREAM_LIMIT]:
+            await app[FHIR_CLIENT].request("POST", "AuditEvent", json=event)
 
 
 def _deleted_counts(result: PurgeResult) -> dict[str, int]:
@@ -77,6 +79,10 @@ async def handle(request: web.Request) -> web.Response:
         return refuse(problem)
     except UpstreamError as failure:
         return outcome_response(failure.status, failure.code, failure.text)
+    if wants_async(request):
+        payload = {"request": purge_request.to_json(), "caller": caller.name}
+        target = f"Patient/{purge_request.patient_id}" + (" (dry run)" if purge_request.dry_run else "")
+        return await kick_off(request, "$purge", target, payload, f"The $purge of Patient/{purge_request.patient_id}")
     engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
                          request.app[UPSTREAM_LIMIT])
     try:
@@ -86,7 +92,7 @@ async def handle(request: web.Request) -> web.Response:
         return outcome_response(failure.status, failure.code, failure.text)
     except (Denied, ConfirmationRequired) as refusal:
         return refuse(refusal)
-    await _audit(request, caller, result)
+    await audit_result(request.app, caller, result)
     return web.Response(text=json.dumps(purge_outcome(result)), content_type=FHIR_JSON)
 
 

@@ -1,0 +1,1 @@
+"""Asynchronous jobs: durable storage with leases, and the worker pool that runs them."""

@@ -1,0 +1,124 @@
+"""The job store in SQL, written once for both backends.
+
+SQLite (3.35+) and PostgreSQL agree on everything used here (partial unique indexes, upserts,
+``RETURNING``) except two things, kept as template slots: the database's clock (``{now}``, epoch
+seconds) and the row lock that lets replicas skip each other's candidates (``{skip_locked}``).
+Times come from the database's clock, never a replica's, so that replicas with skewed clocks
+still agree on when a lease expired. Parameters are written ``:name`` (sqlite3's style) and
+turned into ``$n`` for asyncpg by :func:`numbered`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from purgeproxy.jobs.store import Job, JobStore, job_from_row
+
+TABLE = "purgeproxy_jobs"
+_ACTIVE = "('new', 'processing')"
+
+SCHEMA = (
+    f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+        id TEXT PRIMARY KEY, operation TEXT NOT NULL, target TEXT NOT NULL, payload TEXT NOT NULL,
+        status TEXT NOT NULL, total INTEGER, done INTEGER NOT NULL DEFAULT 0, result TEXT,
+        owner TEXT, lease_until DOUBLE PRECISION, attempts INTEGER NOT NULL DEFAULT 0,
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+    f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_active ON {TABLE} (target) WHERE status IN {_ACTIVE}",
+    f"CREATE INDEX IF NOT EXISTS {TABLE}_queue ON {TABLE} (status, created_at)",
+)
+INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, status, created_at, updated_at)
+    VALUES (:id, :operation, :target, :payload, 'new', {{now}}, {{now}})
+    ON CONFLICT (target) WHERE status IN {_ACTIVE} DO NOTHING RETURNING *"""
+ACTIVE_FOR = f"SELECT * FROM {TABLE} WHERE target = :target AND status IN {_ACTIVE}"
+GET = f"SELECT * FROM {TABLE} WHERE id = :id"
+CLAIM = f"""UPDATE {TABLE} SET status = 'processing', owner = :owner, attempts = attempts + 1,
+        lease_until = {{now}} + :lease, updated_at = {{now}}
+    WHERE id = (SELECT id FROM {TABLE} WHERE status IN {_ACTIVE}
+                AND (lease_until IS NULL OR lease_until < {{now}})
+                ORDER BY created_at LIMIT 1 {{skip_locked}})
+    RETURNING *"""
+CHECKPOINT = f"""UPDATE {TABLE} SET lease_until = {{now}} + :lease, updated_at = {{now}},
+        done = COALESCE(:done, done), total = COALESCE(:total, total)
+    WHERE id = :id AND owner = :owner AND status = 'processing' RETURNING id"""
+FINISH = f"""UPDATE {TABLE} SET result = :result, lease_until = NULL, updated_at = {{now}},
+        done = COALESCE(:done, done),
+        status = CASE WHEN status = 'cancelled' THEN status ELSE :status END
+    WHERE id = :id AND owner = :owner AND status IN ('processing', 'cancelled') RETURNING id"""
+RELEASE = f"""UPDATE {TABLE} SET owner = NULL, lease_until = NULL
+    WHERE id = :id AND owner = :owner AND status = 'processing' RETURNING id"""
+CANCEL = f"""UPDATE {TABLE} SET status = 'cancelled', updated_at = {{now}}
+    WHERE id = :id AND status IN {_ACTIVE} RETURNING id"""
+
+_PARAM = re.compile(r"(?<!:):([a-z_]+)")
+
+
+def numbered(sql: str) -> tuple[str, list[str]]:
+    """``:name`` parameters as ``$1, $2 …`` (asyncpg), with the names in order of number."""
+    names: list[str] = []
+
+    def number(match: re.Match[str]) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return _PARAM.sub(number, sql), names
+
+
+class SqlJobStore(JobStore):
+    """Every JobStore method as one conditional statement; backends supply :meth:`fetch`."""
+
+    now: str  # an SQL expression: the database's clock in epoch seconds
+    skip_locked: str  # "FOR UPDATE SKIP LOCKED" where the database has row locks
+
+    @abstractmethod
+    async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """Run one statement (``{now}``/``{skip_locked}`` already filled in); return its rows."""
+
+    def render(self, template: str) -> str:
+        return template.format(now=self.now, skip_locked=self.skip_locked)
+
+    async def rows(self, template: str, **params: Any) -> Sequence[Mapping[str, Any]]:
+        return await self.fetch(self.render(template), params)
+
+    async def submit(self, job_id: str, operation: str, target: str,
+                     payload: dict[str, Any]) -> tuple[Job, bool]:
+        for _ in range(5):  # the active job may finish between the two statements: try again
+            created = await self.rows(INSERT, id=job_id, operation=operation, target=target,
+                                      payload=json.dumps(payload))
+            if created:
+                return job_from_row(created[0]), True
+            existing = await self.rows(ACTIVE_FOR, target=target)
+            if existing:
+                return job_from_row(existing[0]), False
+        raise RuntimeError(f"could not store a job for {target}")
+
+    async def get(self, job_id: str) -> Job | None:
+        found = await self.rows(GET, id=job_id)
+        return job_from_row(found[0]) if found else None
+
+    async def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        claimed = await self.rows(CLAIM, owner=owner, lease=float(lease_seconds))
+        return job_from_row(claimed[0]) if claimed else None
+
+    async def checkpoint(self, job_id: str, owner: str, lease_seconds: float,
+                         progress: tuple[int, int] | None = None) -> bool:
+        done, total = progress if progress else (None, None)
+        return bool(await self.rows(CHECKPOINT, id=job_id, owner=owner, lease=float(lease_seconds),
+                                    done=done, total=total))
+
+    async def finish(self, job_id: str, owner: str, status: str, result: dict[str, Any],
+                     done: int | None = None) -> bool:
+        return bool(await self.rows(FINISH, id=job_id, owner=owner, status=status,
+                                    result=json.dumps(result), done=done))
+
+    async def release(self, job_id: str, owner: str) -> None:
+        await self.rows(RELEASE, id=job_id, owner=owner)
+
+    async def cancel(self, job_id: str) -> Job | None:
+        await self.rows(CANCEL, id=job_id)
+        return await self.get(job_id)
+

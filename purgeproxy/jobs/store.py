@@ -1,0 +1,109 @@
+"""The job store interface: what every durable backend (SQLite, PostgreSQL) must offer.
+
+A job is a destructive operation the proxy accepted with ``Prefer: respond-async``: its name and
+its already validated request (``payload``, plain JSON), plus progress and the final answer. The
+store is the only shared state between workers and replicas, so every state change is one
+atomic conditional write: a worker owns a job only while its lease (``owner`` and
+``lease_until``) is current, and every write it makes is conditioned on still holding it.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+NEW, PROCESSING, COMPLETED, ERROR, CANCELLED = "new", "processing", "completed", "error", "cancelled"
+ACTIVE = (NEW, PROCESSING)  # a job in one of these still has work to do
+
+
+@dataclass(frozen=True)
+class Job:
+    id: str
+    operation: str  # e.g. "purge"
+    target: str  # what it acts on ("purge:Patient/123"): one active job per target
+    payload: dict[str, Any]
+    status: str
+    total: int | None  # resources in scope as far as known; None before the first plan
+    done: int  # resources removed so far, over every attempt
+    result: dict[str, Any] | None  # {"status": <http status>, "outcome": <OperationOutcome>}
+    owner: str | None
+    attempts: int
+    updated_at: datetime
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+
+def job_from_row(row: Mapping[str, Any]) -> Job:
+    """One row of either backend as a Job; JSON columns may arrive as text or as objects."""
+    updated = row["updated_at"]
+    if not isinstance(updated, datetime):
+        updated = datetime.fromtimestamp(float(updated), timezone.utc)
+    return Job(
+        id=row["id"], operation=row["operation"], target=row["target"], payload=_json(row["payload"]),
+        status=row["status"], total=row["total"], done=row["done"], result=_json(row["result"]),
+        owner=row["owner"], attempts=row["attempts"], updated_at=updated,
+    )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+class JobStore(ABC):
+    """Durable jobs with leases; every method is safe to call from many processes at once."""
+
+    @abstractmethod
+    async def open(self) -> None:
+        """Connect and create the schema if missing."""
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    @abstractmethod
+    async def submit(self, job_id: str, operation: str, target: str,
+                     payload: dict[str, Any]) -> tuple[Job, bool]:
+        """Store a new job, or return the active job with the same target; True when created."""
+
+    @abstractmethod
+    async def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    async def claim(self, owner: str, lease_seconds: float) -> Job | None:
+        """Take the oldest active job whose lease is free or expired; at most one claimer wins."""
+
+    @abstractmethod
+    async def checkpoint(self, job_id: str, owner: str, lease_seconds: float,
+                         progress: tuple[int, int] | None = None) -> bool:
+        """Extend the lease (and record ``(done, total)``); False once the job is no longer ours
+        to run: cancelled, or its lease expired and another worker took it."""
+
+    @abstractmethod
+    async def finish(self, job_id: str, owner: str, status: str, result: dict[str, Any],
+                     done: int | None = None) -> bool:
+        """Record the final answer (and the final count, which includes the batch that was in
+        flight when a cancel came); a cancelled job stays cancelled. False when not our job."""
+
+    @abstractmethod
+    async def release(self, job_id: str, owner: str) -> None:
+        """Give the lease back at shutdown so that another worker resumes the job at once."""
+
+    @abstractmethod
+    async def cancel(self, job_id: str) -> Job | None:
+        """Mark an active job cancelled; returns the job as it now is, None when unknown."""
+
+
+def open_store(location: str) -> JobStore:
+    """The backend a ``jobs.store`` value names: a PostgreSQL URL, else an SQLite file path."""
+    if location.startswith(("postgresql://", "postgres://")):
+        from purgeproxy.jobs.postgres import PostgresJobStore
+
+        return PostgresJobStore(location)
+    from purgeproxy.jobs.sqlite import SqliteJobStore
+
+    return SqliteJobStore(location)

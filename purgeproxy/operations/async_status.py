@@ -1,0 +1,137 @@
+"""FHIR asynchronous requests (``Prefer: respond-async``): kick-off, status polling, cancel.
+
+Operations stay in charge of validation: they call :func:`kick_off` only with a request that the
+synchronous path would have run, so every 4xx is answered before a job is stored. The status URL
+is ``[base]/$async/<job-id>`` on any replica (the store is shared); Kodjin's
+``[base]/patient-purge/<job-id>`` shows the same job as a ``Parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from purgeproxy.access_log import outcome_response
+from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
+from purgeproxy.auth import Denied
+from purgeproxy.fhir.outcome import FHIR_JSON, issue, outcome
+from purgeproxy.jobs.store import CANCELLED, Job
+from purgeproxy.operations.common import caller_of, refuse
+from purgeproxy.operations.params import BadRequest
+
+HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
+                422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
+                504: "Gateway Timeout"}
+
+
+def wants_async(request: web.Request) -> bool:
+    """``Prefer: respond-async``, alone or among other preferences (``handling=strict`` …)."""
+    preferences = ",".join(request.headers.getall("Prefer", []))
+    tokens = {part.split("=")[0].strip().lower() for part in preferences.replace(";", ",").split(",")}
+    return "respond-async" in tokens
+
+
+def status_url(request: web.Request, job_id: str) -> str:
+    """Absolute, under the proxy's public base (``server.public_url`` when set)."""
+    return f"{request.app[PASSTHROUGH].mount.public_base(request)}/$async/{job_id}"
+
+
+def _informational(status: int, text: str, headers: dict[str, str]) -> web.Response:
+    body = json.dumps(outcome(issue("information", "informational", text)))
+    return web.Response(status=status, text=body, content_type=FHIR_JSON, headers=headers)
+
+
+async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
+                   what: str) -> web.Response:
+    """Store the job (or find the active one for ``target``) and answer 202 with its status URL."""
+    job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
+                                                       f"{operation} {target}", payload)
+    if created:
+        request.app[JOB_WORKERS].notify()
+    url = status_url(request, job.id)
+    text = (f"{what} was accepted as job {job.id}; poll {url} for its progress and result" if created
+            else f"{what} is already {job.status} as job {job.id}; poll {url}")
+    return _informational(202, text, {"Content-Location": url})
+
+
+def progress_text(job: Job) -> str:
+    if job.total is None:
+        return "queued" if job.status == "new" else "resolving the compartment"
+    return f"purged {job.done} of {job.total}"
+
+
+def result_bundle(job: Job) -> dict[str, Any]:
+    """The final answer as FHIR's async pattern wants it: a batch-response with one entry."""
+    result = job.result or {"status": 500, "outcome": outcome(issue(
+        "error", "exception", "the job ended without recording a result"))}
+    status = int(result["status"])
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": [{"response": {
+        "status": f"{status} {HTTP_REASONS.get(status, '')}".strip(), "outcome": result["outcome"]}}]}
+
+
+async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job | web.Response:
+    """The job the URL names, once the caller may run its operation; otherwise the refusal, which
+    comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
+    async pattern (404) but still visible in Kodjin's shape."""
+    job = await request.app[JOB_STORE].get(request.match_info["job_id"])
+    try:
+        await caller_of(request, job.operation if job else "$purge")
+    except (BadRequest, Denied) as problem:
+        return refuse(problem)
+    if job is None:
+        return outcome_response(404, "not-found", "no such job")
+    if job.status == CANCELLED and not show_cancelled:
+        return outcome_response(404, "not-found", f"job {job.id} was cancelled")
+    return job
+
+
+async def status(request: web.Request) -> web.Response:
+    job = await _job_for(request)
+    if isinstance(job, web.Response):
+        return job
+    if job.active:
+        headers = {"X-Progress": progress_text(job),
+                   "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
+        return _informational(202, f"job {job.id} is {job.status}: {headers['X-Progress']}", headers)
+    return web.Response(text=json.dumps(result_bundle(job)), content_type=FHIR_JSON)
+
+
+async def cancel(request: web.Request) -> web.Response:
+    job = await _job_for(request)
+    if isinstance(job, web.Response):
+        return job
+    if not job.active:
+        return outcome_response(409, "conflict", f"job {job.id} has already finished ({job.status})")
+    job = await request.app[JOB_STORE].cancel(job.id) or job
+    return _informational(202, f"job {job.id} is cancelled: {job.done} resource(s) had been removed "
+                          "so far; it stops after the batch in flight", {})
+
+
+def kodjin_parameters(job: Job) -> dict[str, Any]:
+    """Kodjin's ``patient-purge`` status shape."""
+    values = [("patientId", "valueString", job.payload.get("request", {}).get("patient_id")),
+              ("updatedAt", "valueInstant", job.updated_at.isoformat(timespec="seconds")),
+              ("status", "valueCode", job.status),
+              ("totalResourcesCount", "valueInteger", job.total or 0),
+              ("purgedResourcesCount", "valueInteger", job.done)]
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": name, kind: value} for name, kind, value in values]}
+
+
+async def patient_purge_status(request: web.Request) -> web.Response:
+    job = await _job_for(request, show_cancelled=True)
+    if isinstance(job, web.Response):
+        return job
+    if job.operation != "$purge":
+        return outcome_response(404, "not-found", "no such patient purge job")
+    return web.Response(text=json.dumps(kodjin_parameters(job)), content_type=FHIR_JSON)
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    path = f"{base}/$async/{{job_id}}"
+    app.router.add_route("GET", path, status)
+    app.router.add_route("DELETE", path, cancel)
+    app.router.add_route("GET", f"{base}/patient-purge/{{job_id}}", patient_purge_status)

@@ -1,0 +1,82 @@
+"""The job store's contract, on both backends: one active job per target, exclusive leases."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from purgeproxy.jobs.store import CANCELLED, COMPLETED, NEW, PROCESSING, JobStore, open_store
+from purgeproxy.jobs.sql import numbered
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[JobStore]:
+    if request.param == "sqlite":
+        location = str(tmp_path / "jobs.sqlite3")
+    else:  # a database of its own, so that no other test's jobs are claimed here
+        server = request.getfixturevalue("postgres_url")
+        name = "t" + uuid.uuid4().hex[:12]
+        admin = await asyncpg.connect(server)
+        await admin.execute(f"CREATE DATABASE {name}")
+        await admin.close()
+        location = server.rsplit("/", 1)[0] + "/" + name
+    opened = open_store(location)
+    await opened.open()
+    yield opened
+    await opened.close()
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+async def test_one_active_job_per_target(store: JobStore) -> None:
+    first, created = await store.submit(new_id(), "purge", "purge:Patient/a", {"patient_id": "a"})
+    assert created and first.status == NEW and first.payload == {"patient_id": "a"}
+    again, created = await store.submit(new_id(), "purge", "purge:Patient/a", {"patient_id": "a"})
+    assert not created and again.id == first.id
+    claimed = await store.claim("w1", 30)
+    assert claimed is not None and claimed.id == first.id and claimed.status == PROCESSING
+    assert await store.finish(first.id, "w1", COMPLETED, {"status": 200, "outcome": {}})
+    later, created = await store.submit(new_id(), "purge", "purge:Patient/a", {})
+    assert created and later.id != first.id  # finished jobs no longer block a new one
+
+
+async def test_a_lease_is_exclusive_until_it_expires(store: JobStore) -> None:
+    job, _ = await store.submit(new_id(), "purge", f"purge:Patient/{new_id()}", {})
+    claims = await asyncio.gather(*(store.claim(f"w{i}", 0.5) for i in range(6)))
+    winners = [c for c in claims if c is not None]
+    assert [w.id for w in winners] == [job.id]
+    owner = winners[0].owner
+    assert await store.checkpoint(job.id, owner, 0.5, (10, 40))
+    assert await store.claim("late", 30) is None
+    await asyncio.sleep(0.7)  # the owner stopped heart-beating: the lease expires
+    taken = await store.claim("late", 30)
+    assert taken is not None and taken.id == job.id and taken.attempts == 2
+    assert (taken.done, taken.total) == (10, 40)  # progress survives the hand-over
+    assert not await store.checkpoint(job.id, owner, 30, (20, 40))  # the old owner lost it
+    assert not await store.finish(job.id, owner, COMPLETED, {})
+
+
+async def test_release_and_cancel(store: JobStore) -> None:
+    job, _ = await store.submit(new_id(), "purge", f"purge:Patient/{new_id()}", {})
+    assert (await store.claim("w1", 30)).id == job.id
+    await store.release(job.id, "w1")
+    assert (await store.claim("w2", 30)).id == job.id  # released: taken at once, no lease wait
+    cancelled = await store.cancel(job.id)
+    assert cancelled is not None and cancelled.status == CANCELLED
+    assert not await store.checkpoint(job.id, "w2", 30)  # the worker learns at its next batch
+    assert await store.finish(job.id, "w2", COMPLETED, {"status": 200, "outcome": {}})
+    finished = await store.get(job.id)
+    assert finished.status == CANCELLED and finished.result == {"status": 200, "outcome": {}}
+    assert await store.cancel("no-such-job") is None and await store.get("no-such-job") is None
+
+
+def test_named_parameters_become_numbered() -> None:
+    sql, names = numbered("SELECT :a, :b::int, x::text, :a")
+    assert sql == "SELECT $1, $2::int, x::text, $1" and names == ["a", "b"]
