@@ -15,11 +15,23 @@ from aiohttp.test_utils import TestServer
 from purgeproxy import logs
 from purgeproxy.app import create_app
 from purgeproxy.config import parse_config
+from tests import log_capture
 from tests.upstreams.medplum import ensure_installed, running_medplum
 
 ProxyFactory = Callable[..., Awaitable[str]]
 
 logs.configure("debug")
+log_capture.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_secrets_in_logs() -> Iterator[None]:
+    """No token, secret or query value in any log line of any test (see tests/log_capture.py)."""
+    log_capture.install()
+    since = len(log_capture.LINES)
+    yield
+    leaked = log_capture.leaks(since)
+    assert not leaked, f"secrets or query values were logged: {leaked[:3]}"
 
 
 @pytest.fixture(scope="session")
