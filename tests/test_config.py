@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,24 @@ def test_cli_reports_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         load_config(broken)
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_secret_keys_are_never_echoed_in_config_errors() -> None:
+    document = {"upstream": {"url": "http://x/fhir"},
+                "auth": {"tokens": [{"name": "t", "sha256": "the-raw-token-by-mistake", "operations": ["$purge"]}]}}
+    with pytest.raises(ConfigError) as mistake:
+        parse_config(document)
+    assert "auth.tokens.0.sha256" in str(mistake.value) and "the-raw-token" not in str(mistake.value)
+
+
+@pytest.mark.parametrize(("auth", "message"), [
+    ({"tokens": [{"name": "t", "operations": ["$purge"]}]}, "exactly one of sha256 or token"),
+    ({"tokens": [{"name": "t", "token": {"env": "X", "file": "/y"}, "operations": ["$purge"]}]}, "exactly one of env or file"),
+    ({"tokens": [{"name": "t", "sha256": "a" * 64, "operations": ["$destroy"]}]}, "auth.tokens.0.operations.0"),
+    ({"jwt": {"issuer": "i", "audience": "a"}}, "give jwks_url or keys"),
+    ({"jwt": {"issuer": "i", "audience": "a", "keys": [{}], "algorithms": ["HS256"]}}, "auth.jwt.algorithms.0"),
+    ({"scopes": {"$nope": ["x"]}}, "auth.scopes"),
+])
+def test_auth_policy_mistakes_are_config_errors(auth: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"upstream": {"url": "http://x/fhir"}, "auth": auth})
