@@ -231,6 +231,18 @@ class Jobs(_Strict):
     max_attempts: int = Field(5, ge=1, le=100, description="claims of one job before it is an error")
 
 
+class Cascade(_Strict):
+    max_rounds: int = Field(
+        10, ge=1, le=100, description="levels of referencing resources a cascading delete follows"
+    )
+
+
+class Expunge(_Strict):
+    allow_everything: bool = Field(
+        False, description="allow system-level $expunge with expungeEverything (empties the server)"
+    )
+
+
 class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -243,6 +255,8 @@ class Config(_Strict):
     safety: Safety = Safety()
     purge: Purge = Purge()
     jobs: Jobs = Jobs()
+    cascade: Cascade = Cascade()
+    expunge: Expunge = Expunge()
     logging: Logging = Logging()
 
 

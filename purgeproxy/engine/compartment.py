@@ -106,16 +106,7 @@ class Resolver:
             url, query = self._next(answer.body, seen_pages), None
 
     def _next(self, bundle: dict[str, Any], seen: set[str]) -> str | None:
-        """The next page, only on the upstream itself, and never the same page twice."""
-        link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
-        if not link:
-            return None
-        if not link.startswith(self.client.base_url + "/") and not link.startswith(self.client.base_url + "?"):
-            raise ResolutionError("the upstream's next link points outside its own base")
-        if link in seen or len(seen) >= self.max_pages:
-            raise ResolutionError("the upstream's paging does not end")
-        seen.add(link)
-        return link
+        return next_page(bundle, self.client.base_url, seen, self.max_pages)
 
     def _take(self, result: Resolution, rtype: str, param: str, resources: Iterable[dict[str, Any]]) -> None:
         target = result.patient_key
@@ -151,6 +142,19 @@ class Resolver:
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
         return Member((rtype, resource["id"]), version, via, others, refs)
+
+
+def next_page(bundle: dict[str, Any], base_url: str, seen: set[str], max_pages: int) -> str | None:
+    """The next page, only on the upstream itself, and never the same page twice."""
+    link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+    if not link:
+        return None
+    if not link.startswith(base_url + "/") and not link.startswith(base_url + "?"):
+        raise ResolutionError("the upstream's next link points outside its own base")
+    if link in seen or len(seen) >= max_pages:
+        raise ResolutionError("the upstream's paging does not end")
+    seen.add(link)
+    return link
 
 
 def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:

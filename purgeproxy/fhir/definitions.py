@@ -8,7 +8,7 @@ paths it indexes, and the official Patient CompartmentDefinition.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -35,10 +35,17 @@ class FhirDefinitions:
     resource_types: frozenset[str]
     reference_params: dict[str, dict[str, tuple[ReferencePath, ...]]]
     patient_compartment: dict[str, tuple[str, ...]]
+    # resource type -> reference search param -> the types it may point at (reverse searches)
+    reference_targets: dict[str, dict[str, frozenset[str]]] = field(default_factory=dict)
 
     def reference_paths(self, resource_type: str, param: str) -> tuple[ReferencePath, ...] | None:
         """The paths of a reference search parameter, or None when it is not one."""
         return self.reference_params.get(resource_type, {}).get(param)
+
+    def params_targeting(self, target_type: str) -> list[tuple[str, str]]:
+        """Every (type, param) whose references may point at ``target_type``, sorted."""
+        return sorted((rtype, param) for rtype, params in self.reference_targets.items()
+                      for param, targets in params.items() if target_type in targets)
 
 
 def supported_versions() -> list[str]:
@@ -64,4 +71,8 @@ def definitions_for(fhir_version: str) -> FhirDefinitions:
             for rtype, params in data["referenceParams"].items()
         },
         patient_compartment={k: tuple(v) for k, v in data["patientCompartment"].items()},
+        reference_targets={
+            rtype: {param: frozenset(spec.get("targets") or ()) for param, spec in params.items()}
+            for rtype, params in data["referenceParams"].items()
+        },
     )

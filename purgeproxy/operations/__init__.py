@@ -5,12 +5,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy.capabilities import AdvertisedOperation
-from purgeproxy.operations import async_status, purge
+from purgeproxy.operations import async_status, cascade, delete_expunge, erase, expunge, purge
 
-ADVERTISED = [purge.ADVERTISED]
+ADVERTISED = [purge.ADVERTISED, erase.ADVERTISED, expunge.ADVERTISED, delete_expunge.ADVERTISED]
 
 
 def add_routes(app: web.Application, base: str) -> None:
     """Register before the pass-through catch-all: the first matching route wins."""
     purge.add_routes(app, base)
+    for module in (erase, expunge, delete_expunge, cascade):
+        module.add_routes(app, base)
     async_status.add_routes(app, base)

@@ -1,0 +1,83 @@
+"""Cascading delete (HAPI's ``_cascade=delete``): a resource and everything that references it.
+
+Everything is found before anything is deleted: round 1 finds the resources that reference the
+target, round 2 those that reference round 1's, and so on up to ``max_rounds``. If the last round
+still finds referencing resources the cascade is refused and nothing is deleted, because deleting
+part of a chain leaves dangling references (or, on HAPI, fails half-way). Excluded types
+(``purge.excluded_types``, AuditEvent and Provenance by default) are never deleted: they are
+reported as kept, and on an upstream with referential integrity they block what they reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from purgeproxy.engine.references import find_referrers
+from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove
+from purgeproxy.fhir.references import Key
+
+
+@dataclass
+class CascadePlan:
+    target: Key
+    resources: dict[Key, dict[str, Any]] = field(default_factory=dict)  # to delete
+    kept: dict[Key, str] = field(default_factory=dict)
+    ignored: dict[Key, str] = field(default_factory=dict)
+    unsearchable: dict[str, str] = field(default_factory=dict)
+    rounds: int = 0
+
+
+async def plan_cascade(ctx: Context, target: Key, max_rounds: int) -> CascadePlan:
+    """The target and every resource that references it, transitively; refused past max_rounds."""
+    plan = CascadePlan(target)
+    answer = await ctx.get(f"{target[0]}/{target[1]}")
+    if answer.status == 200 and answer.resource_type == target[0]:
+        plan.resources[target] = answer.body
+    frontier = [target]
+    while frontier:
+        found = await find_referrers(ctx, frontier)
+        plan.unsearchable.update(found.unsearchable)
+        plan.ignored.update({k: v for k, v in found.ignored.items() if k not in plan.resources})
+        new = {k: v for k, v in found.found.items() if k not in plan.resources and k not in plan.kept}
+        if new and plan.rounds >= max_rounds:
+            raise Refused(422, "too-costly", _too_deep(target, max_rounds, new, found.points_at))
+        plan.rounds += 1 if new else 0
+        frontier = []
+        for key, resource in sorted(new.items()):
+            if key[0] in ctx.excluded_types:
+                plan.kept[key] = f"excluded type; references {_refs(found.points_at[key])}"
+            else:
+                plan.resources[key] = resource
+                frontier.append(key)
+    return plan
+
+
+def _refs(keys: set[Key]) -> str:
+    return ", ".join(f"{t}/{i}" for t, i in sorted(keys))
+
+
+def _too_deep(target: Key, max_rounds: int, new: dict[Key, Any], points_at: dict[Key, set[Key]]) -> str:
+    shown = sorted(new)[:20]
+    listing = "; ".join(f"{t}/{i} references {_refs(points_at[(t, i)])}" for t, i in shown)
+    more = f" and {len(new) - len(shown)} more" if len(new) > len(shown) else ""
+    return (f"cascading delete of {target[0]}/{target[1]} stopped: references remain after "
+            f"{max_rounds} round(s) (cascade.max_rounds); nothing was deleted. Still referencing: "
+            f"{listing}{more}")
+
+
+async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bool,
+                         hard: bool, confirmed: bool = False) -> Removal:
+    """Plan, then delete referencing resources first and the target last, then verify."""
+    plan = await plan_cascade(ctx, target, max_rounds)
+    removal = Removal("cascade-delete", f"{target[0]}/{target[1]}", dry_run)
+    removal.kept = {**plan.kept, **plan.ignored}
+    removal.notes.append(f"{len(plan.resources)} resource(s) found in {plan.rounds} round(s) of "
+                         "reverse reference searches")
+    if plan.unsearchable:
+        removal.errors += [f"could not search {where}: {why}; resources referencing through it "
+                           "may remain" for where, why in sorted(plan.unsearchable.items())]
+    if target not in plan.resources:
+        removal.notes.append(f"{target[0]}/{target[1]} does not exist (or is already deleted)")
+    order = order_resources(plan.resources, ctx.client.base_url)
+    return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed)

@@ -1,0 +1,95 @@
+"""Delete-expunge: every resource matching a search, deleted and expunged (HAPI's shape).
+
+The matches are found first with a strict search (an unknown parameter is an error, not an empty
+criterion). A reference criterion with a literal ``Type/id`` value is also checked on every match,
+as the purge checks compartment members: a match that does not carry the reference is kept. A
+search with no criteria, or with more matches than ``purge.max_without_confirm``, is refused
+unless confirmed: a typo must not empty a table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, urlsplit
+
+from purgeproxy.engine.erase import PROTECTED_TYPES
+from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove, search_all
+from purgeproxy.fhir.references import Key, parse_reference, references_at
+
+# Search result parameters change what comes back, not what matches: never part of criteria.
+RESULT_PARAMS = frozenset({"_count", "_sort", "_include", "_revinclude", "_summary", "_elements",
+                           "_contained", "_containedType", "_total", "_format", "_pretty", "_offset"})
+
+
+@dataclass(frozen=True)
+class Criteria:
+    rtype: str
+    params: list[tuple[str, str]]
+
+    @property
+    def shown(self) -> str:
+        """For outcomes and logs: parameter names only, never their values (patient data)."""
+        names = sorted({name for name, _ in self.params})
+        return f"{self.rtype}?{'&'.join(names)}" if names else self.rtype
+
+
+def parse_criteria(url: str, resource_types: frozenset[str]) -> Criteria:
+    """``Type?criteria`` (relative), refused when it is anything else."""
+    parts = urlsplit(url)
+    if parts.scheme or parts.netloc or parts.fragment or "/" in parts.path:
+        raise Refused(400, "invalid", "url must be a relative search: Type?criteria")
+    if parts.path not in resource_types:
+        raise Refused(400, "invalid", f"url: '{parts.path}' is not a resource type of this server's FHIR version")
+    if parts.path in PROTECTED_TYPES:
+        raise Refused(422, "business-rule", f"delete-expunge is not allowed on {parts.path}: the audit trail is never erased")
+    params = parse_qsl(parts.query, keep_blank_values=True)
+    for name, value in params:
+        if name.split(":")[0] in RESULT_PARAMS:
+            raise Refused(400, "invalid", f"url: '{name}' shapes search results and is not a criterion")
+        if not value:
+            raise Refused(400, "invalid", f"url: criterion '{name}' has no value")
+    return Criteria(parts.path, params)
+
+
+async def find_matches(ctx: Context, criteria: Criteria, removal: Removal) -> dict[Key, dict]:
+    """The strict search's matches that pass the reference check."""
+    found = await search_all(ctx, criteria.rtype, criteria.params)
+    if found.problem:
+        raise Refused(400, "invalid", f"the upstream refused the search {criteria.shown}: {found.problem}; nothing was deleted")
+    checks = _reference_checks(ctx, criteria)
+    matches = {}
+    for key, resource in found.matches.items():
+        if all(_references(ctx, resource, param, target) for param, target in checks):
+            matches[key] = resource
+        else:
+            removal.kept[key] = (f"returned by {criteria.shown} but does not carry the reference "
+                                 "asked for (the upstream ignored a criterion); not deleted")
+    return matches
+
+
+def _reference_checks(ctx: Context, criteria: Criteria) -> list[tuple[str, Key]]:
+    """(param, target) for every plain reference criterion with one literal ``Type/id`` value."""
+    checks = []
+    for name, value in criteria.params:
+        target = parse_reference(value, ctx.client.base_url) if "," not in value else None
+        if ":" not in name and target and ctx.profile.definitions.reference_paths(criteria.rtype, name):
+            checks.append((name, target))
+    return checks
+
+
+def _references(ctx: Context, resource: dict, param: str, target: Key) -> bool:
+    paths = ctx.profile.definitions.reference_paths(resource["resourceType"], param) or ()
+    return any(key == target for path in paths for key in references_at(resource, path, ctx.client.base_url))
+
+
+async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool) -> Removal:
+    """Find every match, refuse an over-broad request, then delete, expunge and verify."""
+    ctx.require_hard_delete_possible()
+    removal = Removal("$delete-expunge", ", ".join(c.shown for c in searches), dry_run)
+    matches: dict[Key, dict] = {}
+    for criteria in searches:
+        if not criteria.params and not confirmed:
+            raise Refused(422, "business-rule", f"{criteria.rtype} without criteria would delete every "
+                          f"{criteria.rtype}; add confirm=true if that is meant; nothing was deleted")
+        matches.update(await find_matches(ctx, criteria, removal))
+    return await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed)

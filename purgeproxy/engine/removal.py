@@ -1,0 +1,180 @@
+"""What every vendor-shaped operation ($erase, $expunge, cascade, delete-expunge) shares.
+
+Each operation first proves a list of resources in scope, then hands it here: delete in
+transaction Bundles with the purge's ``Deleter`` (409s resolved or reported, the scope never
+widens), hard-delete with the upstream's own mechanism where it has one, and verify afterwards by
+reading every resource and its history back. The result says what was and was not removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from purgeproxy.engine.compartment import Member, next_page, _diagnostics, _entries
+from purgeproxy.engine.deletion import Deleter, DeletionReport
+from purgeproxy.engine.plan import delete_order
+from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.references import Key, all_references
+from purgeproxy.servers.profile import UpstreamProfile
+
+STRICT = {"Prefer": "handling=strict"}
+_GONE = (404, 410)
+
+
+class Refused(Exception):
+    """The request cannot be carried out as asked; raised before any upstream write."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
+class ConfirmationNeeded(ConfirmationRequired):
+    """The purge's confirmation rail (``purge.max_without_confirm``), worded for any operation."""
+
+    def __init__(self, operation: str, planned: int, limit: int) -> None:
+        super().__init__(planned, limit)
+        self.args = (f"this {operation} would delete {planned} resources, more than {limit} "
+                     "without confirmation (purge.max_without_confirm)",)
+
+
+@dataclass(frozen=True)
+class Context:
+    """The upstream and the settings every operation runs with."""
+
+    client: FhirClient
+    profile: UpstreamProfile
+    limit: asyncio.Semaphore
+    batch_size: int
+    page_size: int
+    hard_delete: str  # require | auto | never (purge.hard_delete)
+    excluded_types: frozenset[str] = frozenset()
+    max_without_confirm: int | None = None  # larger deletes need the caller's confirm=true
+
+    @property
+    def hard_method(self) -> str | None:
+        """The hard delete this run uses, None when deletes stay soft."""
+        if self.hard_delete == "never":
+            return None
+        return self.profile.kind.hard_delete_method
+
+    def require_hard_delete_possible(self) -> None:
+        """``purge.hard_delete: require`` on an upstream without one: refuse before deleting."""
+        if self.hard_delete == "require" and self.profile.kind.hard_delete_method is None:
+            raise Refused(422, "not-supported", f"hard_delete is 'require' but this upstream "
+                          f"({self.profile.kind.name}) offers no hard delete; nothing was deleted")
+
+    async def get(self, path: str, params: dict[str, str] | None = None,
+                  headers: dict[str, str] | None = None) -> Any:
+        async with self.limit:
+            return await self.client.request("GET", path, params=params, headers=headers)
+
+
+@dataclass
+class Removal:
+    """What one operation removed, kept and could not remove, for its outcome and audit."""
+
+    operation: str
+    target: str  # what was asked for, e.g. "Observation/1" (never a query value)
+    dry_run: bool
+    planned: list[Key] = field(default_factory=list)
+    hard_delete_method: str | None = None
+    deletion: DeletionReport = field(default_factory=DeletionReport)
+    kept: dict[Key, str] = field(default_factory=dict)  # reached but not deleted, and why
+    remaining: list[Key] = field(default_factory=list)  # planned, still readable afterwards
+    history_remaining: list[Key] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    expunged: int | None = None  # versions an upstream's own $expunge says it removed
+
+    @property
+    def complete(self) -> bool:
+        """Everything planned is gone; its history too when a hard delete was promised."""
+        history_left = bool(self.history_remaining) and self.hard_delete_method is not None
+        return not (self.remaining or history_left or self.errors or self.deletion.blocked
+                    or self.deletion.failed or self.deletion.hard_delete_failed)
+
+    def counts(self) -> dict[str, int]:
+        keys = self.planned if self.dry_run else self.deletion.deleted
+        counts: dict[str, int] = {}
+        for rtype, _ in keys:
+            counts[rtype] = counts.get(rtype, 0) + 1
+        return dict(sorted(counts.items()))
+
+
+def order_resources(resources: dict[Key, dict[str, Any]], base_url: str) -> list[Key]:
+    """Referencing resources before the ones they reference, as the purge orders its deletes."""
+    members = {key: Member(key, None, set(), set(), set(all_references(body, base_url)) - {key})
+               for key, body in resources.items()}
+    return delete_order(members)
+
+
+async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bool = False) -> Removal:
+    """Delete ``order`` (already proven in scope), hard-delete, then verify; fills ``removal``.
+
+    The confirmation rail is checked here, after planning and before the first delete, so that
+    every operation has it and a dry run always shows the plan."""
+    removal.planned = list(order)
+    removal.hard_delete_method = ctx.hard_method
+    if removal.dry_run or not order:
+        return removal
+    limit = ctx.max_without_confirm
+    if limit is not None and not confirmed and len(order) > limit:
+        raise ConfirmationNeeded(removal.operation, len(order), limit)
+    deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None)
+    removal.deletion = await deleter.delete(list(order))
+    removal.remaining = await still_readable(ctx, order)
+    done = removal.deletion.deleted + removal.deletion.already_gone
+    removal.history_remaining = await history_left(ctx, done)
+    return removal
+
+
+async def still_readable(ctx: Context, keys: list[Key]) -> list[Key]:
+    """Which of ``keys`` the upstream still serves: re-read, never assumed."""
+    async def readable(key: Key) -> bool:
+        answer = await ctx.get(f"{key[0]}/{key[1]}")
+        return answer.status not in _GONE
+
+    flags = await asyncio.gather(*(readable(key) for key in keys))
+    return [key for key, flag in zip(keys, flags) if flag]
+
+
+async def history_left(ctx: Context, keys: list[Key]) -> list[Key]:
+    """Resources whose history the upstream still serves (404, 410 or an empty Bundle: gone)."""
+    async def has_history(key: Key) -> bool:
+        answer = await ctx.get(f"{key[0]}/{key[1]}/_history")
+        if answer.status in _GONE:
+            return False
+        return not (answer.resource_type == "Bundle" and not answer.body.get("entry"))
+
+    flags = await asyncio.gather(*(has_history(key) for key in keys))
+    return [key for key, flag in zip(keys, flags) if flag]
+
+
+@dataclass
+class SearchResult:
+    matches: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    problem: str | None = None  # the search could not be run: nothing it found is trusted
+
+
+async def search_all(ctx: Context, rtype: str, params: list[tuple[str, str]],
+                     max_pages: int = 100_000) -> SearchResult:
+    """Every match of one strict search, following ``next`` links on the upstream only."""
+    result = SearchResult()
+    query: list[tuple[str, str]] | None = params + [("_count", str(ctx.page_size))]
+    url: str | None = rtype
+    seen: set[str] = set()
+    while url is not None:
+        async with ctx.limit:
+            answer = await ctx.client.request("GET", url, params=query, headers=STRICT)
+        if answer.status != 200 or answer.resource_type != "Bundle":
+            result.problem = _diagnostics(answer.body, answer.status)
+            return result
+        for resource in _entries(answer.body):
+            if resource.get("resourceType") == rtype and isinstance(resource.get("id"), str):
+                result.matches[(rtype, resource["id"])] = resource
+        url, query = next_page(answer.body, ctx.client.base_url, seen, max_pages), None
+    return result

@@ -1,0 +1,102 @@
+"""DELETE interception: HAPI's cascading delete and conditional delete-expunge.
+
+``DELETE [base]/<Type>/<id>?_cascade=delete`` (or header ``X-Cascade: delete``) deletes the
+resource and everything that references it; ``DELETE [base]/<Type>?<criteria>&_expunge=true`` is a
+delete-expunge. These never reach the upstream unchanged: a DELETE carrying either marker that the
+proxy does not carry out is refused. Every other DELETE passes through as it is.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from purgeproxy.app_keys import CONFIG, PASSTHROUGH
+from purgeproxy.auth import Caller
+from purgeproxy.engine.cascade import cascade_delete
+from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_criteria
+from purgeproxy.engine.removal import Context, Refused
+from purgeproxy.operations.params import BadRequest, parse_query
+from purgeproxy.operations.vendor import answer, check_type, resource_key, run
+
+OPERATION = "cascade-delete"
+CONTROL = frozenset({"_cascade", "_expunge", "_dryRun", "_confirm"})
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return False
+    if value not in ("true", "false"):
+        raise BadRequest(400, "invalid", f"{name} must be 'true' or 'false'", name)
+    return value == "true"
+
+
+def wants_cascade(request: web.Request) -> bool:
+    return "_cascade" in request.query or "X-Cascade" in request.headers
+
+
+def _cascade_mode(request: web.Request) -> None:
+    for value in request.query.getall("_cascade", []) + request.headers.getall("X-Cascade", []):
+        if value != "delete":
+            raise BadRequest(400, "invalid", "the only cascade mode is 'delete'", "_cascade")
+
+
+async def instance(request: web.Request) -> web.StreamResponse:
+    """``DELETE <Type>/<id>``: a cascade when asked for, otherwise the pass-through."""
+    if not wants_cascade(request) and "_expunge" not in request.query:
+        return await request.app[PASSTHROUGH].handle(request)
+
+    async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
+        key = resource_key(request, ctx.profile.definitions.resource_types)
+        if not wants_cascade(request):
+            raise Refused(422, "not-supported", "_expunge=true applies to conditional deletes "
+                          "(DELETE Type?criteria&_expunge=true); to remove one resource permanently "
+                          "use POST Type/id/$erase or $expunge; nothing was deleted")
+        _cascade_mode(request)
+        parse_query(request.query, CONTROL)
+        hard = _flag(request, "_expunge")
+        if hard:
+            ctx.require_hard_delete_possible()
+        rounds = request.app[CONFIG].cascade.max_rounds
+        removal = await cascade_delete(ctx, key, rounds, _flag(request, "_dryRun"), hard,
+                                       _flag(request, "_confirm"))
+        return answer(caller, removal)
+
+    return await run(request, OPERATION, work)
+
+
+async def conditional(request: web.Request) -> web.StreamResponse:
+    """``DELETE <Type>?criteria``: delete-expunge with ``_expunge=true``, otherwise pass-through."""
+    if not wants_cascade(request) and "_expunge" not in request.query:
+        return await request.app[PASSTHROUGH].handle(request)
+
+    async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
+        rtype = request.match_info["type"]
+        check_type(rtype, ctx.profile.definitions.resource_types)
+        if wants_cascade(request):
+            raise Refused(422, "not-supported", "cascading conditional deletes are not supported: "
+                          "cascade one resource at a time (DELETE Type/id?_cascade=delete); nothing was deleted")
+        if not _flag(request, "_expunge"):
+            return await request.app[PASSTHROUGH].handle(request)  # _expunge=false: a plain delete
+        criteria = [(k, v) for k, v in request.query.items() if k not in CONTROL]
+        parsed = parse_criteria(_as_url(rtype, criteria), ctx.profile.definitions.resource_types)
+        return await _delete_expunge(request, ctx, caller, [parsed], _flag(request, "_dryRun"),
+                                     _flag(request, "_confirm"))
+
+    return await run(request, "$delete-expunge", work)
+
+
+def _as_url(rtype: str, criteria: list[tuple[str, str]]) -> str:
+    return f"{rtype}?{urlencode(criteria)}" if criteria else rtype
+
+
+async def _delete_expunge(request: web.Request, ctx: Context, caller: Caller, searches: list[Criteria],
+                          dry_run: bool, confirmed: bool) -> web.StreamResponse:
+    return answer(caller, await delete_expunge(ctx, searches, dry_run, confirmed))
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    app.router.add_delete(f"{base}/{{type}}/{{id}}", instance)
+    app.router.add_delete(f"{base}/{{type}}", conditional)

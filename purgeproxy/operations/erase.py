@@ -1,0 +1,38 @@
+"""Firely's ``$erase``: ``POST [base]/<Type>/<id>/$erase`` removes the resource and all its
+versions; ``POST [base]/<Type>/<id>/_history/<vid>/$erase`` removes that version and all older ones.
+An AuditEvent is never erased."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from purgeproxy.auth import Caller
+from purgeproxy.capabilities import AdvertisedOperation
+from purgeproxy.engine.erase import erase_resource, erase_versions
+from purgeproxy.engine.removal import Context
+from purgeproxy.operations.vendor import answer, operation_input, resource_key, run, version_of
+
+OPERATION = "$erase"
+DEFINITION = "http://server.fire.ly/OperationDefinition/erase"
+SPEC = {"dryRun": "boolean"}
+
+
+async def handle(request: web.Request) -> web.StreamResponse:
+    async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
+        key = resource_key(request, ctx.profile.definitions.resource_types)
+        version = version_of(request) if "vid" in request.match_info else None
+        dry_run = bool((await operation_input(request, SPEC)).get("dryRun"))
+        if version is None:
+            return answer(caller, await erase_resource(ctx, key, dry_run, OPERATION))
+        return answer(caller, await erase_versions(ctx, key, version, dry_run, OPERATION))
+
+    return await run(request, OPERATION, work)
+
+
+# Instance- and version-level on every type: listed once at system level rather than per type.
+ADVERTISED = AdvertisedOperation("erase", DEFINITION, None)
+
+
+def add_routes(app: web.Application, base: str) -> None:
+    app.router.add_post(f"{base}/{{type}}/{{id}}/$erase", handle)
+    app.router.add_post(f"{base}/{{type}}/{{id}}/_history/{{vid}}/$erase", handle)

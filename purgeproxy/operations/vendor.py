@@ -1,0 +1,133 @@
+"""What the vendor-shaped operations ($erase, $expunge, cascade, delete-expunge) share on the HTTP
+side: authorization like ``$purge``, input parsing, the engine context, audit and the answer.
+
+Every refusal is an OperationOutcome raised before the first upstream write; everything the
+engine did is audited (a structured log line naming the target, never a query value).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from purgeproxy import audit
+from purgeproxy.access_log import outcome_response
+from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.auth import Caller, Denied
+from purgeproxy.engine.compartment import ResolutionError
+from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.engine.removal import Context, Refused, Removal
+from purgeproxy.engine.removal_report import removal_outcome
+from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.fhir.outcome import FHIR_JSON
+from purgeproxy.fhir.references import Key, is_valid_id
+from purgeproxy.operations.common import bounded_body, caller_of, refuse
+from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
+
+Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
+Spec = Mapping[str, str]  # parameter name -> "boolean" | "integer" | "string" | "strings"
+_VALUE_KEYS = {"boolean": ("valueBoolean",), "integer": ("valueInteger", "valueUnsignedInt", "valuePositiveInt"),
+               "string": ("valueString", "valueUri", "valueUrl"), "strings": ("valueString", "valueUri", "valueUrl")}
+
+
+async def context_of(request: web.Request) -> Context:
+    config = request.app[CONFIG]
+    profile = await request.app[PROFILE].get()
+    return Context(request.app[FHIR_CLIENT], profile, request.app[UPSTREAM_LIMIT], config.purge.batch_size,
+                   config.purge.page_size, config.purge.hard_delete, frozenset(config.purge.excluded_types),
+                   config.purge.max_without_confirm)
+
+
+async def run(request: web.Request, operation: str, work: Work) -> web.StreamResponse:
+    """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots;
+    every failure becomes the right OperationOutcome."""
+    try:
+        caller = await caller_of(request, operation)
+        with request.app[CALLER_LIMITS].hold(caller.name):
+            return await work(await context_of(request), caller)
+    except (BadRequest, Denied, ConfirmationRequired) as problem:
+        return refuse(problem)
+    except Refused as refusal:
+        return outcome_response(refusal.status, refusal.code, refusal.text)
+    except UpstreamError as failure:
+        return outcome_response(failure.status, failure.code, failure.text)
+    except ResolutionError as failure:
+        return outcome_response(502, "exception", str(failure))
+
+
+def answer(caller: Caller, removal: Removal, body: dict[str, Any] | None = None) -> web.Response:
+    """Audit what was done, then answer with ``body`` (default: the removal's OperationOutcome)."""
+    state = "dry-run" if removal.dry_run else ("success" if removal.complete else "incomplete")
+    audit.record(removal.operation, removal.target, caller.name, state, removal.counts(), removal.dry_run)
+    return web.Response(text=json.dumps(body or removal_outcome(removal)), content_type=FHIR_JSON)
+
+
+def resource_key(request: web.Request, resource_types: frozenset[str]) -> Key:
+    """The (type, id) of an instance-level URL, refused when either is not valid."""
+    rtype, rid = request.match_info["type"], request.match_info.get("id", "")
+    check_type(rtype, resource_types)
+    if not is_valid_id(rid):
+        raise BadRequest(400, "invalid", "the resource id does not match the FHIR id rule", "id")
+    return rtype, rid
+
+
+def check_type(rtype: str, resource_types: frozenset[str]) -> None:
+    if rtype not in resource_types:
+        raise BadRequest(400, "invalid", f"'{rtype}' is not a resource type of this server's FHIR version")
+
+
+def version_of(request: web.Request) -> str:
+    version = request.match_info["vid"]
+    if not is_valid_id(version):
+        raise BadRequest(400, "invalid", "the version id does not match the FHIR id rule", "vid")
+    return version
+
+
+async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
+    """Query and ``Parameters`` body merged; unknown, repeated or mistyped parameters refused."""
+    values: dict[str, Any] = {name: _from_text(name, text, spec[name])
+                              for name, text in parse_query(request.query, frozenset(spec)).items()}
+    body = await bounded_body(request) if request.method == "POST" else b""
+    document = parse_parameters(body, request.content_type)
+    for index, parameter in enumerate((document or {}).get("parameter", [])):
+        where = f"Parameters.parameter[{index}]"
+        name = parameter.get("name")
+        if name not in spec:
+            raise BadRequest(400, "not-supported", f"unknown parameter '{name}'", where)
+        value = next((parameter[k] for k in _VALUE_KEYS[spec[name]] if k in parameter), None)
+        if not _typed(value, spec[name]):
+            raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
+        _merge(values, name, value, spec[name], where)
+    return values
+
+
+def _from_text(name: str, text: str, kind: str) -> Any:
+    if kind == "boolean":
+        if text not in ("true", "false"):
+            raise BadRequest(400, "invalid", f"{name} must be 'true' or 'false'", name)
+        return text == "true"
+    if kind == "integer":
+        if not text.isdigit():
+            raise BadRequest(400, "invalid", f"{name} must be a non-negative integer", name)
+        return int(text)
+    return [text] if kind == "strings" else text
+
+
+def _typed(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, str) and bool(value)
+
+
+def _merge(values: dict[str, Any], name: str, value: Any, kind: str, where: str) -> None:
+    if kind == "strings":
+        values.setdefault(name, []).append(value)
+    elif name in values and values[name] != value:
+        raise BadRequest(400, "invalid", f"{name} is given twice with different values", where)
+    else:
+        values[name] = value
