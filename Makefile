@@ -4,8 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 MEDPLUM := upstreams/medplum
 HAPI := upstreams/hapi
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install upstreams medplum hapi test run bench clean
+.PHONY: install upstreams medplum hapi postgresql test run bench clean
 
 install: $(BIN)/purgeproxy
 
@@ -26,7 +27,12 @@ hapi:
 
 upstreams: medplum hapi
 
-test: install upstreams
+# The job-store tests start a throwaway cluster with Debian's server binaries (not a system service).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
+
+test: install upstreams postgresql
 	$(BIN)/pytest -ra
 
 run: install medplum
