@@ -49,7 +49,7 @@ async def access_log(request: web.Request, handler: web.Handler) -> web.StreamRe
             http_error.reason,
         )
     except Exception as crash:  # the message may quote patient data: log its type only
-        log.error("handler_failed", request_id=rid, path=request.path, error=type(crash).__name__)
+        log.error("handler_failed", request_id=rid, path=request.rel_url.raw_path, error=type(crash).__name__)
         response = outcome_response(500, "exception", "internal error in purgeproxy")
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
@@ -57,7 +57,7 @@ async def access_log(request: web.Request, handler: web.Handler) -> web.StreamRe
         "request",
         request_id=rid,
         method=request.method,
-        path=request.path,
+        path=request.rel_url.raw_path,
         status=response.status,
         upstream_status=request.get(UPSTREAM_STATUS),
         latency_ms=round((time.perf_counter() - started) * 1000, 2),

@@ -161,7 +161,7 @@ class Passthrough:
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError):
-            log.warning("upstream_body_failed", path=request.path, status=upstream.status)
+            log.warning("upstream_body_failed", path=request.rel_url.raw_path, status=upstream.status)
             response.force_close()
             if request.transport is not None:
                 request.transport.abort()
