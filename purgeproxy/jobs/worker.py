@@ -132,8 +132,11 @@ class WorkerPool:
                 job = None
             if job is None:
                 await self._idle()
-            else:
+                continue
+            try:
                 await self._run(job, owner)
+            except Exception:  # e.g. the store went away while recording: the lease will expire
+                log.exception("job_worker_error", job_id=job.id, worker=owner)
 
     async def _idle(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
