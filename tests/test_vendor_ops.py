@@ -243,6 +243,15 @@ async def test_cascade_deletes_the_target_and_everything_referencing_it(proxy, u
         ("Patient", f"{tag}-c"), ("Observation", f"{tag}-co")]
 
 
+async def test_cascade_with_expunge_removes_history_too(proxy, upstream) -> None:
+    base, tag = upstream[1], seeds.new_tag()
+    put(base, *chain(tag))
+    status, outcome = await call("DELETE", f"{proxy}/Patient/{tag}-p?_cascade=delete&_expunge=true")
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    for path in (f"Patient/{tag}-p", f"Observation/{tag}-o", f"DiagnosticReport/{tag}-dr"):
+        assert status_of(base, f"{path}/_history") == 404
+
+
 async def test_cascade_beyond_its_rounds_is_refused_and_deletes_nothing(make_proxy, upstream) -> None:
     base, tag = upstream[1], seeds.new_tag()
     proxy = await make_proxy(base, auth={"admin_token": TOKEN}, cascade={"max_rounds": 1})

@@ -70,7 +70,7 @@ async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bo
                          hard: bool, confirmed: bool = False) -> Removal:
     """Plan, then delete referencing resources first and the target last, then verify."""
     plan = await plan_cascade(ctx, target, max_rounds)
-    removal = Removal("cascade-delete", f"{target[0]}/{target[1]}", dry_run)
+    removal = Removal("cascade-delete", f"{target[0]}/{target[1]}", dry_run, permanent=hard)
     removal.kept = {**plan.kept, **plan.ignored}
     removal.notes.append(f"{len(plan.resources)} resource(s) found in {plan.rounds} round(s) of "
                          "reverse reference searches")

@@ -89,11 +89,13 @@ class Removal:
     errors: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     expunged: int | None = None  # versions an upstream's own $expunge says it removed
+    permanent: bool = True  # the caller asked for history to go too (all but a plain cascade)
 
     @property
     def complete(self) -> bool:
-        """Everything planned is gone; its history too when a hard delete was promised."""
-        history_left = bool(self.history_remaining) and self.hard_delete_method is not None
+        """Everything planned is gone; its history too when the operation promises that."""
+        promised = self.permanent or self.hard_delete_method is not None
+        history_left = bool(self.history_remaining) and promised
         return not (self.remaining or history_left or self.errors or self.deletion.blocked
                     or self.deletion.failed or self.deletion.hard_delete_failed)
 

@@ -43,11 +43,18 @@ async def context_of(request: web.Request) -> Context:
 
 async def run(request: web.Request, operation: str, work: Work) -> web.StreamResponse:
     """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots;
-    every failure becomes the right OperationOutcome."""
+    every failure becomes the right OperationOutcome (inside the slot: no exception crosses it)."""
     try:
         caller = await caller_of(request, operation)
         with request.app[CALLER_LIMITS].hold(caller.name):
-            return await work(await context_of(request), caller)
+            return await _answered(request, work, caller)
+    except (BadRequest, Denied) as problem:
+        return refuse(problem)
+
+
+async def _answered(request: web.Request, work: Work, caller: Caller) -> web.StreamResponse:
+    try:
+        return await work(await context_of(request), caller)
     except (BadRequest, Denied, ConfirmationRequired) as problem:
         return refuse(problem)
     except Refused as refusal:

@@ -1,0 +1,99 @@
+"""Every malformed, unauthorized or unsupported vendor-shaped request ($erase, $expunge, cascade,
+delete-expunge) gets its status and OperationOutcome, and nothing is written upstream (respx
+records every upstream call; the scripted upstream is a ``generic`` server)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import respx
+
+from tests.fake_upstream import BASE, scripted_upstream, upstream_calls, writes
+
+TOKEN = "vendor-requests-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    yield from scripted_upstream()
+
+
+def params(**values: Any) -> dict[str, Any]:
+    kinds = {bool: "valueBoolean", int: "valueInteger", str: "valueString"}
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": k, kinds[type(v)]: v} for k, v in values.items()]}
+
+
+BAD = [
+    # (id, method, path, headers, body, status, issue code, text fragment)
+    ("erase-no-token", "POST", "Observation/o1/$erase", {}, None, 401, "login", "bearer token"),
+    ("expunge-wrong-token", "POST", "$expunge", {"Authorization": "Bearer nope"}, None, 403, "forbidden", ""),
+    ("cascade-no-token", "DELETE", "Patient/p1?_cascade=delete", {}, None, 401, "login", "bearer token"),
+    ("delete-expunge-no-token", "DELETE", "Observation?code=x&_expunge=true", {}, None, 401, "login", "bearer"),
+    ("erase-bad-id", "POST", "Observation/o1!x/$erase", AUTH, None, 400, "invalid", "FHIR id rule"),
+    ("erase-bad-type", "POST", "Bogus/o1/$erase", AUTH, None, 400, "invalid", "'Bogus' is not a resource type"),
+    ("erase-unknown-query", "POST", "Observation/o1/$erase?cascade=true", AUTH, None, 400, "not-supported", "unknown parameter 'cascade'"),
+    ("erase-audit-event", "POST", "AuditEvent/a1/$erase", AUTH, None, 422, "business-rule", "audit trail"),
+    ("expunge-unknown-parameter", "POST", "Observation/o1/$expunge", AUTH, params(bogus=True), 400, "not-supported", "unknown parameter 'bogus'"),
+    ("expunge-wrong-type", "POST", "Observation/$expunge", AUTH, params(limit="ten"), 400, "invalid", "wrong type"),
+    ("expunge-nothing-selected", "POST", "Observation/$expunge", AUTH, params(limit=5), 400, "required", "nothing to expunge"),
+    ("expunge-type-level-generic", "POST", "Observation/$expunge", AUTH, params(expungeDeletedResources=True), 422, "not-supported", "no type-level $expunge"),
+    ("expunge-system-level-generic", "POST", "$expunge", AUTH, params(expungePreviousVersions=True), 422, "not-supported", "no system-level $expunge"),
+    ("expunge-everything-off", "POST", "$expunge", AUTH, params(expungeEverything=True), 403, "forbidden", "expunge.allow_everything"),
+    ("expunge-everything-at-type-level", "POST", "Observation/$expunge", AUTH, params(expungeEverything=True), 400, "invalid", "only valid at system level"),
+    ("expunge-everything-not-patient", "POST", "Observation/o1/$expunge?everything=true", AUTH, None, 422, "not-supported", "Patient compartment only"),
+    ("expunge-version-generic", "POST", "Observation/mine/_history/1/$expunge", AUTH, None, 404, "not-found", "no version 1"),
+    ("cascade-bad-mode", "DELETE", "Patient/p1?_cascade=yes", AUTH, None, 400, "invalid", "only cascade mode"),
+    ("cascade-bad-header", "DELETE", "Patient/p1", {**AUTH, "X-Cascade": "all"}, None, 400, "invalid", "only cascade mode"),
+    ("cascade-unknown-query", "DELETE", "Patient/p1?_cascade=delete&_foo=1", AUTH, None, 400, "not-supported", "unknown parameter '_foo'"),
+    ("cascade-conditional", "DELETE", "Observation?code=x&_cascade=delete", AUTH, None, 422, "not-supported", "cascading conditional"),
+    ("instance-delete-expunge", "DELETE", "Observation/o1?_expunge=true", AUTH, None, 422, "not-supported", "$erase"),
+    ("delete-expunge-no-url", "POST", "$delete-expunge", AUTH, params(dryRun=True), 400, "required", "url"),
+    ("delete-expunge-absolute-url", "POST", "$delete-expunge", AUTH, params(url="http://elsewhere/Observation?code=x"), 400, "invalid", "relative search"),
+    ("delete-expunge-bad-type", "POST", "$delete-expunge", AUTH, params(url="Bogus?code=x"), 400, "invalid", "'Bogus' is not a resource type"),
+    ("delete-expunge-result-param", "POST", "$delete-expunge", AUTH, params(url="Observation?_count=5"), 400, "invalid", "shapes search results"),
+    ("delete-expunge-audit-event", "DELETE", "AuditEvent?code=x&_expunge=true", AUTH, None, 422, "business-rule", "audit trail"),
+    ("delete-expunge-no-criteria", "DELETE", "Observation?_expunge=true", AUTH, None, 422, "business-rule", "without criteria"),
+    ("delete-expunge-bad-flag", "DELETE", "Observation?code=x&_expunge=maybe", AUTH, None, 400, "invalid", "_expunge must be"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "headers", "body", "status", "code", "text"),
+                         [case[1:] for case in BAD], ids=[case[0] for case in BAD])
+async def test_bad_requests_are_refused_without_upstream_writes(
+    make_proxy, upstream, method, path, headers, body, status, code, text
+) -> None:
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    content = json.dumps(body).encode() if body is not None else None
+    sent = {**({"Content-Type": "application/fhir+json"} if content else {}), **headers}
+    async with httpx.AsyncClient() as http:
+        answer = await http.request(method, f"{proxy}/{path}", content=content, headers=sent)
+    outcome = answer.json()
+    assert answer.status_code == status, outcome
+    assert outcome["issue"][0]["code"] == code
+    assert text in outcome["issue"][0]["diagnostics"]
+    assert writes(upstream) == []
+    if status in (401, 403) and code != "forbidden" or "Bearer nope" in str(headers):
+        assert upstream_calls(upstream) == []  # not even a read for an unauthorized caller
+
+
+async def test_a_soft_deleting_upstream_is_reported_not_faked(make_proxy, upstream) -> None:
+    """The scripted upstream still serves history after DELETE: $erase says so (incomplete)."""
+    history = {"resourceType": "Bundle", "type": "history", "entry": [{"resource": {"resourceType": "Observation", "id": "mine"}}]}
+    for route in upstream.routes:  # the scripted upstream answers every _history with 404: not here
+        if "_history" in repr(route.pattern):
+            route.mock(return_value=httpx.Response(200, json=history))
+    upstream.get(f"{BASE}/Observation/mine").mock(side_effect=[
+        httpx.Response(200, json={"resourceType": "Observation", "id": "mine"}),
+        httpx.Response(410, json={"resourceType": "OperationOutcome", "issue": []})])
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{proxy}/Observation/mine/$erase", headers=AUTH)
+    outcome = answer.json()
+    assert answer.status_code == 200 and outcome["issue"][0]["code"] == "incomplete", outcome
+    assert any(i["code"] == "not-supported" and "history was not removed" in i["diagnostics"] for i in outcome["issue"])
