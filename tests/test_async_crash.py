@@ -93,7 +93,8 @@ def _big_patient(upstream: str) -> tuple[seeds.Seed, dict[seeds.Key, bytes]]:
 
 
 def _kick_off(proxy: Proxy, patient: str) -> str:
-    answer = httpx.post(f"{proxy.base}/Patient/{patient}/$purge", headers={**AUTH, "Prefer": "respond-async"},
+    answer = httpx.post(f"{proxy.base}/Patient/{patient}/$purge?confirm=true",  # > max_without_confirm
+                        headers={**AUTH, "Prefer": "respond-async"},
                         timeout=60)
     assert answer.status_code == 202, answer.text
     return answer.headers["Content-Location"].rsplit("/", 1)[1]
@@ -111,7 +112,7 @@ def _wait_for_progress(proxy: Proxy, job_id: str, at_least: int) -> int:
         if purged >= at_least:
             return purged
         time.sleep(0.05)
-    raise AssertionError(f"no progress:\n{proxy.log.read_text()[-3000:]}")
+    raise AssertionError(f"no progress ({_status(proxy, job_id)}):\n" + "\n".join(l for l in proxy.log.read_text().splitlines() if "job_" in l)[-4000:])
 
 
 def _result(proxy: Proxy, job_id: str, timeout: float = 180) -> dict:
@@ -211,3 +212,7 @@ def test_sigterm_checkpoints_and_releases_the_lease(medplum_base: str, tmp_path:
         purged = _purged(second, job_id)
     _assert_clean(medplum_base, seed, before, response)
     assert purged == len(seed.in_scope)  # the batch in flight was checkpointed before the release
+
+
+def _status(proxy: Proxy, job_id: str) -> str:
+    return httpx.get(f"{proxy.base}/patient-purge/{job_id}", headers=AUTH, timeout=30).text

@@ -86,10 +86,14 @@ async def test_cancel_stops_after_the_batch_in_flight(proxy: str, medplum_base: 
     seed = seeds.build(sizes={"Observation": 1500}, shared=False)
     seeds.write(medplum_base, seed.resources)
     before = seeds.snapshot(medplum_base, seed.untouchable)
-    url = (await kick_off(proxy, seed.patient)).headers["Content-Location"]
+    url = (await kick_off(proxy, seed.patient, "?confirm=true")).headers["Content-Location"]  # > max_without_confirm
     async with httpx.AsyncClient(timeout=60) as http:
-        while not (await kodjin(proxy, url))["purgedResourcesCount"]:
+        for _ in range(1200):  # at most a minute
+            status = await kodjin(proxy, url)
+            if status["purgedResourcesCount"] or status["status"] not in ("new", "processing"):
+                break
             await asyncio.sleep(0.05)
+        assert status["status"] == "processing", status
         cancelled = await http.delete(url, headers=AUTH)
         assert cancelled.status_code == 202, cancelled.text
         assert "had been removed" in cancelled.json()["issue"][0]["diagnostics"]

@@ -16,13 +16,11 @@ from typing import Any
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
 from purgeproxy.fhir.references import Key, all_references, references_at
+from purgeproxy.fhir.search import ResolutionError, SearchFailed, search_pages
+
+__all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver"]
 
 Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
-STRICT = {"Prefer": "handling=strict"}
-
-
-class ResolutionError(Exception):
-    """The upstream's answers cannot be trusted to list the compartment (e.g. a paging loop)."""
 
 
 @dataclass
@@ -60,7 +58,6 @@ class Resolver:
     page_size: int
     limit: asyncio.Semaphore
     searchable: dict[str, frozenset[str]] | None = None  # from the CapabilityStatement
-    max_pages: int = 100_000
 
     async def resolve(self, patient_id: str) -> Resolution:
         result = Resolution(patient_id, "Patient" in self.compartment)
@@ -92,21 +89,12 @@ class Resolver:
         if why:
             result.unsearchable[(rtype, param)] = why
             return
-        params = {param: f"Patient/{result.patient_id}", "_count": str(self.page_size)}
-        url: str | None = rtype
-        seen_pages: set[str] = set()
-        query: dict[str, str] | None = params
-        while url is not None:
-            async with self.limit:
-                answer = await self.client.request("GET", url, params=query, headers=STRICT)
-            if answer.status != 200 or answer.resource_type != "Bundle":
-                result.unsearchable[(rtype, param)] = _diagnostics(answer.body, answer.status)
-                return
-            self._take(result, rtype, param, _entries(answer.body))
-            url, query = self._next(answer.body, seen_pages), None
-
-    def _next(self, bundle: dict[str, Any], seen: set[str]) -> str | None:
-        return next_page(bundle, self.client.base_url, seen, self.max_pages)
+        query = [(param, f"Patient/{result.patient_id}")]
+        try:
+            async for page in search_pages(self.client, self.limit, rtype, query, self.page_size):
+                self._take(result, rtype, param, page)
+        except SearchFailed as failure:
+            result.unsearchable[(rtype, param)] = str(failure)
 
     def _take(self, result: Resolution, rtype: str, param: str, resources: Iterable[dict[str, Any]]) -> None:
         target = result.patient_key
@@ -142,34 +130,3 @@ class Resolver:
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
         return Member((rtype, resource["id"]), version, via, others, refs)
-
-
-def next_page(bundle: dict[str, Any], base_url: str, seen: set[str], max_pages: int) -> str | None:
-    """The next page, only on the upstream itself, and never the same page twice."""
-    link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
-    if not link:
-        return None
-    if not link.startswith(base_url + "/") and not link.startswith(base_url + "?"):
-        raise ResolutionError("the upstream's next link points outside its own base")
-    if link in seen or len(seen) >= max_pages:
-        raise ResolutionError("the upstream's paging does not end")
-    seen.add(link)
-    return link
-
-
-def _entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
-    """The match entries of a search page (includes and outcome entries are not candidates)."""
-    return [
-        entry["resource"]
-        for entry in bundle.get("entry") or []
-        if isinstance(entry.get("resource"), dict)
-        and (entry.get("search") or {}).get("mode", "match") == "match"
-    ]
-
-
-def _diagnostics(body: Any, status: int) -> str:
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        texts = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
-                 for i in body.get("issue", [])]
-        return f"search answered {status}: " + "; ".join(t for t in texts if t)
-    return f"search answered {status}"

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from purgeproxy.engine.verify import GONE
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
@@ -23,7 +24,6 @@ _CONFLICT = re.compile(
     r"resource\s+([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b",
     re.IGNORECASE | re.DOTALL,
 )
-_GONE = (404, 410)
 
 Progress = Callable[[int], Awaitable[None]]
 
@@ -127,7 +127,7 @@ class Deleter:
             if 200 <= status < 300:
                 report.deleted.append(key)
                 done.append(key)
-            elif status in _GONE:
+            elif status in GONE:
                 report.already_gone.append(key)
                 done.append(key)
             else:
@@ -143,7 +143,7 @@ class Deleter:
             if 200 <= answer.status < 300:
                 report.deleted.append(key)
                 done.append(key)
-            elif answer.status in _GONE:
+            elif answer.status in GONE:
                 report.already_gone.append(key)
                 done.append(key)
             else:

@@ -12,13 +12,13 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from purgeproxy.engine.verify import GONE
 from purgeproxy.engine.removal import Context, Refused, Removal, history_left, remove
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.expunge import INSTANCE, VERSION, ExpungeOptions, has_native_expunge, native_expunge
 
 PROTECTED_TYPES = frozenset({"AuditEvent"})  # the audit trail is never erased (as on Firely, Medplum)
 _VERSION_IN_URL = re.compile(r"/_history/([A-Za-z0-9\-.]{1,64})")
-_GONE = (404, 410)
 
 
 def refuse_protected(rtype: str, operation: str) -> None:
@@ -33,7 +33,7 @@ async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) 
     ctx.require_hard_delete_possible()
     removal = Removal(operation, f"{key[0]}/{key[1]}", dry_run)
     answer = await ctx.get(f"{key[0]}/{key[1]}")
-    if answer.status in _GONE:
+    if answer.status in GONE:
         removal.notes.append(f"{key[0]}/{key[1]} is not current (answered {answer.status}); its "
                              "remaining history is removed if there is any")
     elif answer.status != 200:
@@ -44,7 +44,7 @@ async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) 
 async def history_versions(ctx: Context, key: Key) -> list[tuple[str, bool]]:
     """(version id, is a deletion) newest first, from the instance history; [] when there is none."""
     answer = await ctx.get(f"{key[0]}/{key[1]}/_history", params={"_count": "1000"})
-    if answer.status in _GONE or answer.resource_type != "Bundle":
+    if answer.status in GONE or answer.resource_type != "Bundle":
         return []
     versions: list[tuple[str, bool]] = []
     for entry in answer.body.get("entry") or []:
@@ -124,7 +124,7 @@ async def _expunge_versions(ctx: Context, key: Key, versions: list[str], removal
             removal.errors.append(f"version {version}: {error}")
         count += removed or 0
     removal.expunged = count
-    left = [v for v in versions if (await ctx.get(f"{key[0]}/{key[1]}/_history/{v}")).status not in _GONE]
+    left = [v for v in versions if (await ctx.get(f"{key[0]}/{key[1]}/_history/{v}")).status not in GONE]
     if left:
         removal.errors.append(f"still readable after expunge: versions {', '.join(left)}")
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.compartment import Compartment, Resolver, ResolutionError
+from purgeproxy.engine.verify import history_left
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
 from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.fhir.client import FhirClient, UpstreamError
@@ -109,7 +110,7 @@ class PurgeEngine:
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
         if not result.errors:
-            result.history_remaining = await self._history_left(result.deletion.deleted)
+            result.history_remaining = await history_left(self.client, self.limit, result.deletion.deleted)
         return result
 
     def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
@@ -139,18 +140,6 @@ class PurgeEngine:
             _carry_over(result.plan, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
-
-    async def _history_left(self, keys: list[Key]) -> list[Key]:
-        """Deleted resources whose history the upstream still serves: checked, never assumed."""
-        async def has_history(key: Key) -> bool:
-            async with self.limit:
-                answer = await self.client.request("GET", f"{key[0]}/{key[1]}/_history")
-            if answer.status in (404, 410):
-                return False
-            return not (answer.resource_type == "Bundle" and not answer.body.get("entry"))
-
-        flags = await asyncio.gather(*(has_history(key) for key in keys))
-        return [key for key, flag in zip(keys, flags) if flag]
 
 
 async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo: int) -> Progress | None:

@@ -12,16 +12,17 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.compartment import Member, next_page, _diagnostics, _entries
+from purgeproxy.engine.verify import GONE
+from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.deletion import Deleter, DeletionReport
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.engine import verify
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, all_references
+from purgeproxy.fhir.search import SearchFailed, search_pages
 from purgeproxy.servers.profile import UpstreamProfile
 
-STRICT = {"Prefer": "handling=strict"}
-_GONE = (404, 410)
 
 
 class Refused(Exception):
@@ -135,25 +136,11 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
 
 
 async def still_readable(ctx: Context, keys: list[Key]) -> list[Key]:
-    """Which of ``keys`` the upstream still serves: re-read, never assumed."""
-    async def readable(key: Key) -> bool:
-        answer = await ctx.get(f"{key[0]}/{key[1]}")
-        return answer.status not in _GONE
-
-    flags = await asyncio.gather(*(readable(key) for key in keys))
-    return [key for key, flag in zip(keys, flags) if flag]
+    return await verify.still_readable(ctx.client, ctx.limit, keys)
 
 
 async def history_left(ctx: Context, keys: list[Key]) -> list[Key]:
-    """Resources whose history the upstream still serves (404, 410 or an empty Bundle: gone)."""
-    async def has_history(key: Key) -> bool:
-        answer = await ctx.get(f"{key[0]}/{key[1]}/_history")
-        if answer.status in _GONE:
-            return False
-        return not (answer.resource_type == "Bundle" and not answer.body.get("entry"))
-
-    flags = await asyncio.gather(*(has_history(key) for key in keys))
-    return [key for key, flag in zip(keys, flags) if flag]
+    return await verify.history_left(ctx.client, ctx.limit, keys)
 
 
 @dataclass
@@ -162,21 +149,14 @@ class SearchResult:
     problem: str | None = None  # the search could not be run: nothing it found is trusted
 
 
-async def search_all(ctx: Context, rtype: str, params: list[tuple[str, str]],
-                     max_pages: int = 100_000) -> SearchResult:
-    """Every match of one strict search, following ``next`` links on the upstream only."""
+async def search_all(ctx: Context, rtype: str, params: list[tuple[str, str]]) -> SearchResult:
+    """Every match of one strict search, all pages."""
     result = SearchResult()
-    query: list[tuple[str, str]] | None = params + [("_count", str(ctx.page_size))]
-    url: str | None = rtype
-    seen: set[str] = set()
-    while url is not None:
-        async with ctx.limit:
-            answer = await ctx.client.request("GET", url, params=query, headers=STRICT)
-        if answer.status != 200 or answer.resource_type != "Bundle":
-            result.problem = _diagnostics(answer.body, answer.status)
-            return result
-        for resource in _entries(answer.body):
-            if resource.get("resourceType") == rtype and isinstance(resource.get("id"), str):
-                result.matches[(rtype, resource["id"])] = resource
-        url, query = next_page(answer.body, ctx.client.base_url, seen, max_pages), None
+    try:
+        async for page in search_pages(ctx.client, ctx.limit, rtype, params, ctx.page_size):
+            for resource in page:
+                if resource.get("resourceType") == rtype and isinstance(resource.get("id"), str):
+                    result.matches[(rtype, resource["id"])] = resource
+    except SearchFailed as failure:
+        result.problem = str(failure)
     return result

@@ -1,0 +1,89 @@
+"""Strict, complete FHIR searches: every page, whatever way the upstream pages.
+
+Servers page differently: HAPI gives ``next`` links, the Medplum engine gives a ``total`` and
+honours ``_offset`` but no links, others give everything at once. ``search_pages`` follows
+``next`` links on the upstream's own base and, when there is none but ``total`` says more
+matches exist, asks for the next ``_offset``. A paging that does not end, or links pointing off the
+upstream, are errors rather than loops or requests to somewhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from purgeproxy.fhir.client import FhirClient
+
+STRICT = {"Prefer": "handling=strict"}  # an unknown parameter must fail, not match everything
+MAX_PAGES = 100_000
+
+
+class ResolutionError(Exception):
+    """The upstream's answers cannot be trusted to list what was asked (e.g. paging loops)."""
+
+
+class SearchFailed(Exception):
+    """The upstream refused the search; its OperationOutcome is summarised in the message."""
+
+
+def match_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:
+    """The match entries of a search page (includes and outcome entries are not candidates)."""
+    return [
+        entry["resource"]
+        for entry in bundle.get("entry") or []
+        if isinstance(entry.get("resource"), dict)
+        and (entry.get("search") or {}).get("mode", "match") == "match"
+    ]
+
+
+def outcome_text(body: Any, status: int) -> str:
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        texts = [i.get("diagnostics") or (i.get("details") or {}).get("text") or i.get("code", "")
+                 for i in body.get("issue", [])]
+        return f"search answered {status}: " + "; ".join(t for t in texts if t)
+    return f"search answered {status}"
+
+
+def next_link(bundle: dict[str, Any], base_url: str, seen: set[str]) -> str | None:
+    """The next page, only on the upstream itself, and never the same page twice."""
+    link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+    if not link:
+        return None
+    if not link.startswith((base_url + "/", base_url + "?")):
+        raise ResolutionError("the upstream's next link points outside its own base")
+    if link in seen:
+        raise ResolutionError("the upstream's paging does not end")
+    seen.add(link)
+    return link
+
+
+def _key(resource: dict[str, Any]) -> tuple[Any, Any]:
+    return resource.get("resourceType"), resource.get("id")
+
+
+async def search_pages(client: FhirClient, limit: asyncio.Semaphore, rtype: str,
+                       params: list[tuple[str, str]], page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+    """Yield the match resources of a strict search, page by page, until there are no more."""
+    first = params + [("_count", str(page_size))]
+    url, query = rtype, first
+    seen_links: set[str] = set()
+    seen: set[tuple[Any, Any]] = set()
+    for _ in range(MAX_PAGES):
+        async with limit:
+            answer = await client.request("GET", url, params=query, headers=STRICT)
+        if answer.status != 200 or answer.resource_type != "Bundle":
+            raise SearchFailed(outcome_text(answer.body, answer.status))
+        matches = match_entries(answer.body)
+        fresh = {_key(m) for m in matches} - seen
+        seen |= fresh
+        yield matches
+        link = next_link(answer.body, client.base_url, seen_links)
+        if link:
+            url, query = link, None
+            continue
+        total = answer.body.get("total")
+        if not (isinstance(total, int) and total > len(seen) and fresh):
+            return
+        url, query = rtype, first + [("_offset", str(len(seen)))]  # pages by offset, no links
+    raise ResolutionError("the upstream's paging does not end")

@@ -1,0 +1,81 @@
+"""Complete searches whatever the paging style; paging that never ends is an error, not a loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import respx
+
+from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.fhir.search import ResolutionError, SearchFailed, search_pages
+
+BASE = "http://upstream.test/fhir"
+
+
+def page(ids: list[str], total: int | None = None, next_url: str | None = None) -> dict:
+    bundle = {"resourceType": "Bundle", "type": "searchset",
+              "entry": [{"resource": {"resourceType": "Observation", "id": i}} for i in ids]}
+    if total is not None:
+        bundle["total"] = total
+    if next_url:
+        bundle["link"] = [{"relation": "next", "url": next_url}]
+    return bundle
+
+
+async def collect(**_: object) -> list[str]:
+    http = make_http_client(connect=1, read=1, max_connections=2)
+    try:
+        found = []
+        async for matches in search_pages(FhirClient(BASE, http), asyncio.Semaphore(2), "Observation",
+                                          [("subject", "Patient/p")], page_size=2):
+            found += [m["id"] for m in matches]
+        return found
+    finally:
+        await http.aclose()
+
+
+@respx.mock
+async def test_next_links_are_followed() -> None:
+    respx.get(f"{BASE}/Observation", params={"_count": "2"}).respond(200, json=page(["a", "b"], next_url=f"{BASE}?page=2"))
+    respx.get(f"{BASE}?page=2").respond(200, json=page(["c"]))
+    assert await collect() == ["a", "b", "c"]
+
+
+@respx.mock
+async def test_an_upstream_without_links_is_paged_by_offset_using_total() -> None:
+    route = respx.get(f"{BASE}/Observation")
+    route.side_effect = lambda request: httpx.Response(200, json={
+        "0": page(["a", "b"], total=5), "2": page(["c", "d"], total=5), "4": page(["e"], total=5),
+    }[request.url.params.get("_offset", "0")])
+    assert await collect() == ["a", "b", "c", "d", "e"]
+
+
+@respx.mock
+async def test_an_upstream_ignoring_offset_stops_instead_of_looping() -> None:
+    respx.get(f"{BASE}/Observation").respond(200, json=page(["a", "b"], total=9))
+    assert await collect() == ["a", "b", "a", "b"]  # the repeat adds nothing new: the search ends
+
+
+@respx.mock
+async def test_a_next_link_off_the_upstream_is_never_followed() -> None:
+    respx.get(f"{BASE}/Observation").respond(200, json=page(["a"], next_url="http://evil.test/steal"))
+    with pytest.raises(ResolutionError, match="outside its own base"):
+        await collect()
+
+
+@respx.mock
+async def test_a_next_link_that_repeats_is_an_error() -> None:
+    respx.get(f"{BASE}/Observation").respond(200, json=page(["a"], next_url=f"{BASE}?page=same"))
+    respx.get(f"{BASE}?page=same").respond(200, json=page(["b"], next_url=f"{BASE}?page=same"))
+    with pytest.raises(ResolutionError, match="does not end"):
+        await collect()
+
+
+@respx.mock
+async def test_a_refused_search_says_why() -> None:
+    respx.get(f"{BASE}/Observation").respond(400, json={"resourceType": "OperationOutcome", "issue": [
+        {"severity": "error", "code": "invalid", "diagnostics": "Unknown search parameter"}]})
+    with pytest.raises(SearchFailed, match="search answered 400: Unknown search parameter"):
+        await collect()
