@@ -6,7 +6,7 @@ MEDPLUM := upstreams/medplum
 HAPI := upstreams/hapi
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install upstreams medplum hapi postgresql test run bench clean
+.PHONY: install upstreams medplum hapi postgresql test run bench bench-tools clean
 
 install: $(BIN)/purgeproxy
 
@@ -38,7 +38,13 @@ test: install upstreams postgresql
 run: install medplum
 	scripts/demo.sh
 
-bench: install upstreams
+# Load from wrk, nginx as the reference reverse proxy, matplotlib for the charts.
+bench-tools:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk nginx; }
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+
+bench: install upstreams bench-tools
 	$(BIN)/python -m bench
 
 clean:

@@ -132,12 +132,21 @@ class Passthrough:
         headers: CIMultiDict[str],
         rewriter: UrlRewriter,
     ) -> web.StreamResponse:
-        """Buffer a bounded JSON body; rewrite it when it is a Bundle of a configured type."""
-        head = await _read_at_most(upstream, self.rewrite_max + 1)
-        body = _rewritten_bundle(head, self.rewrite_types, rewriter) if len(head) <= self.rewrite_max else None
-        if body is not None:
-            headers.popall("Content-Length", None)
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
+        """Buffer a bounded JSON body; rewrite it when it is a Bundle of a configured type.
+
+        A body that fits is answered in one piece (headers and body in one write, which is
+        measurably cheaper than streaming it); a larger one streams on unchanged.
+        """
+        try:
+            head = await _read_at_most(upstream, self.rewrite_max + 1)
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return outcome_response(502, "transient", UPSTREAM_MALFORMED)
+        if len(head) <= self.rewrite_max:
+            body = _rewritten_bundle(head, self.rewrite_types, rewriter)
+            if body is not None:
+                headers.popall("Content-Length", None)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
+                                body=head if body is None else body)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
         await self._pump(request, upstream, response, head)
@@ -182,6 +191,8 @@ def _rewritten_bundle(
     body: bytes, types: frozenset[str], rewriter: UrlRewriter
 ) -> bytes | None:
     """The body with upstream URLs rewritten, or None to relay the original bytes unchanged."""
+    if b'"Bundle"' not in body:  # most JSON answers are single resources: skip parsing them
+        return None
     try:
         document = json.loads(body)
     except ValueError:
