@@ -1,0 +1,231 @@
+"""Scenario 1: pass-through overhead of purgeproxy against direct access, nginx and httpx.
+
+All targets forward to the same fixed-latency upstream and are measured in the same run,
+interleaved (repetition -> concurrency -> target, with the target order rotated each repetition),
+so that a noisy neighbour slows every target alike instead of whichever ran last.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.load import LoadResult, run_wrk
+from bench.report import Section, line_chart, table
+from bench.targets import (
+    Processes,
+    Target,
+    purgeproxy_supports_workers,
+    start_httpx,
+    start_nginx,
+    start_purgeproxy,
+    start_upstream,
+)
+
+# The issue's targets, checked at concurrency <= GATED_UP_TO.
+MIN_THROUGHPUT_RATIO = 0.8
+MAX_ADDED_MEDIAN_MS = 1.0
+MAX_P99_VS_NGINX = 1.5
+GATED_UP_TO = 64
+
+
+@dataclass(frozen=True)
+class Settings:
+    concurrencies: tuple[int, ...] = (1, 20, 64, 200)
+    seconds: float = 5.0
+    reps: int = 2
+    warmup_seconds: float = 1.0
+    upstream_workers: int = 1
+    workers: int = 2  # for the purgeproxy --workers row, once the CLI has the option
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The median over repetitions of one target at one concurrency."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+    @classmethod
+    def of(cls, runs: list[LoadResult]) -> Summary:
+        return cls(
+            rps=statistics.median(r.rps for r in runs),
+            p50_ms=statistics.median(r.p50_ms for r in runs),
+            p99_ms=statistics.median(r.p99_ms for r in runs),
+            errors=sum(r.errors for r in runs),
+        )
+
+
+Results = dict[tuple[str, int], list[LoadResult]]
+
+
+def start_targets(procs: Processes, settings: Settings) -> tuple[list[Target], list[str]]:
+    """Every target at once (idle ones cost nothing) plus notes about the ones that are missing.
+
+    To compare another variant, append one more ``Target`` here: tables and charts follow.
+    """
+    notes: list[str] = []
+    upstream = start_upstream(procs, workers=settings.upstream_workers)
+    targets = [
+        upstream,
+        start_purgeproxy(procs, upstream, "warning"),
+        start_purgeproxy(procs, upstream, "info"),
+    ]
+    if purgeproxy_supports_workers():
+        targets.append(start_purgeproxy(procs, upstream, "warning", workers=settings.workers))
+    else:
+        notes.append("purgeproxy `--workers`: not yet available in the CLI, so no multi-process row.")
+    nginx = start_nginx(procs, upstream)
+    if nginx is None:
+        notes.append("nginx is not installed: no nginx row and no p99-vs-nginx check.")
+    else:
+        targets.append(nginx)
+    targets.append(start_httpx(procs, upstream))
+    return targets, notes
+
+
+def measure(targets: list[Target], settings: Settings, say: Callable[[str], None]) -> Results:
+    """Warm every target up, then the interleaved matrix of wrk runs."""
+    for target in targets:
+        run_wrk(target.patient_url, 20, settings.warmup_seconds)
+    results: Results = {}
+    for rep in range(settings.reps):
+        order = targets[rep % len(targets):] + targets[:rep % len(targets)]
+        for connections in settings.concurrencies:
+            for target in order:
+                result = run_wrk(target.patient_url, connections, settings.seconds)
+                results.setdefault((target.key, connections), []).append(result)
+                say(f"rep {rep + 1}/{settings.reps} c={connections:<3} {target.label:<30} "
+                    f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
+                    f"p99 {result.p99_ms:7.2f} ms" + (f"  {result.errors} errors" if result.errors else ""))
+    return results
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def _row(target: Target, s: Summary, direct: Summary, nginx: Summary | None, gated: bool) -> list[str]:
+    """One table row; the issue's three checks are marked on purgeproxy rows at gated concurrency."""
+    ratio = s.rps / direct.rps if direct.rps else 0.0
+    added = s.p50_ms - direct.p50_ms
+    p99_vs = s.p99_ms / nginx.p99_ms if nginx and nginx.p99_ms else None
+    check = gated and target.key.startswith("purgeproxy")
+    cells = [
+        f"{ratio:.3f}×" + (f" {_verdict(ratio >= MIN_THROUGHPUT_RATIO)}" if check else ""),
+        f"{added:+.2f}" + (f" {_verdict(added <= MAX_ADDED_MEDIAN_MS)}" if check else ""),
+        "—" if p99_vs is None else
+        f"{p99_vs:.3f}×" + (f" {_verdict(p99_vs <= MAX_P99_VS_NGINX)}" if check else ""),
+    ]
+    if target.key == "direct":
+        cells = ["1.00×", "0", cells[2]]
+    errors = f" ({s.errors} errors)" if s.errors else ""
+    return [target.label, f"{s.rps:,.0f}{errors}", f"{s.p50_ms:.2f}", f"{s.p99_ms:.2f}", *cells]
+
+
+def _passes(s: Summary, direct: Summary, nginx: Summary | None) -> bool:
+    return (
+        s.rps >= MIN_THROUGHPUT_RATIO * direct.rps
+        and s.p50_ms - direct.p50_ms <= MAX_ADDED_MEDIAN_MS
+        and (nginx is None or s.p99_ms <= MAX_P99_VS_NGINX * nginx.p99_ms)
+        and s.errors == 0
+    )
+
+
+def _summaries(targets: list[Target], results: Results, connections: int) -> dict[str, Summary]:
+    return {t.key: Summary.of(results[(t.key, connections)]) for t in targets}
+
+
+def _verdict_table(targets: list[Target], results: Results, settings: Settings) -> str:
+    gated = [c for c in settings.concurrencies if c <= GATED_UP_TO]
+    rows = []
+    for target in (t for t in targets if t.key.startswith("purgeproxy")):
+        cells = []
+        for c in gated:
+            s = _summaries(targets, results, c)
+            cells.append(_verdict(_passes(s[target.key], s["direct"], s.get("nginx"))))
+        rows.append([target.label, *cells])
+    return table(["target", *(f"c={c}" for c in gated)], rows)
+
+
+def _tables(targets: list[Target], results: Results, settings: Settings) -> str:
+    parts = []
+    header = ["target", "req/s", "median ms", "p99 ms", "throughput / direct",
+              "added median ms", "p99 / nginx"]
+    for connections in settings.concurrencies:
+        s = _summaries(targets, results, connections)
+        gated = connections <= GATED_UP_TO
+        rows = [_row(t, s[t.key], s["direct"], s.get("nginx"), gated) for t in targets]
+        parts += [f"### Concurrency {connections}", "", table(header, rows), ""]
+    return "\n".join(parts)
+
+
+def _raw_runs(targets: list[Target], results: Results, settings: Settings) -> str:
+    rows = []
+    for connections in settings.concurrencies:
+        for target in targets:
+            for i, r in enumerate(results[(target.key, connections)], 1):
+                rows.append([str(connections), target.label, str(i), f"{r.rps:,.0f}",
+                             f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", str(r.errors)])
+    raw = table(["c", "target", "rep", "req/s", "median ms", "p99 ms", "errors"], rows)
+    return f"<details><summary>Every run</summary>\n\n{raw}\n\n</details>"
+
+
+def _charts(targets: list[Target], results: Results, settings: Settings, docs_dir: Path) -> list[Path]:
+    xs = list(settings.concurrencies)
+    rps = {t.label: (xs, [Summary.of(results[(t.key, c)]).rps for c in xs]) for t in targets}
+    p99 = {t.label: (xs, [Summary.of(results[(t.key, c)]).p99_ms for c in xs]) for t in targets}
+    return [
+        line_chart(docs_dir / "benchmarks-throughput.png", "Pass-through throughput (10 ms upstream)",
+                   "concurrent connections", "requests / s", rps, log_x=True),
+        line_chart(docs_dir / "benchmarks-p99.png", "Pass-through p99 latency (10 ms upstream)",
+                   "concurrent connections", "p99 latency, ms", p99, log_x=True),
+    ]
+
+
+def _body(targets: list[Target], results: Results, settings: Settings, notes: list[str],
+          elapsed: float) -> str:
+    return "\n".join([
+        f"`GET /fhir/Patient/example` (1,144-byte `application/fhir+json` body) from a fake "
+        f"upstream (`bench/upstream.py`) that answers after a 10 ms timer. Load: `wrk -t1 -c<C> "
+        f"-d{settings.seconds:g}s --latency`, {settings.reps} repetition(s) interleaved across "
+        f"targets (order rotated each repetition); each figure is the median over repetitions. Every process shares the same "
+        f"{_cores()} cores (wrk, upstream, proxy), so absolute numbers are a floor.",
+        "",
+        f"Targets from the issue, checked at concurrency ≤ {GATED_UP_TO} on purgeproxy rows: "
+        f"throughput ≥ {MIN_THROUGHPUT_RATIO}× direct, added median ≤ {MAX_ADDED_MEDIAN_MS:g} ms, "
+        f"p99 ≤ {MAX_P99_VS_NGINX}× nginx's (and no errors).",
+        "",
+        _verdict_table(targets, results, settings),
+        "",
+        *(f"- {note}" for note in notes),
+        f"- Pass-through part took {elapsed:.0f} s.",
+        "",
+        _tables(targets, results, settings),
+        _raw_runs(targets, results, settings),
+    ])
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str], None]) -> Section:
+    """Start the targets, measure, stop them, and describe the outcome as a report section."""
+    started = time.monotonic()
+    targets, notes = start_targets(procs, settings)
+    for note in notes:
+        say(note)
+    try:
+        results = measure(targets, settings, say)
+    finally:
+        procs.stop_all()
+    elapsed = time.monotonic() - started
+    charts = _charts(targets, results, settings, docs_dir)
+    return Section("Pass-through overhead", _body(targets, results, settings, notes, elapsed), charts)
