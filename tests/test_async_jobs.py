@@ -151,3 +151,11 @@ async def test_the_confirmation_rail_is_the_jobs_answer(make_proxy: Any, medplum
     confirmed = (await kick_off(proxy, seed.patient, "?confirm=true")).headers["Content-Location"]
     assert (await poll(confirmed)).json()["entry"][0]["response"]["outcome"]["issue"][0]["code"] == "success"
     assert seeds.present(medplum_base, seed.in_scope) == []
+
+
+async def test_read_only_mode_refuses_purges_but_still_answers_status(make_proxy, medplum_base: str) -> None:
+    proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN}, safety={"read_only": True})
+    async with httpx.AsyncClient(timeout=60) as http:
+        assert (await http.post(f"{proxy}/Patient/p/$purge", headers=ASYNC)).status_code == 403
+        assert (await http.get(f"{proxy}/$async/nope", headers=AUTH)).status_code == 404
+        assert (await http.delete(f"{proxy}/$async/nope", headers=AUTH)).status_code == 404

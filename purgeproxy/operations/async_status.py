@@ -78,7 +78,7 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job | 
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
     try:
-        await caller_of(request, job.operation if job else "$purge")
+        await caller_of(request, job.operation if job else "$purge", destructive=False)
     except (BadRequest, Denied) as problem:
         return refuse(problem)
     if job is None:

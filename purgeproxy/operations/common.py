@@ -30,9 +30,13 @@ def refuse(problem: BadRequest | Denied | ConfirmationRequired) -> web.Response:
     return outcome_response(problem.status, problem.code, problem.text, **extra)
 
 
-async def caller_of(request: web.Request, operation: str) -> Caller:
-    """Who may run ``operation`` here, checked before the body is read: refusals cost nothing."""
-    if request.app[CONFIG].safety.read_only:
+async def caller_of(request: web.Request, operation: str, destructive: bool = True) -> Caller:
+    """Who may run ``operation`` here, checked before the body is read: refusals cost nothing.
+
+    Watching or cancelling a job (``destructive=False``) stays possible in read-only mode: it
+    deletes nothing, and cancelling is exactly what an operator who just flipped the switch wants.
+    """
+    if destructive and request.app[CONFIG].safety.read_only:
         raise Denied(403, "purgeproxy is read-only (safety.read_only): destructive operations are refused")
     reason = unsafe_path_reason(request.raw_path)
     if reason:
