@@ -52,16 +52,17 @@ def _history(result: PurgeResult) -> list[dict[str, Any]]:
         method = result.hard_delete_method
         return [_info(f"history would be removed with {method}" if method
                       else "history would be kept: this upstream offers no hard delete")]
-    checked = len(result.deletion.deleted)
+    checked, deleted = result.history_checked, len(result.deletion.deleted)
+    scope = f"{checked} deleted resource(s)" if checked == deleted else f"a sample of {checked} of the {deleted} deleted resources"
     left = result.history_remaining
     if result.hard_delete_method is None:
         if not left:
-            return [_info(f"history: the upstream serves no history for any of the {checked} deleted "
-                          "resource(s) (checked after deleting)")]
+            return [_info(f"history: the upstream serves no history for {scope} (read back after "
+                          "deleting; this upstream offers no hard delete, its DELETE drops history)")]
         return [issue("warning", "not-supported",
-                      f"history was not removed for {len(left)} of {checked} deleted resource(s): this "
-                      "upstream offers no hard delete (or hard_delete is 'never'); old versions may "
-                      f"still be readable: {_refs(left)}")]
+                      f"history was not removed: the upstream still serves it for {len(left)} of {scope}: "
+                      "this upstream offers no hard delete (or hard_delete is 'never'); old versions "
+                      f"may still be readable, e.g. {_refs(left)}")]
     texts = [_info(f"history removed with {result.hard_delete_method} for "
                    f"{len(result.deletion.hard_deleted)} resource(s)")]
     texts += [issue("error", "incomplete", f"history of {t}/{i} was not removed: {why}")
