@@ -19,9 +19,13 @@ from aiohttp import web
 from multidict import CIMultiDict
 from yarl import URL
 
-from purgeproxy.config import Config
 from purgeproxy.access_log import REQUEST_ID, UPSTREAM_STATUS, outcome_response
-from purgeproxy.fhir.outcome import UPSTREAM_MALFORMED, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE
+from purgeproxy.config import Config
+from purgeproxy.fhir.outcome import (
+    UPSTREAM_MALFORMED,
+    UPSTREAM_TIMEOUT,
+    UPSTREAM_UNREACHABLE,
+)
 from purgeproxy.forwarding import (
     Client,
     UrlRewriter,

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlsplit
 
 from purgeproxy.engine.erase import PROTECTED_TYPES
-from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove, search_all
+from purgeproxy.engine.removal import (
+    Context,
+    Refused,
+    Removal,
+    order_resources,
+    remove,
+    search_all,
+)
 from purgeproxy.fhir.references import Key, parse_reference, references_at
 
 # Search result parameters change what comes back, not what matches: never part of criteria.

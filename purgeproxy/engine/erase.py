@@ -12,10 +12,16 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from purgeproxy.engine.verify import GONE
 from purgeproxy.engine.removal import Context, Refused, Removal, history_left, remove
+from purgeproxy.engine.verify import GONE
 from purgeproxy.fhir.references import Key
-from purgeproxy.servers.expunge import INSTANCE, VERSION, ExpungeOptions, has_native_expunge, native_expunge
+from purgeproxy.servers.expunge import (
+    INSTANCE,
+    VERSION,
+    ExpungeOptions,
+    has_native_expunge,
+    native_expunge,
+)
 
 PROTECTED_TYPES = frozenset({"AuditEvent"})  # the audit trail is never erased (as on Firely, Medplum)
 _VERSION_IN_URL = re.compile(r"/_history/([A-Za-z0-9\-.]{1,64})")

@@ -10,7 +10,13 @@ from __future__ import annotations
 
 from purgeproxy.engine.erase import PROTECTED_TYPES
 from purgeproxy.engine.removal import Context, Refused, Removal
-from purgeproxy.servers.expunge import SYSTEM, TYPE, ExpungeOptions, has_native_expunge, native_expunge
+from purgeproxy.servers.expunge import (
+    SYSTEM,
+    TYPE,
+    ExpungeOptions,
+    has_native_expunge,
+    native_expunge,
+)
 
 
 def check_bulk(ctx: Context, rtype: str | None, options: ExpungeOptions, allow_everything: bool) -> None:

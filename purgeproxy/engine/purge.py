@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.compartment import Compartment, Resolver, ResolutionError
-from purgeproxy.engine.verify import history_left
+from purgeproxy.engine.compartment import Compartment, ResolutionError, Resolver
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
 from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.engine.verify import history_left
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile

@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.removal import Context, search_all
+from purgeproxy.engine.context import Context, search_all
 from purgeproxy.fhir.references import Key, references_at
 
 IDS_PER_SEARCH = 50  # keeps URLs short; one search per (type, param, group)

@@ -8,29 +8,19 @@ reading every resource and its history back. The result says what was and was no
 
 from __future__ import annotations
 
-import asyncio
+__all__ = ["Context", "Refused", "Removal", "SearchResult", "history_left", "order_resources",
+           "remove", "search_all", "still_readable"]
+
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.verify import GONE
+from purgeproxy.engine import verify
 from purgeproxy.engine.compartment import Member
+from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
 from purgeproxy.engine.deletion import Deleter, DeletionReport
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.purge import ConfirmationRequired
-from purgeproxy.engine import verify
-from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, all_references
-from purgeproxy.fhir.search import SearchFailed, search_pages
-from purgeproxy.servers.profile import UpstreamProfile
-
-
-
-class Refused(Exception):
-    """The request cannot be carried out as asked; raised before any upstream write."""
-
-    def __init__(self, status: int, code: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.code, self.text = status, code, text
 
 
 class ConfirmationNeeded(ConfirmationRequired):
@@ -40,38 +30,6 @@ class ConfirmationNeeded(ConfirmationRequired):
         super().__init__(planned, limit)
         self.args = (f"this {operation} would delete {planned} resources, more than {limit} "
                      "without confirmation (purge.max_without_confirm)",)
-
-
-@dataclass(frozen=True)
-class Context:
-    """The upstream and the settings every operation runs with."""
-
-    client: FhirClient
-    profile: UpstreamProfile
-    limit: asyncio.Semaphore
-    batch_size: int
-    page_size: int
-    hard_delete: str  # require | auto | never (purge.hard_delete)
-    excluded_types: frozenset[str] = frozenset()
-    max_without_confirm: int | None = None  # larger deletes need the caller's confirm=true
-
-    @property
-    def hard_method(self) -> str | None:
-        """The hard delete this run uses, None when deletes stay soft."""
-        if self.hard_delete == "never":
-            return None
-        return self.profile.kind.hard_delete_method
-
-    def require_hard_delete_possible(self) -> None:
-        """``purge.hard_delete: require`` on an upstream without one: refuse before deleting."""
-        if self.hard_delete == "require" and self.profile.kind.hard_delete_method is None:
-            raise Refused(422, "not-supported", f"hard_delete is 'require' but this upstream "
-                          f"({self.profile.kind.name}) offers no hard delete; nothing was deleted")
-
-    async def get(self, path: str, params: dict[str, str] | None = None,
-                  headers: dict[str, str] | None = None) -> Any:
-        async with self.limit:
-            return await self.client.request("GET", path, params=params, headers=headers)
 
 
 @dataclass
@@ -141,22 +99,3 @@ async def still_readable(ctx: Context, keys: list[Key]) -> list[Key]:
 
 async def history_left(ctx: Context, keys: list[Key]) -> list[Key]:
     return await verify.history_left(ctx.client, ctx.limit, keys)
-
-
-@dataclass
-class SearchResult:
-    matches: dict[Key, dict[str, Any]] = field(default_factory=dict)
-    problem: str | None = None  # the search could not be run: nothing it found is trusted
-
-
-async def search_all(ctx: Context, rtype: str, params: list[tuple[str, str]]) -> SearchResult:
-    """Every match of one strict search, all pages."""
-    result = SearchResult()
-    try:
-        async for page in search_pages(ctx.client, ctx.limit, rtype, params, ctx.page_size):
-            for resource in page:
-                if resource.get("resourceType") == rtype and isinstance(resource.get("id"), str):
-                    result.matches[(rtype, resource["id"])] = resource
-    except SearchFailed as failure:
-        result.problem = str(failure)
-    return result

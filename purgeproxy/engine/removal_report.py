@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from purgeproxy.engine.plan import by_type
 from purgeproxy.engine.removal import Removal
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from purgeproxy.capabilities import AdvertisedOperation
-from purgeproxy.operations import async_status, cascade, delete_expunge, erase, expunge, purge
+from purgeproxy.operations import (
+    async_status,
+    cascade,
+    delete_expunge,
+    erase,
+    expunge,
+    purge,
+)
 
 ADVERTISED = [purge.ADVERTISED, erase.ADVERTISED, expunge.ADVERTISED, delete_expunge.ADVERTISED]
 

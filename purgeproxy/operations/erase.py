@@ -10,7 +10,13 @@ from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.erase import erase_resource, erase_versions
 from purgeproxy.engine.removal import Context
-from purgeproxy.operations.vendor import answer, operation_input, resource_key, run, version_of
+from purgeproxy.operations.vendor import (
+    answer,
+    operation_input,
+    resource_key,
+    run,
+    version_of,
+)
 
 OPERATION = "$erase"
 DEFINITION = "http://server.fire.ly/OperationDefinition/erase"

@@ -17,13 +17,24 @@ from aiohttp import web
 from purgeproxy.app_keys import CONFIG
 from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
-from purgeproxy.engine.erase import erase_resource, expunge_instance_history, expunge_version
+from purgeproxy.engine.erase import (
+    erase_resource,
+    expunge_instance_history,
+    expunge_version,
+)
 from purgeproxy.engine.expunge import expunge_bulk
 from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.removal import Context, Refused
 from purgeproxy.engine.removal_report import expunge_parameters
 from purgeproxy.operations.async_status import kick_off
-from purgeproxy.operations.vendor import answer, check_type, operation_input, resource_key, run, version_of
+from purgeproxy.operations.vendor import (
+    answer,
+    check_type,
+    operation_input,
+    resource_key,
+    run,
+    version_of,
+)
 from purgeproxy.servers.expunge import ExpungeOptions
 
 OPERATION = "$expunge"

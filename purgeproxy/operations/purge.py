@@ -8,13 +8,24 @@ from aiohttp import web
 
 from purgeproxy import audit
 from purgeproxy.access_log import outcome_response
-from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import (
+    CALLER_LIMITS,
+    CONFIG,
+    FHIR_CLIENT,
+    PROFILE,
+    UPSTREAM_LIMIT,
+)
 from purgeproxy.auth import Caller, Denied
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.purge import (ConfirmationRequired, PurgeEngine, PurgeRequest, PurgeResult,
-                                     PurgeSettings)
+from purgeproxy.engine.purge import (
+    ConfirmationRequired,
+    PurgeEngine,
+    PurgeRequest,
+    PurgeResult,
+    PurgeSettings,
+)
 from purgeproxy.engine.report import purge_outcome
 from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.outcome import FHIR_JSON

@@ -15,7 +15,13 @@ from aiohttp import web
 
 from purgeproxy import audit
 from purgeproxy.access_log import outcome_response
-from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import (
+    CALLER_LIMITS,
+    CONFIG,
+    FHIR_CLIENT,
+    PROFILE,
+    UPSTREAM_LIMIT,
+)
 from purgeproxy.auth import Caller, Denied
 from purgeproxy.engine.compartment import ResolutionError
 from purgeproxy.engine.purge import ConfirmationRequired
