@@ -219,6 +219,9 @@ class Purge(_Strict):
     max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
     hard_delete: Literal["require", "auto", "never"] = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
+    outside_references: bool = Field(
+        True, description="search for resources outside the compartment that reference the Patient"
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
     max_without_confirm: int = Field(
         1000, ge=0, description="resources one request may delete without confirm=true"

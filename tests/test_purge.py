@@ -135,3 +135,22 @@ async def test_shared_resources_can_be_deleted_by_policy(make_proxy, upstream) -
     assert f"deleted (shared): Group/{tag}-shared" in texts(outcome)
     assert seeds.present(base, [("Group", f"{tag}-shared"), ("Coverage", f"{tag}-cov")]) == []
     assert seeds.present(base, [("Patient", seed.control)]) == [("Patient", seed.control)]
+
+
+async def test_resources_outside_the_compartment_citing_the_patient_are_listed(proxy, upstream) -> None:
+    kind, base = upstream
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    outside = {"resourceType": "Observation", "id": f"{seed.patient}-about", "status": "final",
+               "code": {"text": "family history"}, "subject": seeds.ref("Patient", seed.control),
+               "focus": [seeds.ref("Patient", seed.patient)]}  # focus is not a compartment param
+    seeds.write(base, seed.resources + [outside])
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    listed = f"Observation/{outside['id']} is outside the compartment and still references Patient/{seed.patient}"
+    assert listed in texts(plan)
+    status, outcome = await purge(proxy, seed.patient)
+    assert listed in texts(outcome)
+    assert seeds.present(base, [("Observation", outside["id"])]) == [("Observation", outside["id"])]
+    if kind == "hapi":  # it blocks deleting the Patient there
+        assert f"Patient/{seed.patient} was not deleted: still referenced by Observation/{outside['id']}" in texts(outcome)
+    else:
+        assert outcome["issue"][0]["code"] == "success", texts(outcome)

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import respx
 
+from purgeproxy.fhir.definitions import definitions_for
 from tests.fake_upstream import BASE, scripted_upstream
 
 TOKEN = "scope-token"
@@ -46,6 +47,10 @@ async def test_every_compartment_search_asks_for_strict_handling(make_proxy, ups
     async with httpx.AsyncClient() as http:
         await http.post(f"{proxy}/Patient/p1/$purge?dryRun=true", headers={"Authorization": f"Bearer {TOKEN}"})
     searches = [c.request for c in upstream.calls if c.request.method == "GET" and "?" in str(c.request.url)]
-    assert len(searches) == 102  # every (type, param) pair of the R4 Patient compartment
+    pairs = {(r.url.path.rsplit("/", 1)[1], next(k for k in r.url.params if k != "_count")) for r in searches}
+    compartment = {(t, p) for t, params in definitions_for("4.0.1").patient_compartment.items() for p in params}
     assert all(r.headers["Prefer"] == "handling=strict" for r in searches)
+    assert compartment <= pairs and len(compartment) == 102  # every pair of the R4 Patient compartment
+    assert len(pairs - compartment) == 139  # and every other reference parameter that can cite a Patient
+    assert len(searches) == len(pairs)  # each once: a dry run has no verification round
     assert deleted_urls(upstream) == []

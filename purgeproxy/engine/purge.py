@@ -16,6 +16,8 @@ from typing import Any
 from purgeproxy.engine.compartment import Compartment, ResolutionError, Resolver
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
 from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.engine.context import Context
+from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.verify import history_left
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.references import Key
@@ -38,6 +40,7 @@ class PurgeSettings:
     max_rounds: int
     hard_delete: str  # require | auto | never
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
+    outside_references: bool = True  # look for resources outside the compartment citing the Patient
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -101,6 +104,8 @@ class PurgeEngine:
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
         first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
+        if self.settings.outside_references:
+            await self._find_outside_references(request, first)
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
         if request.dry_run:
@@ -115,6 +120,25 @@ class PurgeEngine:
             result.history_checked = len(checked)
             result.history_remaining = await history_left(self.client, self.limit, checked)
         return result
+
+    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> None:
+        """Resources outside the compartment that reference the Patient being deleted.
+
+        Searched through every reference parameter that can point at a Patient and is not a
+        compartment parameter (those found the members). Nothing found here is deleted: it is
+        listed, because it will dangle (or, with referential integrity, block the Patient).
+        """
+        patient = ("Patient", request.patient_id)
+        if patient not in plan.order:
+            return
+        context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
+                          self.settings.page_size, self.settings.hard_delete)
+        compartment = frozenset((t, p) for t, params in request.compartment.items() for p in params)
+        found = await find_referrers(context, [patient], skip=compartment)
+        in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
+        for key, targets in found.points_at.items():
+            if key not in in_scope:
+                plan.outside_references.setdefault(key, set()).update(targets)
 
     def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
         """The safety rail, after planning and before the first delete of the same run."""

@@ -29,8 +29,9 @@ class Referrers:
     unsearchable: dict[str, str] = field(default_factory=dict)  # "Type?param" -> why
 
 
-async def find_referrers(ctx: Context, targets: list[Key]) -> Referrers:
-    """Every resource that provably references one of ``targets``."""
+async def find_referrers(ctx: Context, targets: list[Key],
+                         skip: frozenset[tuple[str, str]] = frozenset()) -> Referrers:
+    """Every resource that provably references one of ``targets`` (``skip``: pairs not to search)."""
     result = Referrers()
     by_type: dict[str, list[Key]] = defaultdict(list)
     for key in sorted(set(targets)):
@@ -39,6 +40,7 @@ async def find_referrers(ctx: Context, targets: list[Key]) -> Referrers:
         (rtype, param, keys[start:start + IDS_PER_SEARCH])
         for target_type, keys in by_type.items()
         for rtype, param in ctx.profile.definitions.params_targeting(target_type)
+        if (rtype, param) not in skip
         for start in range(0, len(keys), IDS_PER_SEARCH)
     ]
     await asyncio.gather(*(_search(ctx, result, *search) for search in searches))
