@@ -47,7 +47,7 @@ class Pool(_Strict):
 
 class Upstream(_Strict):
     url: str = Field(description="the upstream FHIR base, e.g. http://hapi:8080/fhir")
-    kind: Literal["auto", "hapi", "medplum", "generic"] = Field(
+    kind: Literal["auto", "hapi", "medplum", "firely", "generic"] = Field(
         "auto", description="which hard-delete strategy applies; auto: from metadata"
     )
     fhir_version: Literal["auto", "4.0.1", "4.3.0", "5.0.0"] = Field(

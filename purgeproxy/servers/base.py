@@ -19,25 +19,34 @@ _EXPUNGE_BOTH = {
 
 @dataclass(frozen=True)
 class ServerKind:
-    """What an upstream kind offers. ``hard_delete_method`` None: soft delete only."""
+    """What an upstream kind offers. ``hard_delete_method`` None: soft delete only.
+
+    The hard delete is the upstream's own instance operation, called after the resource was
+    deleted; verification reads the history back, so an upstream whose operation does less than
+    it says is reported, not believed.
+    """
 
     name: str
     hard_delete_method: str | None
+    operation: str = "$expunge"
+    parameters: dict[str, Any] | None = None
 
     async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
         """Remove a deleted resource's history; None on success, else why it failed."""
         if self.hard_delete_method is None:
             return "this upstream offers no hard delete"
-        answer = await client.request("POST", f"{key[0]}/{key[1]}/$expunge", json=_EXPUNGE_BOTH)
+        answer = await client.request("POST", f"{key[0]}/{key[1]}/{self.operation}", json=self.parameters)
         if 200 <= answer.status < 300 or answer.status in (404, 410):
             return None
-        return f"$expunge answered {answer.status}"
+        return f"{self.operation} answered {answer.status}"
 
 
 GENERIC = ServerKind("generic", None)
-HAPI = ServerKind("hapi", "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)")
+HAPI = ServerKind("hapi", "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)",
+                  parameters=_EXPUNGE_BOTH)
 MEDPLUM = ServerKind("medplum", "Medplum $expunge")
-_KINDS = {kind.name: kind for kind in (GENERIC, HAPI, MEDPLUM)}
+FIRELY = ServerKind("firely", "Firely $erase", operation="$erase")
+_KINDS = {kind.name: kind for kind in (GENERIC, HAPI, MEDPLUM, FIRELY)}
 
 
 def kind_named(name: str) -> ServerKind:
@@ -53,12 +62,14 @@ def detect(capability: Any) -> ServerKind:
     if not isinstance(capability, dict):
         return GENERIC
     if capability.get("resourceType") != "CapabilityStatement":
-        return MEDPLUM if _looks_like_medplum(capability) else GENERIC
+        return GENERIC  # e.g. the bare Medplum engine: set upstream.kind to say more
     software = str((capability.get("software") or {}).get("name", "")).lower()
     if "hapi" in software or "smile" in software:
         return HAPI if _declares(capability, "expunge") else GENERIC
     if "medplum" in software:
         return MEDPLUM
+    if "firely" in software or "vonk" in software:
+        return FIRELY if _declares(capability, "erase") else GENERIC
     return GENERIC
 
 
@@ -71,6 +82,3 @@ def _declares(capability: dict[str, Any], operation: str) -> bool:
             return True
     return False
 
-
-def _looks_like_medplum(document: dict[str, Any]) -> bool:
-    return "medplum" in str(document).lower()[:2000]
