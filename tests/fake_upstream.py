@@ -51,6 +51,8 @@ class FakeStore:
         return httpx.Response(200, json=bundle(*[o for o in found if f"Observation/{o['id']}" not in self.deleted]))
 
     def transaction(self, request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["type"] != "transaction":  # no batch support: searches go one by one
+            return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": []})
         entries = json.loads(request.content)["entry"]
         self.deleted.update(e["request"]["url"] for e in entries)
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
@@ -73,10 +75,21 @@ def scripted_upstream() -> Iterator[respx.MockRouter]:
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
 
 
+def _reads_only(request: httpx.Request) -> bool:
+    """A batch Bundle of GET entries: searches sent together, not a write."""
+    try:
+        bundle = json.loads(request.content)
+    except ValueError:
+        return False
+    entries = bundle.get("entry") or [] if isinstance(bundle, dict) else []
+    return bundle.get("type") == "batch" and all(e["request"]["method"] == "GET" for e in entries)
+
+
 def writes(router: respx.MockRouter) -> list[str]:
     """Every write the proxy sent upstream."""
     return [f"{c.request.method} {c.request.url}" for c in router.calls
-            if c.request.method in WRITES and c.request.url.host != "127.0.0.1"]
+            if c.request.method in WRITES and c.request.url.host != "127.0.0.1"
+            and not _reads_only(c.request)]
 
 
 def upstream_calls(router: respx.MockRouter) -> list[str]:

@@ -24,7 +24,8 @@ def deleted_urls(router: respx.MockRouter) -> list[str]:
     urls = []
     for call in router.calls:
         if call.request.method == "POST" and str(call.request.url) == BASE:
-            urls += [e["request"]["url"] for e in json.loads(call.request.content)["entry"]]
+            bundle = json.loads(call.request.content)
+            urls += [e["request"]["url"] for e in bundle["entry"] if e["request"]["method"] == "DELETE"]
         elif call.request.method == "DELETE":
             urls.append(str(call.request.url))
     return urls

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import httpx
 import pytest
 import respx
 
 from purgeproxy.fhir.client import FhirClient, make_http_client
-from purgeproxy.fhir.search import ResolutionError, SearchFailed, search_pages
+from purgeproxy.fhir.search import ResolutionError, SearchFailed, search_each, search_pages
 
 BASE = "http://upstream.test/fhir"
 
@@ -79,3 +80,43 @@ async def test_a_refused_search_says_why() -> None:
         {"severity": "error", "code": "invalid", "diagnostics": "Unknown search parameter"}]})
     with pytest.raises(SearchFailed, match="search answered 400: Unknown search parameter"):
         await collect()
+
+
+@respx.mock
+async def test_first_pages_travel_in_batch_bundles_and_the_rest_one_by_one() -> None:
+    def batch(request: httpx.Request) -> httpx.Response:
+        entries = json.loads(request.content)["entry"]
+        answers = {
+            "Observation": {"response": {"status": "200 OK"}, "resource": page(["o1"], next_url=f"{BASE}?page=2")},
+            "Condition": {"response": {"status": "200 OK"}, "resource": page([])},
+            "Procedure": {"response": {"status": "400 Bad Request", "outcome": {
+                "resourceType": "OperationOutcome", "issue": [{"diagnostics": "unknown parameter"}]}}},
+        }
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": [
+            answers[e["request"]["url"].split("?")[0]] for e in entries]})
+
+    respx.post(BASE).mock(side_effect=batch)
+    respx.get(f"{BASE}?page=2").respond(200, json=page(["o2"]))
+    found: dict[int, list[str]] = {}
+    http = make_http_client(connect=1, read=1, max_connections=2)
+    searches = [(t, [("subject", "Patient/p")]) for t in ("Observation", "Condition", "Procedure")]
+    problems = await search_each(FhirClient(BASE, http), asyncio.Semaphore(2), searches, 2, parts=1,
+                                 on_page=lambda i, matches: found.setdefault(i, []).extend(m["id"] for m in matches))
+    await http.aclose()
+    assert found == {0: ["o1", "o2"], 1: []}
+    assert problems == {2: "search answered 400: unknown parameter"}
+    assert len(respx.calls) == 2  # one batch, one next page
+
+
+@respx.mock
+async def test_an_upstream_refusing_batches_gets_one_search_per_request() -> None:
+    respx.post(BASE).respond(405, json={"resourceType": "OperationOutcome", "issue": []})
+    respx.get(f"{BASE}/Observation").respond(200, json=page(["o1"]))
+    respx.get(f"{BASE}/Condition").respond(200, json=page(["c1"]))
+    found: list[str] = []
+    http = make_http_client(connect=1, read=1, max_connections=2)
+    searches = [(t, [("subject", "Patient/p")]) for t in ("Observation", "Condition")]
+    await search_each(FhirClient(BASE, http), asyncio.Semaphore(2), searches, 2, parts=1,
+                      on_page=lambda i, matches: found.extend(m["id"] for m in matches))
+    await http.aclose()
+    assert sorted(found) == ["c1", "o1"]

@@ -16,7 +16,7 @@ from typing import Any
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
 from purgeproxy.fhir.references import Key, all_references, references_at
-from purgeproxy.fhir.search import ResolutionError, SearchFailed, search_pages
+from purgeproxy.fhir.search import ResolutionError, search_each
 
 __all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver"]
 
@@ -58,12 +58,26 @@ class Resolver:
     page_size: int
     limit: asyncio.Semaphore
     searchable: dict[str, frozenset[str]] | None = None  # from the CapabilityStatement
+    parts: int = 4  # batch Bundles of first pages sent side by side (the upstream concurrency)
 
     async def resolve(self, patient_id: str) -> Resolution:
         result = Resolution(patient_id, "Patient" in self.compartment)
         result.patient = await self._read_patient(patient_id)
-        pairs = [(rtype, param) for rtype, params in self.compartment.items() for param in params]
-        await asyncio.gather(*(self._search(result, rtype, param) for rtype, param in pairs))
+        pairs = []
+        for rtype, params in self.compartment.items():
+            for param in params:
+                why = self._not_searchable(rtype, param)
+                if why:
+                    result.unsearchable[(rtype, param)] = why
+                else:
+                    pairs.append((rtype, param))
+        searches = [(rtype, [(param, f"Patient/{patient_id}")]) for rtype, param in pairs]
+        problems = await search_each(
+            self.client, self.limit, searches, self.page_size, self.parts,
+            lambda index, page: self._take(result, *pairs[index], page),
+        )
+        for index, why in problems.items():
+            result.unsearchable[pairs[index]] = why
         return result
 
     async def _read_patient(self, patient_id: str) -> dict[str, Any] | None:
@@ -83,18 +97,6 @@ class Resolver:
         if param not in self.searchable[rtype]:
             return f"the upstream's CapabilityStatement does not list {rtype}?{param}"
         return None
-
-    async def _search(self, result: Resolution, rtype: str, param: str) -> None:
-        why = self._not_searchable(rtype, param)
-        if why:
-            result.unsearchable[(rtype, param)] = why
-            return
-        query = [(param, f"Patient/{result.patient_id}")]
-        try:
-            async for page in search_pages(self.client, self.limit, rtype, query, self.page_size):
-                self._take(result, rtype, param, page)
-        except SearchFailed as failure:
-            result.unsearchable[(rtype, param)] = str(failure)
 
     def _take(self, result: Resolution, rtype: str, param: str, resources: Iterable[dict[str, Any]]) -> None:
         target = result.patient_key

@@ -8,15 +8,16 @@ paths, so an upstream that ignores a parameter cannot widen the scope.
 
 from __future__ import annotations
 
-import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.context import Context, search_all
+from purgeproxy.engine.context import Context
+from purgeproxy.fhir.search import search_each
 from purgeproxy.fhir.references import Key, references_at
 
 IDS_PER_SEARCH = 50  # keeps URLs short; one search per (type, param, group)
+PARTS = 4  # batch Bundles of first pages sent side by side
 
 
 @dataclass
@@ -36,14 +37,27 @@ async def find_referrers(ctx: Context, targets: list[Key],
     by_type: dict[str, list[Key]] = defaultdict(list)
     for key in sorted(set(targets)):
         by_type[key[0]].append(key)
-    searches = [
+    planned = [
         (rtype, param, keys[start:start + IDS_PER_SEARCH])
         for target_type, keys in by_type.items()
         for rtype, param in ctx.profile.definitions.params_targeting(target_type)
         if (rtype, param) not in skip
         for start in range(0, len(keys), IDS_PER_SEARCH)
     ]
-    await asyncio.gather(*(_search(ctx, result, *search) for search in searches))
+    searches = []
+    for rtype, param, keys in planned:
+        if _not_listed(ctx, rtype, param):
+            result.unsearchable[f"{rtype}?{param}"] = "the upstream's CapabilityStatement does not list it"
+        else:
+            searches.append((rtype, param, keys))
+
+    def take(index: int, page: list[dict[str, Any]]) -> None:
+        _take(ctx, result, *searches[index], page)
+
+    queries = [(rtype, [(param, ",".join(f"{t}/{i}" for t, i in keys))]) for rtype, param, keys in searches]
+    problems = await search_each(ctx.client, ctx.limit, queries, ctx.page_size, PARTS, take)
+    for index, why in problems.items():
+        result.unsearchable[f"{searches[index][0]}?{searches[index][1]}"] = why
     return result
 
 
@@ -53,18 +67,15 @@ def _not_listed(ctx: Context, rtype: str, param: str) -> bool:
     return searchable is not None and param not in searchable.get(rtype, frozenset())
 
 
-async def _search(ctx: Context, result: Referrers, rtype: str, param: str, keys: list[Key]) -> None:
-    if _not_listed(ctx, rtype, param):
-        result.unsearchable[f"{rtype}?{param}"] = "the upstream's CapabilityStatement does not list it"
-        return
-    value = ",".join(f"{t}/{i}" for t, i in keys)
-    found = await search_all(ctx, rtype, [(param, value)])
-    if found.problem:
-        result.unsearchable[f"{rtype}?{param}"] = found.problem
-        return
+def _take(ctx: Context, result: Referrers, rtype: str, param: str, keys: list[Key],
+          page: list[dict[str, Any]]) -> None:
+    """Keep the hits that really reference a target through the searched parameter's paths."""
     wanted = set(keys)
     paths = ctx.profile.definitions.reference_paths(rtype, param) or ()
-    for key, resource in found.matches.items():
+    for resource in page:
+        if resource.get("resourceType") != rtype or not isinstance(resource.get("id"), str):
+            continue
+        key = (rtype, resource["id"])
         hits = {ref for path in paths for ref in references_at(resource, path, ctx.client.base_url)} & wanted
         if hits:
             result.found[key] = resource
