@@ -91,3 +91,14 @@ async def make_proxy() -> Any:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture
+async def client() -> Any:
+    """The proxy's own FHIR client aimed at the respx-scripted upstream (``tests.fake_upstream``)."""
+    from purgeproxy.fhir.client import FhirClient, make_http_client
+    from tests.fake_upstream import BASE
+
+    http = make_http_client(connect=1, read=1, max_connections=4)
+    yield FhirClient(BASE, http)
+    await http.aclose()

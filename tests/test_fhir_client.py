@@ -6,16 +6,8 @@ import httpx
 import pytest
 import respx
 
-from purgeproxy.fhir.client import FhirClient, UpstreamError, make_http_client
-
-BASE = "http://upstream.test/fhir"
-
-
-@pytest.fixture
-async def client() -> FhirClient:
-    http = make_http_client(connect=1, read=1, max_connections=4)
-    yield FhirClient(BASE, http)
-    await http.aclose()
+from purgeproxy.fhir.client import FhirClient, UpstreamError
+from tests.fake_upstream import BASE
 
 
 @respx.mock

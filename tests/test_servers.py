@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 import respx
 
-from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.fhir.client import FhirClient
 from purgeproxy.servers.base import FIRELY, GENERIC, HAPI, MEDPLUM, detect
-
-BASE = "http://upstream.test/fhir"
+from tests.fake_upstream import BASE
 
 
 def statement(software: str, *operations: str) -> dict:
@@ -33,12 +31,6 @@ def statement(software: str, *operations: str) -> dict:
 def test_detection_from_the_capability_statement(document: object, kind: object) -> None:
     assert detect(document) == kind
 
-
-@pytest.fixture
-async def client() -> FhirClient:
-    http = make_http_client(connect=1, read=1, max_connections=2)
-    yield FhirClient(BASE, http)
-    await http.aclose()
 
 
 @respx.mock
