@@ -1,7 +1,7 @@
 """``python -m bench`` (``make bench``): measure purgeproxy and write docs/benchmarks.md.
 
 Scenarios run one after another, each starting and stopping its own processes, and each returns
-a report section; adding one (e.g. purge scaling) means one module and one entry in SCENARIOS.
+a report section (pass-through, streaming memory, purge scaling); adding one means one module and one entry in SCENARIOS.
 ``--quick`` is a smoke run of the whole pipeline that writes to a temporary directory, so it
 never replaces the committed numbers.
 """
@@ -9,6 +9,7 @@ never replaces the committed numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import signal
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import memory, passthrough
+from bench import memory, passthrough, purge
 from bench.report import Section, machine_info, pyplot, write_report
 from bench.targets import Processes
 
@@ -38,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run (2 s runs, 1 repetition, 64 MiB bodies) into a temp dir")
-    parser.add_argument("--only", choices=["passthrough", "memory"], help="run one scenario")
+    parser.add_argument("--only", choices=["passthrough", "memory", "purge"], help="run one scenario")
+    parser.add_argument("--purge-parts", nargs="+", choices=["medplum", "sweep", "hapi", "isolation"],
+                        help="purge scenario: run only these parts (default: all)")
+    parser.add_argument("--no-hapi", action="store_true", help="purge scenario without the HAPI rows")
+    parser.add_argument("--purge-working-tree", action="store_true",
+                        help="purge scenario: measure the working tree's engine (default: HEAD's)")
     parser.add_argument("--output", type=Path, help="report path (default docs/benchmarks.md)")
     parser.add_argument("--seconds", type=float, help="duration of each wrk run (default 5)")
     parser.add_argument("--reps", type=int, help="repetitions per target and concurrency (default 2)")
@@ -72,9 +78,16 @@ def _terminate(signum: int, _frame: FrameType | None) -> None:
 
 def _scenarios(args: argparse.Namespace, docs_dir: Path) -> list[Callable[[Processes], Section]]:
     settings, size = _settings(args)
+    purge_settings = purge.Settings.quick() if args.quick else purge.Settings()
+    if args.no_hapi:
+        purge_settings = dataclasses.replace(purge_settings, hapi=False)
+    if args.purge_working_tree:
+        purge_settings = dataclasses.replace(purge_settings, working_tree=True)
+    purge_parts = (tuple(args.purge_parts),) if args.purge_parts else ()
     everything = {
         "passthrough": lambda procs: passthrough.run(procs, settings, docs_dir, _say),
         "memory": lambda procs: memory.run(procs, size, docs_dir, _say),
+        "purge": lambda procs: purge.run(procs, purge_settings, docs_dir, _say, *purge_parts),
     }
     return [run for name, run in everything.items() if args.only in (None, name)]
 

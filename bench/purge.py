@@ -1,0 +1,860 @@
+"""Scenario 3: purge scaling, against two baselines, on the Medplum engine and on HAPI.
+
+Contenders, each on a patient of its own with the same seeded compartment:
+
+* **purgeproxy** — the real ``PurgeEngine`` (resolve rounds, plan, transaction deletes, history
+  read-back), run in-process in a fresh child process so that its peak RSS can be read;
+* **floor** — the same transaction Bundles of DELETEs posted straight to the upstream, ids known;
+* **script** — what an operator writes without us: one sequential search per (type, param) pair
+  of the Patient compartment (following paging), then the same transaction Bundles.
+
+Every contender runs in a child process (``python -m bench.purge child '<json>'``) whose httpx
+client counts requests by kind through an event hook; the child resets its peak RSS
+(``/proc/self/clear_refs``) right before the purge and reads ``VmHWM`` after it.
+
+The Medplum engine keeps everything in memory and answers a search page by scanning every
+resource of the type, so its search time grows with the store: each Medplum run gets a fresh
+server holding only its own patient. HAPI (slow to start, indexed) is started once and holds
+every contender's patient; contenders run one after another on identical data.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.load import LoadResult, run_wrk
+from bench.report import Section, line_chart, table
+from bench.targets import Processes, free_port, rss_kb, wait_ready
+
+REPO = Path(__file__).resolve().parent.parent
+FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+STRICT = {"Prefer": "handling=strict"}
+TOKEN = "bench-operator-token"
+
+# The issue's targets.
+MAX_VS_SCRIPT = 0.5
+MAX_VS_FLOOR = 1.2  # HAPI, at FLOOR_GATE resources and more
+FLOOR_GATE = 10_000
+MAX_GROWTH_10X = 12.0
+MAX_RSS_GROWTH_MB = 100.0
+MAX_P99_RATIO = 2.0
+
+# An average Synthea patient (~650 resources), as shares of its compartment.
+MIX = (("Observation", 0.60), ("DiagnosticReport", 0.08), ("Procedure", 0.07), ("Encounter", 0.06),
+       ("DocumentReference", 0.055), ("MedicationRequest", 0.05), ("Condition", 0.04),
+       ("Immunization", 0.025), ("AllergyIntolerance", 0.01), ("CarePlan", 0.01))
+# Delete order an operator would hard-code: referencing types first, the Patient last (HAPI
+# enforces referential integrity: a DiagnosticReport references Observations, which reference
+# Encounters).
+TYPE_RANK = {"DiagnosticReport": 0, "Observation": 1, "Encounter": 8, "Patient": 9}
+
+
+@dataclass(frozen=True)
+class Settings:
+    medplum_sizes: tuple[int, ...] = (10, 650, 10_000, 100_000)
+    hapi_sizes: tuple[int, ...] = (10, 650, 10_000)
+    hapi_auto_sizes: tuple[int, ...] = (10, 650, 10_000)
+    sweep_size: int = 2_000
+    sweep_batches: tuple[int, ...] = (25, 50, 100, 200, 500)
+    sweep_concurrency: tuple[int, ...] = (1, 2, 4, 8)
+    hapi_sweep_size: int = 1_000
+    hapi_sweep_batches: tuple[int, ...] = (50, 100, 200)
+    hapi_sweep_concurrency: tuple[int, ...] = (1, 4)
+    isolation_size: int = 10_000
+    wrk_seconds: float = 5.0
+    batch_size: int = 100  # purgeproxy's defaults
+    concurrency: int = 4
+    page_size: int = 200
+    hapi: bool = True
+    working_tree: bool = False  # measure the working tree's engine instead of HEAD's
+
+    @classmethod
+    def quick(cls) -> Settings:
+        return cls(medplum_sizes=(10, 650, 2_000), hapi_sizes=(10, 650), hapi_auto_sizes=(650,),
+                   sweep_size=650, sweep_batches=(50, 100, 200), sweep_concurrency=(1, 4),
+                   hapi_sweep_size=0, isolation_size=2_000, wrk_seconds=2.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed data
+
+
+def ref(rtype: str, rid: str) -> dict[str, str]:
+    return {"reference": f"{rtype}/{rid}"}
+
+
+def type_counts(total: int) -> dict[str, int]:
+    """``total - 1`` compartment resources spread like Synthea's (the Patient is the last one)."""
+    rest = max(0, total - 1)
+    exact = {rtype: rest * share for rtype, share in MIX}
+    counts = {rtype: int(value) for rtype, value in exact.items()}
+    left = rest - sum(counts.values())
+    for rtype in sorted(exact, key=lambda t: exact[t] - counts[t], reverse=True)[:left]:
+        counts[rtype] += 1
+    counts["DiagnosticReport"] = min(counts["DiagnosticReport"], counts["Observation"] // 3 or 0)
+    counts["Observation"] += rest - sum(counts.values())
+    return counts
+
+
+def patient_resources(tag: str, total: int) -> list[dict[str, Any]]:
+    """A patient and ``total - 1`` resources in its compartment (ids from ``tag``)."""
+    pid = f"{tag}-p"
+    sizes = type_counts(total)
+    out: list[dict[str, Any]] = [{"resourceType": "Patient", "id": pid, "name": [{"family": "Bench"}]}]
+    encounters = [f"{tag}-enc{i}" for i in range(sizes["Encounter"])]
+    for eid in encounters:
+        out.append({"resourceType": "Encounter", "id": eid, "status": "finished",
+                    "class": {"code": "AMB"}, "subject": ref("Patient", pid)})
+    observations = [f"{tag}-obs{i}" for i in range(sizes["Observation"])]
+    for i, oid in enumerate(observations):
+        obs = {"resourceType": "Observation", "id": oid, "status": "final",
+               "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}], "text": "Heart rate"},
+               "subject": ref("Patient", pid), "effectiveDateTime": "2020-01-01T10:00:00Z",
+               "valueQuantity": {"value": 60 + i % 40, "unit": "/min"}}
+        if encounters:
+            obs["encounter"] = ref("Encounter", encounters[i % len(encounters)])
+        out.append(obs)
+    for i in range(sizes["DiagnosticReport"]):
+        out.append({"resourceType": "DiagnosticReport", "id": f"{tag}-dr{i}", "status": "final",
+                    "code": {"text": "panel"}, "subject": ref("Patient", pid),
+                    "result": [ref("Observation", o) for o in observations[i * 3:i * 3 + 3]]})
+    simple = {
+        "Condition": {"subject": ref("Patient", pid), "code": {"text": "c"}},
+        "Procedure": {"status": "completed", "subject": ref("Patient", pid)},
+        "MedicationRequest": {"status": "active", "intent": "order", "subject": ref("Patient", pid),
+                              "medicationCodeableConcept": {"text": "m"}},
+        "AllergyIntolerance": {"patient": ref("Patient", pid)},
+        "Immunization": {"status": "completed", "patient": ref("Patient", pid),
+                         "vaccineCode": {"text": "v"}, "occurrenceDateTime": "2020-01-01"},
+        "CarePlan": {"status": "active", "intent": "plan", "subject": ref("Patient", pid)},
+        "DocumentReference": {"status": "current", "subject": ref("Patient", pid),
+                              "content": [{"attachment": {"contentType": "text/plain"}}]},
+    }
+    for rtype, body in simple.items():
+        for i in range(sizes.get(rtype, 0)):
+            out.append({"resourceType": rtype, "id": f"{tag}-{rtype.lower()}{i}", **body})
+    return out
+
+
+def delete_order(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    keys = [(r["resourceType"], r["id"]) for r in resources]
+    return sorted(keys, key=lambda k: TYPE_RANK.get(k[0], 5))
+
+
+def write(base: str, resources: list[dict[str, Any]], chunk: int = 50) -> None:
+    """PUT in transaction Bundles of 50 (Medplum's limit for updates), straight to the upstream."""
+    with httpx.Client(timeout=600) as http:
+        for start in range(0, len(resources), chunk):
+            part = resources[start:start + chunk]
+            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
+                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
+                for r in part]}
+            answer = http.post(base, json=bundle, headers=FHIR)
+            if answer.status_code != 200:
+                raise RuntimeError(f"seeding failed: {answer.status_code} {answer.text[:500]}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The child: one contender, one purge, measured
+
+
+def _kind(request: httpx.Request) -> str:
+    path = request.url.path
+    if request.method == "GET":
+        if path.endswith("/_history"):
+            return "history"
+        return "search" if request.url.query else "read"
+    if "$expunge" in path:
+        return "expunge"
+    if request.method == "POST" and b'"batch"' in request.content[:200]:
+        return "search"  # first pages of searches as GET entries of a batch Bundle (since 5592b5b)
+    return "write"
+
+
+def _status_kb() -> tuple[int, int]:
+    return rss_kb(os.getpid())
+
+
+def _reset_peak() -> None:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass
+
+
+def _transaction(keys: list[tuple[str, str]]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction",
+            "entry": [{"request": {"method": "DELETE", "url": f"{t}/{i}"}} for t, i in keys]}
+
+
+def _deleted(answer: httpx.Response) -> int:
+    if answer.status_code != 200:
+        raise RuntimeError(f"transaction answered {answer.status_code}: {answer.text[:500]}")
+    return sum(1 for e in answer.json().get("entry") or []
+               if str((e.get("response") or {}).get("status", "")).startswith(("2", "404", "410")))
+
+
+def _floor(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
+    keys = [tuple(k) for k in json.loads(Path(job["keys"]).read_text())]
+    hook = lambda request: counts.update([_kind(request)])  # noqa: E731
+    deleted = 0
+    with httpx.Client(timeout=1800, event_hooks={"request": [hook]}) as http:
+        _reset_peak()
+        rss0 = _status_kb()[0]
+        started = time.perf_counter()
+        for start in range(0, len(keys), job["batch"]):
+            deleted += _deleted(http.post(job["base"], json=_transaction(keys[start:start + job["batch"]]),
+                                          headers=FHIR))
+        wall = time.perf_counter() - started
+    return {"wall": wall, "deleted": deleted, "complete": deleted == len(keys), "rss0": rss0}
+
+
+def _script_search(http: httpx.Client, base: str, rtype: str, param: str, patient: str,
+                   page: int) -> list[str] | None:
+    """Every id a search returns, by next links or ``_offset``; None when the server refuses it."""
+    ids: list[str] = []
+    url: str | None = f"{base}/{rtype}"
+    params: dict[str, str] | None = {param: f"Patient/{patient}", "_count": str(page)}
+    while url:
+        answer = http.get(url, params=params, headers={**FHIR, **STRICT})
+        if answer.status_code != 200:
+            return None
+        bundle = answer.json()
+        found = [e["resource"]["id"] for e in bundle.get("entry") or []
+                 if (e.get("search") or {}).get("mode", "match") == "match" and "resource" in e]
+        ids += found
+        link = next((l["url"] for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+        if link:
+            url, params = link, None
+        elif found and isinstance(bundle.get("total"), int) and bundle["total"] > len(ids):
+            params = {param: f"Patient/{patient}", "_count": str(page), "_offset": str(len(ids))}
+        else:
+            url = None
+    return ids
+
+
+def _script(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
+    from purgeproxy.fhir.definitions import definitions_for
+
+    compartment = definitions_for("4.0.1").patient_compartment
+    hook = lambda request: counts.update([_kind(request)])  # noqa: E731
+    deleted = 0
+    with httpx.Client(timeout=1800, event_hooks={"request": [hook]}) as http:
+        _reset_peak()
+        rss0 = _status_kb()[0]
+        started = time.perf_counter()
+        found: set[tuple[str, str]] = set()
+        for rtype, params in compartment.items():
+            for param in params:
+                for rid in _script_search(http, job["base"], rtype, param, job["patient"], job["page"]) or ():
+                    found.add((rtype, rid))
+        found.add(("Patient", job["patient"]))
+        keys = sorted(found, key=lambda k: (TYPE_RANK.get(k[0], 5), k))
+        for start in range(0, len(keys), job["batch"]):
+            deleted += _deleted(http.post(job["base"], json=_transaction(keys[start:start + job["batch"]]),
+                                          headers=FHIR))
+        wall = time.perf_counter() - started
+    return {"wall": wall, "deleted": deleted, "complete": deleted == job["expected"], "rss0": rss0}
+
+
+def _timed(phases: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+    if asyncio.iscoroutinefunction(fn):
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await fn(*args, **kwargs)
+            finally:
+                phases[name] += time.perf_counter() - started
+        return wrapper
+
+    def plain(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            phases[name] += time.perf_counter() - started
+    return plain
+
+
+async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
+    from purgeproxy.engine import compartment, deletion
+    from purgeproxy.engine import purge as purge_module
+    from purgeproxy.engine.plan import Policy
+    from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
+    from purgeproxy.fhir.client import FhirClient, make_http_client
+    from purgeproxy.servers.profile import ProfileCache
+
+    phases: dict[str, float] = defaultdict(float)
+    compartment.Resolver.resolve = _timed(phases, "resolve", compartment.Resolver.resolve)
+    deletion.Deleter.delete = _timed(phases, "delete", deletion.Deleter.delete)
+    deletion.Deleter._hard_delete = _timed(phases, "expunge", deletion.Deleter._hard_delete)
+    purge_module.history_left = _timed(phases, "verify", purge_module.history_left)
+    purge_module.make_plan = _timed(phases, "plan", purge_module.make_plan)
+    if hasattr(PurgeEngine, "_find_outside_references"):  # since 7a28d2e
+        PurgeEngine._find_outside_references = _timed(phases, "outside",
+                                                      PurgeEngine._find_outside_references)
+
+    async def hook(request: httpx.Request) -> None:
+        counts.update([_kind(request)])
+
+    http = make_http_client(connect=5, read=1800, max_connections=200)
+    http.event_hooks = {"request": [hook], "response": []}
+    client = FhirClient(job["base"], http)
+    profile = await ProfileCache(client, "auto", "auto").get()
+    counts.clear()  # the CapabilityStatement is read once per process, not per purge
+    settings = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False), job["batch"],
+                             job["page"], 5, job["hard"])
+    engine = PurgeEngine(client, profile, settings, asyncio.Semaphore(job["concurrency"]))
+    request = PurgeRequest(job["patient"], dict(profile.definitions.patient_compartment), confirmed=True)
+    _reset_peak()
+    rss0 = _status_kb()[0]
+    started = time.perf_counter()
+    result = await engine.run(request)
+    wall = time.perf_counter() - started
+    await http.aclose()
+    phases["delete"] -= phases.get("expunge", 0.0)
+    return {"wall": wall, "deleted": len(result.deletion.deleted) + len(result.deletion.already_gone),
+            "complete": result.complete and len(result.deletion.deleted) == job["expected"],
+            "errors": result.errors[:3], "rss0": rss0, "phases": dict(phases),
+            "hard_deleted": len(result.deletion.hard_deleted)}
+
+
+def child(job: dict[str, Any]) -> dict[str, Any]:
+    if job.get("tree"):
+        sys.path.insert(0, job["tree"])  # before the first import of purgeproxy
+    counts: Counter[str] = Counter()
+    if job["contender"] == "floor":
+        out = _floor(job, counts)
+    elif job["contender"] == "script":
+        out = _script(job, counts)
+    else:
+        out = asyncio.run(_engine(job, counts))
+    import purgeproxy
+
+    out["engine"] = str(Path(purgeproxy.__file__).parent)
+    out["requests"] = dict(counts)
+    out["hwm"] = _status_kb()[1]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The orchestrator
+
+ENGINE_TREE: Path | None = None  # purgeproxy/ comes from here (a ``git archive`` of HEAD) if set
+
+
+def snapshot_head(workdir: Path) -> str:
+    """Extract HEAD's ``purgeproxy/`` into ``workdir/engine``: the committed engine is measured,
+    not whatever is being edited in the working tree while the benchmark runs."""
+    global ENGINE_TREE
+    tree = workdir / "engine"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", "HEAD", "purgeproxy"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    ENGINE_TREE = tree
+    return subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+
+@dataclass
+class Run:
+    upstream: str
+    contender: str  # purgeproxy | purgeproxy (hard delete) | floor | script
+    size: int
+    batch: int
+    concurrency: int
+    wall: float
+    requests: dict[str, int]
+    rss_growth_mb: float
+    complete: bool
+    phases: dict[str, float] = field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def searches(self) -> int:
+        return self.requests.get("search", 0)
+
+    @property
+    def writes(self) -> int:
+        return self.requests.get("write", 0) + self.requests.get("expunge", 0)
+
+    @property
+    def reads(self) -> int:
+        return self.requests.get("read", 0) + self.requests.get("history", 0)
+
+
+def run_child(workdir: Path, upstream: str, contender: str, base: str, resources: list[dict[str, Any]],
+              batch: int, concurrency: int, page: int, hard: str = "never") -> Run:
+    keys = delete_order(resources)
+    keys_file = workdir / "keys.json"
+    keys_file.write_text(json.dumps(keys))
+    job = {"contender": "purgeproxy" if contender.startswith("purgeproxy") else contender,
+           "base": base, "patient": keys[-1][1], "batch": batch, "concurrency": concurrency,
+           "page": page, "hard": hard, "keys": str(keys_file), "expected": len(keys),
+           "tree": str(ENGINE_TREE) if ENGINE_TREE else None}
+    done = subprocess.run([sys.executable, "-m", "bench.purge", "child", json.dumps(job)],
+                          capture_output=True, text=True, cwd=REPO, check=False, timeout=3600)
+    if done.returncode != 0:  # a row that says why, rather than no report at all
+        (workdir / f"failed-{contender}-{len(keys)}.log").write_text(done.stderr)
+        last = (done.stderr.strip().splitlines() or ["?"])[-1]
+        return Run(upstream, contender, len(keys), batch, concurrency, math.nan, {}, 0.0, False,
+                   note=f"failed: {last[:200]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if ENGINE_TREE and not out["engine"].startswith(str(ENGINE_TREE)):
+        raise RuntimeError(f"the child imported purgeproxy from {out['engine']}, not {ENGINE_TREE}")
+    note = "; ".join(out.get("errors") or [])
+    if not out["complete"]:
+        note = note or f"deleted {out['deleted']} of {len(keys)}"
+    return Run(upstream, contender, len(keys), batch, concurrency, out["wall"], out["requests"],
+               max(0, out["hwm"] - out["rss0"]) / 1024, out["complete"], out.get("phases", {}), note)
+
+
+@contextmanager
+def medplum() -> Iterator[str]:
+    from tests.upstreams.medplum import running_medplum
+
+    os.environ.setdefault("NODE_OPTIONS", "--max-old-space-size=8192")
+    with running_medplum() as base:
+        yield base
+
+
+@contextmanager
+def hapi() -> Iterator[str]:
+    from tests.upstreams.hapi import running_hapi
+
+    with running_hapi() as base:
+        yield base
+
+
+class Bench:
+    def __init__(self, settings: Settings, workdir: Path, say: Callable[[str], None]) -> None:
+        self.s, self.workdir, self.say = settings, workdir, say
+        self.runs: list[Run] = []
+        self.sweep: list[Run] = []
+        self.fixed: list[Run] = []
+        self.isolation: dict[str, Any] = {}
+        self.notes: list[str] = []
+        self._tags = 0
+
+    def tag(self, name: str) -> str:
+        self._tags += 1
+        return f"b{self._tags}{name}"
+
+    def _log(self, run: Run) -> Run:
+        self.say(f"{run.upstream:8} {run.contender:28} n={run.size:<7} b={run.batch:<4} c={run.concurrency} "
+                 f"{run.wall:8.2f} s  searches {run.searches:<5} writes {run.writes:<6} reads {run.reads:<7} "
+                 f"rss +{run.rss_growth_mb:.1f} MB" + ("" if run.complete else f"  INCOMPLETE {run.note}"))
+        return run
+
+    # Medplum: a fresh in-memory server per run, holding only that run's patient.
+    def medplum_run(self, contender: str, size: int, batch: int | None = None,
+                    concurrency: int | None = None) -> Run:
+        resources = patient_resources(self.tag("m"), size)
+        with medplum() as base:
+            write(base, resources)
+            return self._log(run_child(self.workdir, "Medplum", contender, base, resources,
+                                       batch or self.s.batch_size, concurrency or self.s.concurrency,
+                                       self.s.page_size))
+
+    def scaling_medplum(self) -> None:
+        for size in self.s.medplum_sizes:
+            for contender in ("purgeproxy", "floor", "script"):
+                self.runs.append(self.medplum_run(contender, size))
+        self.fixed.append(self.medplum_run("purgeproxy", 1))
+
+    def sweep_medplum(self) -> None:
+        for batch in self.s.sweep_batches:
+            for concurrency in self.s.sweep_concurrency:
+                self.sweep.append(self.medplum_run("purgeproxy", self.s.sweep_size, batch, concurrency))
+
+    def hapi_all(self) -> None:
+        contenders = [("purgeproxy", "never"), ("purgeproxy (hard delete)", "auto"), ("floor", "never"),
+                      ("script", "never")]
+        with hapi() as base:
+            warm = patient_resources(self.tag("h"), 200)  # JIT and connection pools warm-up
+            write(base, warm)
+            run_child(self.workdir, "HAPI", "floor", base, warm, self.s.batch_size, 1, self.s.page_size)
+            for size in self.s.hapi_sizes:
+                todo = [(c, h) for c, h in contenders if h == "never" or size in self.s.hapi_auto_sizes]
+                seeded = [(c, h, patient_resources(self.tag("h"), size)) for c, h in todo]
+                started = time.monotonic()
+                for _, _, resources in seeded:
+                    write(base, resources)
+                self.say(f"HAPI: seeded {len(seeded)} × {size} in {time.monotonic() - started:.0f} s")
+                for contender, hard, resources in seeded:
+                    self.runs.append(self._log(run_child(
+                        self.workdir, "HAPI", contender, base, resources, self.s.batch_size,
+                        self.s.concurrency, self.s.page_size, hard)))
+            fixed = patient_resources(self.tag("h"), 1)
+            write(base, fixed)
+            self.fixed.append(self._log(run_child(self.workdir, "HAPI", "purgeproxy", base, fixed,
+                                                  self.s.batch_size, self.s.concurrency, self.s.page_size)))
+            if self.s.hapi_sweep_size:
+                for batch in self.s.hapi_sweep_batches:
+                    for concurrency in self.s.hapi_sweep_concurrency:
+                        resources = patient_resources(self.tag("h"), self.s.hapi_sweep_size)
+                        write(base, resources)
+                        self.sweep.append(self._log(run_child(
+                            self.workdir, "HAPI", "purgeproxy (hard delete)", base, resources, batch,
+                            concurrency, self.s.page_size, "auto")))
+
+    # Isolation and the real HTTP path: ``purgeproxy serve`` in front of a fresh Medplum.
+    @contextmanager
+    def served(self, procs: Processes, size: int) -> Iterator[tuple[str, str, str, Any]]:
+        resources = patient_resources(self.tag("s"), size)
+        cheap = {"resourceType": "Patient", "id": self.tag("cheap"), "name": [{"family": "Cheap"}]}
+        with medplum() as base:
+            write(base, resources + [cheap])
+            port = free_port()
+            config = self.workdir / "purgeproxy-purge.yaml"
+            config.write_text(
+                f"upstream: {{url: {base}}}\nserver: {{host: 127.0.0.1, port: {port}}}\n"
+                f"logging: {{level: warning}}\nauth: {{admin_token: {TOKEN}}}\n"
+                f"jobs: {{store: {self.workdir}/jobs-{port}.sqlite3}}\n"
+            )
+            if ENGINE_TREE:
+                argv = [sys.executable, "-c", f"import sys, runpy; sys.path.insert(0, {str(ENGINE_TREE)!r}); "
+                        "runpy.run_module('purgeproxy', run_name='__main__', alter_sys=True)"]
+            else:
+                script = Path(sys.executable).with_name("purgeproxy")
+                argv = [str(script)] if script.exists() else [sys.executable, "-m", "purgeproxy"]
+            proxy = procs.start(f"purgeproxy-{port}", [*argv, "serve", "--config", str(config)])
+            proxy_base = f"http://127.0.0.1:{port}/fhir"
+            wait_ready(proxy, f"{proxy_base}/Patient/{cheap['id']}", timeout=30)
+            try:
+                yield base, proxy_base, f"{proxy_base}/Patient/{cheap['id']}", (proxy, resources)
+            finally:
+                procs.stop(proxy)
+
+    @staticmethod
+    def http_purge(proxy_base: str, patient: str) -> tuple[float, int, str]:
+        started = time.perf_counter()
+        with httpx.Client(timeout=3600) as http:
+            answer = http.post(f"{proxy_base}/Patient/{patient}/$purge?confirm=true",
+                               headers={"Authorization": f"Bearer {TOKEN}"})
+        wall = time.perf_counter() - started
+        code = (answer.json().get("issue") or [{}])[0].get("code", "?") if answer.status_code == 200 else ""
+        return wall, answer.status_code, code
+
+    def isolation_run(self, procs: Processes) -> None:
+        size = self.s.isolation_size
+        # 1. The real HTTP path, idle, against the in-process engine in the same fresh state.
+        with self.served(procs, size) as (_, proxy_base, _cheap, (proxy, resources)):
+            Path(f"/proc/{proxy.popen.pid}/clear_refs").write_text("5")
+            rss0 = rss_kb(proxy.popen.pid)[0]
+            wall, status, code = self.http_purge(proxy_base, resources[0]["id"])
+            hwm = rss_kb(proxy.popen.pid)[1]
+            self.isolation["http"] = {"wall": wall, "status": status, "code": code,
+                                      "rss": max(0, hwm - rss0) / 1024}
+            self.say(f"HTTP $purge of {size}: {wall:.2f} s ({status} {code}), serve RSS +{(hwm - rss0) / 1024:.1f} MB")
+        self.isolation["engine"] = self.medplum_run("purgeproxy", size)
+        # 2. Pass-through p99 idle, then while a purge runs through the same process.
+        with self.served(procs, size) as (base, proxy_base, cheap, (_, resources)):
+            run_wrk(cheap, 10, 1)  # warm-up
+            idle = run_wrk(cheap, 10, self.s.wrk_seconds)
+            loaded, wall = self._under_purge(cheap, proxy_base, resources[0]["id"],
+                                             self.isolation["http"]["wall"])
+            self.isolation.update(idle=idle, loaded=loaded, loaded_wall=wall)
+            self.say(f"pass-through p99 idle {idle.p99_ms:.2f} ms, during purge {loaded.p99_ms:.2f} ms")
+        # 3. For reference: the same load straight at the upstream, idle and during a purge.
+        with self.served(procs, size) as (base, proxy_base, cheap, (_, resources)):
+            direct = cheap.replace(proxy_base, base)
+            run_wrk(direct, 10, 1)
+            idle = run_wrk(direct, 10, self.s.wrk_seconds)
+            loaded, _ = self._under_purge(direct, proxy_base, resources[0]["id"],
+                                          self.isolation["http"]["wall"])
+            self.isolation.update(direct_idle=idle, direct_loaded=loaded)
+            self.say(f"direct p99 idle {idle.p99_ms:.2f} ms, during purge {loaded.p99_ms:.2f} ms")
+
+    def _under_purge(self, url: str, proxy_base: str, patient: str,
+                     expected: float) -> tuple[LoadResult, float]:
+        """wrk for most of the purge's expected time, starting once the purge is under way."""
+        outcome: dict[str, Any] = {}
+        thread = threading.Thread(target=lambda: outcome.update(r=self.http_purge(proxy_base, patient)))
+        thread.start()
+        time.sleep(min(0.5, expected * 0.1))
+        seconds = max(1.0, min(self.s.wrk_seconds * 2, expected * 0.7))
+        loaded = run_wrk(url, 10, seconds)
+        thread.join()
+        return loaded, outcome["r"][0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _v(ok: bool) -> str:
+    return "PASS" if ok else "**FAIL**"
+
+
+def _find(runs: list[Run], upstream: str, contender: str, size: int) -> Run | None:
+    return next((r for r in runs if (r.upstream, r.contender, r.size) == (upstream, contender, size)), None)
+
+
+def _row(run: Run, runs: list[Run]) -> list[str]:
+    script = _find(runs, run.upstream, "script", run.size)
+    floor = _find(runs, run.upstream, "floor", run.size)
+    vs_script = run.wall / script.wall if script and script.wall else None
+    vs_floor = run.wall / floor.wall if floor and floor.wall else None
+    cells = ["—", "—"]
+    if run.contender.startswith("purgeproxy") and vs_script is not None:
+        check = run.contender == "purgeproxy"
+        cells[0] = f"{vs_script:.2f}×" + (f" {_v(vs_script <= MAX_VS_SCRIPT)}" if check else "")
+    if run.contender.startswith("purgeproxy") and vs_floor is not None:
+        gated = run.contender == "purgeproxy" and run.upstream == "HAPI" and run.size >= FLOOR_GATE
+        cells[1] = f"{vs_floor:.2f}×" + (f" {_v(vs_floor <= MAX_VS_FLOOR)}" if gated else "")
+    phases = run.phases
+    split = ("—" if not phases else " / ".join(
+        f"{phases.get(p, 0):.1f}" for p in ("resolve", "outside", "plan", "delete", "expunge", "verify")))
+    return [run.upstream, run.contender, f"{run.size:,}", f"{run.wall:.2f}", str(run.searches),
+            str(run.writes), str(run.reads), f"{run.rss_growth_mb:.1f}", *cells, split,
+            "yes" if run.complete else f"**no** {run.note}"]
+
+
+def scaling_table(runs: list[Run]) -> str:
+    order = {"purgeproxy": 0, "purgeproxy (hard delete)": 1, "floor": 2, "script": 3}
+    rows = [_row(r, runs) for r in sorted(runs, key=lambda r: (r.upstream != "Medplum", r.size,
+                                                                 order[r.contender]))]
+    return table(["upstream", "contender", "resources", "wall s", "searches", "writes",
+                  "reads (read + _history)", "peak RSS growth MB", "time / script (≤ 0.5×)",
+                  "time / floor (≤ 1.2×, HAPI ≥ 10k)", "resolve / outside refs / plan / delete / expunge / verify s",
+                  "complete"], rows)
+
+
+def _targets(b: Bench, settings: Settings) -> list[list[str]]:
+    rows = []
+    ours = [r for r in b.runs if r.contender == "purgeproxy"]
+    ratios = []
+    for r in ours:
+        script = _find(b.runs, r.upstream, "script", r.size)
+        if script and not math.isnan(r.wall):
+            ratios.append((r.wall / script.wall, f"{r.upstream} {r.size:,}"))
+    if ratios:
+        worst = max(ratios)
+        rows.append([f"time ≤ {MAX_VS_SCRIPT}× the operator's script at every size",
+                     f"worst {worst[0]:.2f}× ({worst[1]}); " + ", ".join(f"{n}: {x:.2f}×" for x, n in ratios)
+                     + "".join(f"; {r.upstream} {r.size:,}: failed" for r in failed),
+                     _v(all(x <= MAX_VS_SCRIPT for x, _ in ratios) and not failed)])
+    gated = [(r, _find(b.runs, r.upstream, "floor", r.size)) for r in ours
+             if r.upstream == "HAPI" and r.size >= FLOOR_GATE]
+    gated = [(r, f) for r, f in gated if f]
+    if gated:
+        rows.append([f"time ≤ {MAX_VS_FLOOR}× the floor on HAPI at ≥ {FLOOR_GATE:,} resources",
+                     ", ".join(f"{r.size:,}: {r.wall / f.wall:.2f}×" for r, f in gated),
+                     _v(all(r.wall <= MAX_VS_FLOOR * f.wall for r, f in gated))])
+    else:
+        rows.append([f"time ≤ {MAX_VS_FLOOR}× the floor on HAPI at ≥ {FLOOR_GATE:,} resources",
+                     "not measured in this run", "—"])
+    medplum = sorted((r for r in ours if r.upstream == "Medplum"), key=lambda r: r.size)
+    big = [r for r in medplum if r.size >= 100_000]
+    ten = [r for r in medplum if r.size == 10_000]
+    if big and ten and math.isnan(big[-1].wall):
+        rows.append([f"growth no worse than linear: 100k / 10k ≤ {MAX_GROWTH_10X:g}× (Medplum)",
+                     f"the 100k purge failed ({big[-1].note}); 10k took {ten[-1].wall:.1f} s", _v(False)])
+    elif big and ten:
+        growth = big[-1].wall / ten[-1].wall
+        rows.append([f"growth no worse than linear: 100k / 10k ≤ {MAX_GROWTH_10X:g}× (Medplum)",
+                     f"{growth:.1f}× ({ten[-1].wall:.1f} s → {big[-1].wall:.1f} s)",
+                     _v(growth <= MAX_GROWTH_10X)])
+    elif len(medplum) >= 2:
+        a, z = medplum[-2], medplum[-1]
+        rows.append(["growth no worse than linear (100k not measured in this run)",
+                     f"{a.size:,} → {z.size:,} ({z.size / a.size:.1f}× more): {z.wall / a.wall:.1f}× time", "—"])
+    failed = [r for r in ours if not r.complete and math.isnan(r.wall)]
+    biggest = max((r for r in ours if r not in failed), key=lambda r: (r.size, r.upstream == "Medplum"),
+                  default=None)
+    if biggest and any(r.size >= 100_000 for r in failed):
+        rows.append([f"peak RSS growth < {MAX_RSS_GROWTH_MB:g} MB at 100k",
+                     f"the 100k purge failed; largest complete: {biggest.rss_growth_mb:.1f} MB at "
+                     f"{biggest.size:,} ({biggest.upstream}), {biggest.rss_growth_mb * 1024 / biggest.size:.2f} kB "
+                     f"per resource", _v(False)])
+    elif biggest:
+        rows.append([f"peak RSS growth < {MAX_RSS_GROWTH_MB:g} MB at 100k",
+                     f"{biggest.rss_growth_mb:.1f} MB at {biggest.size:,} ({biggest.upstream}); "
+                     f"{biggest.rss_growth_mb * 1024 / biggest.size:.2f} kB per resource",
+                     _v(biggest.rss_growth_mb < MAX_RSS_GROWTH_MB) if biggest.size >= 100_000 else "— (100k not run)"])
+    iso = b.isolation
+    if "idle" in iso:
+        ratio = iso["loaded"].p99_ms / iso["idle"].p99_ms if iso["idle"].p99_ms else math.inf
+        rows.append([f"pass-through p99 during a {settings.isolation_size:,}-resource purge ≤ {MAX_P99_RATIO:g}× idle",
+                     f"{iso['idle'].p99_ms:.2f} → {iso['loaded'].p99_ms:.2f} ms ({ratio:.2f}×)",
+                     _v(ratio <= MAX_P99_RATIO)])
+        if "direct_loaded" in iso and iso["direct_loaded"].p99_ms:
+            share = iso["loaded"].p99_ms / iso["direct_loaded"].p99_ms
+            rows.append(["(reference) p99 through purgeproxy ÷ p99 straight to the upstream, both during a purge",
+                         f"{iso['loaded'].p99_ms:.2f} ÷ {iso['direct_loaded'].p99_ms:.2f} ms ({share:.2f}×): "
+                         f"idle the upstream adds {iso['direct_idle'].p99_ms:.2f} ms, during a purge "
+                         f"{iso['direct_loaded'].p99_ms:.2f} ms", "—"])
+    return rows
+
+
+def _fixed(b: Bench) -> str:
+    lines = []
+    for r in b.fixed:
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(r.requests.items()))
+        lines.append(f"- **Fixed cost of a purge** ({r.upstream}, a Patient with an empty compartment): "
+                     f"{sum(r.requests.values())} upstream requests ({detail}), {r.wall * 1000:.0f} ms.")
+    return "\n".join(lines)
+
+
+def _sweep(b: Bench, settings: Settings, docs_dir: Path) -> tuple[str, list[Path]]:
+    if not b.sweep:
+        return "", []
+    parts, charts = [], []
+    for upstream in ("Medplum", "HAPI"):
+        runs = [r for r in b.sweep if r.upstream == upstream]
+        if not runs:
+            continue
+        batches = sorted({r.batch for r in runs})
+        concs = sorted({r.concurrency for r in runs})
+        grid = {(r.batch, r.concurrency): r for r in runs}
+        rows = [[str(bs)] + [f"{grid[(bs, c)].wall:.2f}" if (bs, c) in grid else "—" for c in concs]
+                for bs in batches]
+        best = min(runs, key=lambda r: r.wall)
+        default = grid.get((settings.batch_size, settings.concurrency))
+        size = runs[0].size
+        what = runs[0].contender
+        parts += [f"### {upstream}: {size:,} resources, {what} (wall seconds)", "",
+                  table(["batch_size \\ concurrency", *(str(c) for c in concs)], rows), "",
+                  f"Fastest: batch {best.batch}, concurrency {best.concurrency} ({best.wall:.2f} s)"
+                  + (f"; the defaults (batch {settings.batch_size}, concurrency {settings.concurrency}) "
+                     f"took {default.wall:.2f} s ({default.wall / best.wall:.2f}× the fastest)." if default else "."),
+                  ""]
+        series = {f"concurrency {c}": ([float(bs) for bs in batches if (bs, c) in grid],
+                                       [grid[(bs, c)].wall for bs in batches if (bs, c) in grid])
+                  for c in concs}
+        charts.append(line_chart(docs_dir / f"benchmarks-purge-sweep-{upstream.lower()}.png",
+                                 f"$purge of {size:,} resources on {upstream}: batch size × concurrency",
+                                 "purge.batch_size (DELETE entries per transaction)", "wall time, s",
+                                 series, log_x=True))
+    return "\n".join(parts), charts
+
+
+def _isolation(b: Bench, settings: Settings) -> str:
+    iso = b.isolation
+    if "idle" not in iso:
+        return ""
+    engine: Run = iso["engine"]
+    http = iso["http"]
+    rows = [
+        ["through purgeproxy", f"{iso['idle'].p99_ms:.2f}", f"{iso['loaded'].p99_ms:.2f}",
+         f"{iso['loaded'].p99_ms / iso['idle'].p99_ms:.2f}×", f"{iso['idle'].rps:,.0f} → {iso['loaded'].rps:,.0f}"],
+        ["straight to Medplum (reference)", f"{iso['direct_idle'].p99_ms:.2f}",
+         f"{iso['direct_loaded'].p99_ms:.2f}", f"{iso['direct_loaded'].p99_ms / iso['direct_idle'].p99_ms:.2f}×",
+         f"{iso['direct_idle'].rps:,.0f} → {iso['direct_loaded'].rps:,.0f}"],
+    ]
+    return "\n".join([
+        f"`wrk -t1 -c10` on `GET Patient/<id>` (one small Patient) for {settings.wrk_seconds:g} s idle, then "
+        f"while `POST Patient/<id>/$purge?confirm=true` of {settings.isolation_size:,} resources runs through "
+        f"the same `purgeproxy serve` process (defaults: batch 100, concurrency 4, page 200). "
+        f"The reference row puts the same load straight on the upstream during the same kind of purge: "
+        f"Medplum runs on one Node thread, so a GET waits behind whichever search page it is scanning.",
+        "",
+        table(["GET load", "p99 idle ms", "p99 during purge ms", "ratio", "req/s idle → during"], rows),
+        "",
+        f"The real HTTP path: the same {settings.isolation_size:,}-resource purge as `POST $purge` to "
+        f"`purgeproxy serve` took {http['wall']:.2f} s ({http['status']} `{http['code']}`, serve process peak "
+        f"RSS +{http['rss']:.1f} MB) against {engine.wall:.2f} s for the engine in-process "
+        f"({http['wall'] / engine.wall:.2f}×); under wrk load it took {iso['loaded_wall']:.2f} s.",
+    ])
+
+
+def report(b: Bench, settings: Settings, docs_dir: Path, elapsed: float) -> Section:
+    sweep_text, charts = _sweep(b, settings, docs_dir)
+    medplum_runs = [r for r in b.runs if r.upstream == "Medplum" and r.contender == "purgeproxy"]
+    if len(medplum_runs) >= 2:
+        xs = sorted({r.size for r in b.runs if r.upstream == "Medplum"})
+        series = {c: (xs, [(_find(b.runs, "Medplum", c, x) or Run("", "", 0, 0, 0, math.nan, {}, 0, False)).wall
+                           for x in xs]) for c in ("purgeproxy", "floor", "script")}
+        charts.insert(0, line_chart(docs_dir / "benchmarks-purge-scaling.png",
+                                    "$purge wall time on the Medplum engine", "compartment resources",
+                                    "wall time, s", series, log_x=True))
+    body = "\n".join([
+        f"Patients of {', '.join(f'{n:,}' for n in settings.medplum_sizes)} compartment resources on the "
+        f"Medplum engine and {', '.join(f'{n:,}' for n in settings.hapi_sizes) if settings.hapi else 'none'} on "
+        f"HAPI, spread like an average Synthea patient (60 % Observation, DiagnosticReports referencing "
+        f"3 Observations each, Observations referencing Encounters, Procedures, DocumentReferences, "
+        f"MedicationRequests, Conditions, Immunizations, …). Three contenders on identical data "
+        f"(a patient of their own each), same batch size ({settings.batch_size}): "
+        f"**purgeproxy** (`PurgeEngine` in-process, `hard_delete: never` unless said, concurrency "
+        f"{settings.concurrency}, page {settings.page_size}); **floor** (the same transaction Bundles of "
+        f"DELETEs, ids known, posted one after another); **script** (the operator's sequential script: one "
+        f"search per (type, param) pair of the R4 Patient compartment with paging, then the same "
+        f"transactions). Each run is a fresh child process; RSS growth is its VmHWM after the purge minus "
+        f"its RSS before (peak reset through `/proc/self/clear_refs`). Each Medplum run has a fresh server "
+        f"holding only its patient (its search cost grows with the store); HAPI runs share one server.",
+        "",
+        "### Targets", "",
+        table(["target", "measured", "verdict"], _targets(b, settings)),
+        "",
+        _fixed(b),
+        *(f"- {n}" for n in b.notes),
+        f"- Purge scenario took {elapsed / 60:.1f} min.",
+        "",
+        "### Scaling", "",
+        "Requests counted at the contender's httpx client: searches (GET with a query, or a batch Bundle of GETs), writes "
+        "(transaction POSTs, plus `$expunge` POSTs on the hard-delete row), reads (GET of the Patient "
+        "and GET `_history` of every deleted resource). The phase split is cumulative time inside "
+        "`Resolver.resolve` (every round), `make_plan`, `Deleter.delete` (minus expunge), "
+        "`Deleter._hard_delete` and `history_left`; *outside refs* is "
+        "`PurgeEngine._find_outside_references` (searches for resources outside the compartment that cite "
+        "the Patient).",
+        "",
+        scaling_table(b.runs),
+        "",
+        "### Batch size and concurrency sweep", "",
+        sweep_text,
+        "### Isolation", "",
+        _isolation(b, settings),
+    ])
+    return Section("Purge scaling", body, charts)
+
+
+def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str], None],
+        parts: tuple[str, ...] = ("medplum", "sweep", "hapi", "isolation")) -> Section:
+    started = time.monotonic()
+    b = Bench(settings, procs.workdir, say)
+    if settings.working_tree:
+        b.notes.append("Engine measured: the working tree (`--purge-working-tree`), uncommitted changes included.")
+    else:
+        b.notes.append(f"Engine measured: `purgeproxy/` as committed at {snapshot_head(procs.workdir)} "
+                       f"(`git archive HEAD`), whatever the working tree holds.")
+    if "medplum" in parts:
+        b.scaling_medplum()
+    if "sweep" in parts:
+        b.sweep_medplum()
+    if "hapi" in parts and settings.hapi:
+        try:
+            b.hapi_all()
+        except RuntimeError as failure:
+            if "HAPI" not in str(failure) and "hapi" not in str(failure):
+                raise
+            b.notes.append(f"HAPI rows missing: {str(failure).splitlines()[0]}")
+            say(b.notes[-1])
+    if "isolation" in parts:
+        b.isolation_run(procs)
+    return report(b, settings, docs_dir, time.monotonic() - started)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "child":
+        print(json.dumps(child(json.loads(sys.argv[2]))), flush=True)
+    else:
+        sys.exit("usage: python -m bench.purge child '<json job>' (run the scenario with python -m bench --only purge)")
