@@ -50,3 +50,19 @@ async def test_requests_ask_for_fhir_json_and_keep_absolute_urls(client: FhirCli
     route = respx.get("http://upstream.test/fhir?_getpages=x").respond(200, json={"resourceType": "Bundle"})
     await client.request("GET", "http://upstream.test/fhir?_getpages=x")
     assert route.calls.last.request.headers["Accept"] == "application/fhir+json"
+
+
+@respx.mock
+async def test_a_read_dropped_by_the_upstream_is_sent_once_more(client: FhirClient) -> None:
+    route = respx.get(f"{BASE}/Patient/1")
+    route.side_effect = [httpx.ReadError("connection reset"), httpx.Response(200, json={"resourceType": "Patient"})]
+    assert (await client.request("GET", "Patient/1")).status == 200
+    assert route.call_count == 2
+
+
+@respx.mock
+async def test_a_write_is_never_repeated(client: FhirClient) -> None:
+    route = respx.post(BASE).mock(side_effect=httpx.ReadError("connection reset"))
+    with pytest.raises(UpstreamError):
+        await client.request("POST", "", json={"resourceType": "Bundle"})
+    assert route.call_count == 1

@@ -133,12 +133,25 @@ class PurgeEngine:
             return
         context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
                           self.settings.page_size, self.settings.hard_delete)
-        compartment = frozenset((t, p) for t, params in request.compartment.items() for p in params)
-        found = await find_referrers(context, [patient], skip=compartment)
+        found = await find_referrers(context, [patient], skip=self._covered(request.compartment))
         in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
         for key, targets in found.points_at.items():
             if key not in in_scope:
                 plan.outside_references.setdefault(key, set()).update(targets)
+
+    def _covered(self, compartment: Compartment) -> frozenset[tuple[str, str]]:
+        """Parameters whose every path a compartment parameter already searched.
+
+        ``Observation?patient`` indexes ``Observation.subject``, as the compartment's ``subject``
+        does: searching it again would page through the whole compartment to find nothing new.
+        """
+        definitions = self.profile.definitions
+        covered = set()
+        for rtype, params in compartment.items():
+            searched = {path.steps for param in params for path in definitions.reference_paths(rtype, param) or ()}
+            covered |= {(rtype, param) for param in definitions.reference_params.get(rtype, {})
+                        if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
+        return frozenset(covered)
 
     def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
         """The safety rail, after planning and before the first delete of the same run."""

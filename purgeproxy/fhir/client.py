@@ -72,9 +72,7 @@ class FhirClient:
         if json is not None:
             sent["Content-Type"] = FHIR_JSON
         try:
-            response = await self.http.request(
-                method, self.url(path), params=params, json=json, headers=sent, auth=auth
-            )
+            response = await self._send(method, self.url(path), params, json, sent, auth)
         except httpx.TimeoutException:
             raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
         except httpx.ConnectError:
@@ -82,6 +80,18 @@ class FhirClient:
         except httpx.HTTPError:
             raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
         return FhirResponse(response.status_code, response.headers, _json_body(response))
+
+    async def _send(self, method: str, url: str, params: Any, json: Any, headers: dict[str, str],
+                    auth: Any) -> httpx.Response:
+        """Send once; a read that failed on a pooled connection the upstream had just closed is
+        sent once more (idempotent GETs only: a write is never repeated behind the caller's back).
+        Measured: Node closes idle keep-alive connections after 5 s, racing httpx's pool."""
+        try:
+            return await self.http.request(method, url, params=params, json=json, headers=headers, auth=auth)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            if method != "GET":
+                raise
+        return await self.http.request(method, url, params=params, json=json, headers=headers, auth=auth)
 
     async def capabilities(self, headers: Mapping[str, str] | None = None) -> FhirResponse:
         """The CapabilityStatement; with ``headers`` it is fetched for a client, as the client."""
@@ -103,7 +113,8 @@ def make_http_client(connect: float, read: float, max_connections: int,
     upstream credentials (``upstream.auth``)."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(read, connect=connect),
-        limits=httpx.Limits(max_connections=max_connections),
+        # idle connections are dropped before common servers' 5 s keep-alive timeout closes them
+        limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=4.0),
         follow_redirects=False,
         auth=auth,
     )
