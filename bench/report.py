@@ -9,13 +9,13 @@ benchmark-only dependency: nothing in the proxy needs it).
 from __future__ import annotations
 
 import importlib
-from importlib import metadata
 import os
 import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
