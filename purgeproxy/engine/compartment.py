@@ -23,15 +23,18 @@ __all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver"]
 Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Member:
-    """A resource proven to be in the patient's compartment."""
+    """A resource proven to be in the patient's compartment.
+
+    Slotted and frozen sets: a 100,000-resource purge holds one of these per resource.
+    """
 
     key: Key
     version: str | None
-    via: set[str]  # the compartment params through which it references the patient
-    other_patients: set[str]  # other patients it references through compartment params
-    references: set[Key]  # every local reference it holds, for ordering deletes
+    via: frozenset[str]  # the compartment params through which it references the patient
+    other_patients: frozenset[str]  # other patients it references through compartment params
+    references: frozenset[Key]  # every local reference it holds, for ordering deletes
 
 
 @dataclass
@@ -131,4 +134,4 @@ class Resolver:
             others.add(resource["id"])  # another patient's own record is always theirs too
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
-        return Member((rtype, resource["id"]), version, via, others, refs)
+        return Member((rtype, resource["id"]), version, frozenset(via), frozenset(others), frozenset(refs))

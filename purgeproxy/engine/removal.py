@@ -68,7 +68,7 @@ class Removal:
 
 def order_resources(resources: dict[Key, dict[str, Any]], base_url: str) -> list[Key]:
     """Referencing resources before the ones they reference, as the purge orders its deletes."""
-    members = {key: Member(key, None, set(), set(), set(all_references(body, base_url)) - {key})
+    members = {key: Member(key, None, frozenset(), frozenset(), frozenset(all_references(body, base_url)) - {key})
                for key, body in resources.items()}
     return delete_order(members)
 
