@@ -156,17 +156,11 @@ def delete_order(resources: list[dict[str, Any]]) -> list[tuple[str, str]]:
     return sorted(keys, key=lambda k: TYPE_RANK.get(k[0], 5))
 
 
-def write(base: str, resources: list[dict[str, Any]], chunk: int = 50) -> None:
-    """PUT in transaction Bundles of 50 (Medplum's limit for updates), straight to the upstream."""
-    with httpx.Client(timeout=600) as http:
-        for start in range(0, len(resources), chunk):
-            part = resources[start:start + chunk]
-            bundle = {"resourceType": "Bundle", "type": "transaction", "entry": [
-                {"resource": r, "request": {"method": "PUT", "url": f"{r['resourceType']}/{r['id']}"}}
-                for r in part]}
-            answer = http.post(base, json=bundle, headers=FHIR)
-            if answer.status_code != 200:
-                raise RuntimeError(f"seeding failed: {answer.status_code} {answer.text[:500]}")
+def write(base: str, resources: list[dict[str, Any]]) -> None:
+    """Seed through the test suite's writer, so bench and tests build patients the same way."""
+    from tests.seed import write as seed_write
+
+    seed_write(base, resources)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,19 +203,29 @@ def _deleted(answer: httpx.Response) -> int:
                if str((e.get("response") or {}).get("status", "")).startswith(("2", "404", "410")))
 
 
-def _floor(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
-    keys = [tuple(k) for k in json.loads(Path(job["keys"]).read_text())]
+@contextmanager
+def _baseline(counts: Counter[str]) -> Iterator[tuple[httpx.Client, dict[str, Any]]]:
+    """A request-counting client, with the peak RSS reset and the clock started; the wall time
+    and starting RSS land in the yielded dict when the block ends."""
     hook = lambda request: counts.update([_kind(request)])  # noqa: E731
-    deleted = 0
     with httpx.Client(timeout=1800, event_hooks={"request": [hook]}) as http:
         _reset_peak()
-        rss0 = _status_kb()[0]
+        measured: dict[str, Any] = {"rss0": _status_kb()[0]}
         started = time.perf_counter()
-        for start in range(0, len(keys), job["batch"]):
-            deleted += _deleted(http.post(job["base"], json=_transaction(keys[start:start + job["batch"]]),
-                                          headers=FHIR))
-        wall = time.perf_counter() - started
-    return {"wall": wall, "deleted": deleted, "complete": deleted == len(keys), "rss0": rss0}
+        yield http, measured
+        measured["wall"] = time.perf_counter() - started
+
+
+def _delete_in_transactions(http: httpx.Client, job: dict[str, Any], keys: list[tuple[str, str]]) -> int:
+    return sum(_deleted(http.post(job["base"], json=_transaction(keys[start:start + job["batch"]]), headers=FHIR))
+               for start in range(0, len(keys), job["batch"]))
+
+
+def _floor(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
+    keys = [tuple(k) for k in json.loads(Path(job["keys"]).read_text())]
+    with _baseline(counts) as (http, measured):
+        deleted = _delete_in_transactions(http, job, keys)
+    return {**measured, "deleted": deleted, "complete": deleted == len(keys)}
 
 
 def _script_search(http: httpx.Client, base: str, rtype: str, param: str, patient: str,
@@ -252,12 +256,7 @@ def _script(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     from purgeproxy.fhir.definitions import definitions_for
 
     compartment = definitions_for("4.0.1").patient_compartment
-    hook = lambda request: counts.update([_kind(request)])  # noqa: E731
-    deleted = 0
-    with httpx.Client(timeout=1800, event_hooks={"request": [hook]}) as http:
-        _reset_peak()
-        rss0 = _status_kb()[0]
-        started = time.perf_counter()
+    with _baseline(counts) as (http, measured):
         found: set[tuple[str, str]] = set()
         for rtype, params in compartment.items():
             for param in params:
@@ -265,11 +264,8 @@ def _script(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
                     found.add((rtype, rid))
         found.add(("Patient", job["patient"]))
         keys = sorted(found, key=lambda k: (TYPE_RANK.get(k[0], 5), k))
-        for start in range(0, len(keys), job["batch"]):
-            deleted += _deleted(http.post(job["base"], json=_transaction(keys[start:start + job["batch"]]),
-                                          headers=FHIR))
-        wall = time.perf_counter() - started
-    return {"wall": wall, "deleted": deleted, "complete": deleted == job["expected"], "rss0": rss0}
+        deleted = _delete_in_transactions(http, job, keys)
+    return {**measured, "deleted": deleted, "complete": deleted == job["expected"]}
 
 
 def _timed(phases: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -641,6 +637,7 @@ def scaling_table(runs: list[Run]) -> str:
 def _targets(b: Bench, settings: Settings) -> list[list[str]]:
     rows = []
     ours = [r for r in b.runs if r.contender == "purgeproxy"]
+    failed = [r for r in ours if math.isnan(r.wall)]
     ratios = []
     for r in ours:
         script = _find(b.runs, r.upstream, "script", r.size)

@@ -11,17 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import SearchFailed, search_pages
 from purgeproxy.servers.profile import UpstreamProfile
 
 
-class Refused(Exception):
+class Refused(OutcomeError):
     """The request cannot be carried out as asked; raised before any upstream write."""
-
-    def __init__(self, status: int, code: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.code, self.text = status, code, text
 
 
 @dataclass(frozen=True)

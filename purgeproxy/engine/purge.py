@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.compartment import Compartment, ResolutionError, Resolver
+from purgeproxy.engine.context import Context
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
 from purgeproxy.engine.plan import Plan, Policy, make_plan
-from purgeproxy.engine.context import Context
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.verify import history_left
 from purgeproxy.fhir.client import FhirClient, UpstreamError

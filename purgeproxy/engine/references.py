@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.context import Context
-from purgeproxy.fhir.search import search_each
 from purgeproxy.fhir.references import Key, references_at
+from purgeproxy.fhir.search import search_each
 
 IDS_PER_SEARCH = 50  # keeps URLs short; one search per (type, param, group)
 PARTS = 4  # batch Bundles of first pages sent side by side

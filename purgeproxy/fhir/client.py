@@ -17,15 +17,12 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_MALFORMED,
     UPSTREAM_TIMEOUT,
     UPSTREAM_UNREACHABLE,
+    OutcomeError,
 )
 
 
-class UpstreamError(Exception):
+class UpstreamError(OutcomeError):
     """The upstream could not be used: unreachable, too slow, or it answered nonsense."""
-
-    def __init__(self, status: int, code: str, text: str) -> None:
-        super().__init__(text)
-        self.status, self.code, self.text = status, code, text
 
 
 @dataclass(frozen=True)

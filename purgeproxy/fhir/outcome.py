@@ -7,6 +7,14 @@ from typing import Any
 FHIR_JSON = "application/fhir+json"
 
 
+class OutcomeError(Exception):
+    """A failure the proxy answers with one OperationOutcome: an HTTP status, an issue code, a text."""
+
+    def __init__(self, status: int, code: str, text: str) -> None:
+        super().__init__(text)
+        self.status, self.code, self.text = status, code, text
+
+
 def issue(severity: str, code: str, text: str, **extra: Any) -> dict[str, Any]:
     """One OperationOutcome issue; ``extra`` carries fields such as ``expression``."""
     return {"severity": severity, "code": code, "diagnostics": text, **extra}

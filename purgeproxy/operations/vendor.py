@@ -25,10 +25,9 @@ from purgeproxy.app_keys import (
 from purgeproxy.auth import Caller, Denied
 from purgeproxy.engine.compartment import ResolutionError
 from purgeproxy.engine.purge import ConfirmationRequired
-from purgeproxy.engine.removal import Context, Refused, Removal
+from purgeproxy.engine.removal import Context, Removal
 from purgeproxy.engine.removal_report import removal_outcome
-from purgeproxy.fhir.client import UpstreamError
-from purgeproxy.fhir.outcome import FHIR_JSON
+from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.operations.common import bounded_body, caller_of, refuse
 from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
@@ -63,9 +62,7 @@ async def _answered(request: web.Request, work: Work, caller: Caller) -> web.Str
         return await work(await context_of(request), caller)
     except (BadRequest, Denied, ConfirmationRequired) as problem:
         return refuse(problem)
-    except Refused as refusal:
-        return outcome_response(refusal.status, refusal.code, refusal.text)
-    except UpstreamError as failure:
+    except OutcomeError as failure:  # Refused, UpstreamError
         return outcome_response(failure.status, failure.code, failure.text)
     except ResolutionError as failure:
         return outcome_response(502, "exception", str(failure))
