@@ -6,6 +6,7 @@ control patient's resources can be snapshotted and compared byte for byte afterw
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,14 +125,32 @@ def write(base: str, resources: list[dict[str, Any]], chunk: int = 50) -> None:
             assert answer.status_code == 200, answer.text[:2000]
 
 
-def snapshot(base: str, keys: list[Key]) -> dict[Key, bytes]:
-    """The exact bytes the upstream serves for each resource (404/410 as a marker)."""
+def snapshot(base: str, keys: list[Key]) -> dict[Key, tuple[bytes, bytes]]:
+    """The exact bytes the upstream serves for each resource (404/410 as a marker), with its
+    whole ``_history``: every version's resource, in the server's order.
+
+    A history Bundle's own id and timestamp change on every read, so the versions are compared
+    as their JSON, not the Bundle's bytes.
+    """
     with httpx.Client(timeout=60) as http:
         result = {}
         for rtype, rid in keys:
             answer = http.get(f"{base}/{rtype}/{rid}", headers={"Accept": "application/fhir+json"})
-            result[(rtype, rid)] = answer.content if answer.status_code == 200 else str(answer.status_code).encode()
+            current = answer.content if answer.status_code == 200 else str(answer.status_code).encode()
+            result[(rtype, rid)] = (current, _history(http, f"{base}/{rtype}/{rid}/_history"))
         return result
+
+
+def _history(http: httpx.Client, url: str) -> bytes:
+    versions: list[Any] = []
+    while url:
+        answer = http.get(url, headers={"Accept": "application/fhir+json", "Cache-Control": "no-cache"})
+        if answer.status_code != 200:
+            return str(answer.status_code).encode()
+        bundle = answer.json()
+        versions += [(e.get("resource"), (e.get("request") or {}).get("method")) for e in bundle.get("entry") or []]
+        url = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), "")
+    return json.dumps(versions, sort_keys=True).encode()
 
 
 def present(base: str, keys: list[Key]) -> list[Key]:
