@@ -22,6 +22,8 @@ from pydantic import (
     model_validator,
 )
 
+from purgeproxy.servers.registry import KIND_NAMES
+
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -47,7 +49,7 @@ class Pool(_Strict):
 
 class Upstream(_Strict):
     url: str = Field(description="the upstream FHIR base, e.g. http://hapi:8080/fhir")
-    kind: Literal["auto", "hapi", "medplum", "firely", "generic"] = Field(
+    kind: Literal[("auto", *KIND_NAMES)] = Field(  # type: ignore[valid-type]
         "auto", description="which hard-delete strategy applies; auto: from metadata"
     )
     fhir_version: Literal["auto", "4.0.1", "4.3.0", "5.0.0"] = Field(

@@ -9,7 +9,6 @@ resource out and reports what blocks it: it never widens the scope to make a del
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,12 +17,6 @@ from purgeproxy.engine.verify import GONE
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
-
-_CONFLICT = re.compile(
-    r"delete\s+([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b.*?"
-    r"resource\s+([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b",
-    re.IGNORECASE | re.DOTALL,
-)
 
 Progress = Callable[[int], Awaitable[None]]
 
@@ -44,18 +37,6 @@ class DeletionReport:
         self.failed.update(other.failed)
         self.hard_deleted += other.hard_deleted
         self.hard_delete_failed.update(other.hard_delete_failed)
-
-
-def parse_conflict(body: Any) -> tuple[Key, Key] | None:
-    """(blocked resource, resource referencing it) from a 409's OperationOutcome, if named."""
-    if not isinstance(body, dict):
-        return None
-    for issue in body.get("issue", []):
-        match = _CONFLICT.search(str(issue.get("diagnostics", "")))
-        if match:
-            blocked, blocker = (tuple(m.split("/", 1)) for m in match.groups())
-            return blocked, blocker  # type: ignore[return-value]
-    return None
 
 
 def _transaction(keys: list[Key]) -> dict[str, Any]:
@@ -103,7 +84,7 @@ class Deleter:
                 answer = await self.client.request("POST", "", json=_transaction(batch))
             if answer.status == 200 and answer.resource_type == "Bundle":
                 return self._record(batch, answer, report)
-            conflict = parse_conflict(answer.body) if answer.status in (409, 412) else None
+            conflict = self.server.conflict(answer.body) if answer.status in (409, 412) else None
             if conflict is None:
                 break
             blocked, blocker = conflict
@@ -147,7 +128,7 @@ class Deleter:
                 report.already_gone.append(key)
                 done.append(key)
             else:
-                conflict = parse_conflict(answer.body)
+                conflict = self.server.conflict(answer.body)
                 reason = (f"still referenced by {conflict[1][0]}/{conflict[1][1]}" if conflict
                           else f"DELETE answered {answer.status}")
                 (report.blocked if conflict else report.failed)[key] = reason

@@ -151,7 +151,7 @@ async def expunge_instance_history(ctx: Context, key: Key, options: ExpungeOptio
     if not removable:
         removal.expunged = 0
         return removal
-    if not has_native_expunge(ctx.profile.kind, INSTANCE) or (current_live and ctx.profile.kind.name != "hapi"):
+    if not has_native_expunge(ctx.profile.kind, INSTANCE) or (current_live and not ctx.profile.kind.expunge_keeps_current):
         raise Refused(422, "not-supported", _why_not(ctx, key, len(removable), current_live))
     removal.hard_delete_method = ctx.profile.kind.hard_delete_method
     if dry_run:
@@ -165,9 +165,10 @@ async def expunge_instance_history(ctx: Context, key: Key, options: ExpungeOptio
 
 
 def _why_not(ctx: Context, key: Key, count: int, current_live: bool) -> str:
-    name = ctx.profile.kind.name
-    if current_live and name == "medplum":
-        return (f"Medplum's $expunge always removes the current version too; expunging only the "
+    kind = ctx.profile.kind
+    name = kind.name
+    if current_live and has_native_expunge(kind, INSTANCE):
+        return (f"this upstream's ({name}) $expunge always removes the current version too; expunging only the "
                 f"{count} previous version(s) of {key[0]}/{key[1]} is not supported; nothing was deleted")
     return (f"this upstream ({name}) has no $expunge: {count} version(s) of {key[0]}/{key[1]} are in "
             "its history and cannot be removed through its API; nothing was deleted")

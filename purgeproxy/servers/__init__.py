@@ -1,9 +1,6 @@
 """Per-upstream strategies: what each kind of FHIR server can do to really remove data.
 
-The rest of the code asks the ``ServerKind`` object; the differences between HAPI, Medplum and a
-generic server live here and nowhere else.
+``base`` is the interface, ``kinds/`` holds one module per kind, ``registry`` finds them by name
+or from ``metadata``. The differences between HAPI, Medplum, Firely and the rest live here and
+nowhere else: the engine asks the ``ServerKind`` object.
 """
-
-from purgeproxy.servers.base import ServerKind, detect, kind_named
-
-__all__ = ["ServerKind", "detect", "kind_named"]

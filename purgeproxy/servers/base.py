@@ -1,79 +1,82 @@
-"""Server kinds and their detection from the CapabilityStatement."""
+"""What every upstream kind answers for: the interface the engine asks, and nothing else.
+
+One subclass per kind, one module each under ``servers/kinds``; a subclass registers itself by
+being defined (``__init_subclass__``), so adding a kind is one module and its test. The engine
+never compares kind names: it asks the kind object.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import re
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
 
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
 
-_EXPUNGE_BOTH = {
-    "resourceType": "Parameters",
-    "parameter": [
-        {"name": "expungeDeletedResources", "valueBoolean": True},
-        {"name": "expungePreviousVersions", "valueBoolean": True},
-    ],
-}
+SYSTEM, TYPE, INSTANCE, VERSION = "system", "type", "instance", "version"
+ALL_LEVELS = frozenset({SYSTEM, TYPE, INSTANCE, VERSION})
+
+# HAPI's wording, which other servers borrowed: "Unable to delete Patient/1 because at least one
+# resource has a reference to this resource. First reference found was resource Observation/2 ..."
+_CONFLICT = re.compile(
+    r"delete\s+([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b.*?"
+    r"resource\s+([A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64})\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+REGISTRY: list[ServerKind] = []  # one instance per kind, in the order detection tries them
 
 
-@dataclass(frozen=True)
-class ServerKind:
-    """What an upstream kind offers. ``hard_delete_method`` None: soft delete only.
+class ServerKind(ABC):
+    """An upstream kind: how to recognise it and how it removes a deleted resource's history.
 
-    The hard delete is the upstream's own instance operation, called after the resource was
-    deleted; verification reads the history back, so an upstream whose operation does less than
-    it says is reported, not believed.
+    ``hard_delete`` is called after the resource was deleted in a transaction; verification reads
+    the history back afterwards, so a kind whose operation does less than it says is reported,
+    not believed.
     """
 
-    name: str
-    hard_delete_method: str | None
-    operation: str = "$expunge"
-    parameters: dict[str, Any] | None = None
+    name: ClassVar[str]
+    hard_delete_method: ClassVar[str | None] = None  # a description for outcomes; None: soft only
+    expunge_levels: ClassVar[frozenset[str]] = frozenset()  # where its own $expunge exists
+    expunge_keeps_current: ClassVar[bool] = False  # instance $expunge can spare the live version
+    detection_order: ClassVar[int] = 50  # lower is tried first; the generic kind comes last
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        REGISTRY.append(cls())
+        REGISTRY.sort(key=lambda kind: kind.detection_order)
+
+    @abstractmethod
+    def detects(self, capability: dict[str, Any]) -> bool:
+        """Whether a CapabilityStatement (already checked to be one) is this kind's."""
+
+    @abstractmethod
     async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
         """Remove a deleted resource's history; None on success, else why it failed."""
-        if self.hard_delete_method is None:
-            return "this upstream offers no hard delete"
-        answer = await client.request("POST", f"{key[0]}/{key[1]}/{self.operation}", json=self.parameters)
-        if 200 <= answer.status < 300 or answer.status in (404, 410):
+
+    def conflict(self, body: Any) -> tuple[Key, Key] | None:
+        """(blocked resource, resource referencing it) from a 409's OperationOutcome, if named."""
+        if not isinstance(body, dict):
             return None
-        return f"{self.operation} answered {answer.status}"
+        for issue in body.get("issue", []):
+            match = _CONFLICT.search(str(issue.get("diagnostics", "")))
+            if match:
+                blocked, blocker = (tuple(m.split("/", 1)) for m in match.groups())
+                return blocked, blocker  # type: ignore[return-value]
+        return None
+
+    def __repr__(self) -> str:
+        return f"<server kind {self.name}>"
 
 
-GENERIC = ServerKind("generic", None)
-HAPI = ServerKind("hapi", "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)",
-                  parameters=_EXPUNGE_BOTH)
-MEDPLUM = ServerKind("medplum", "Medplum $expunge")
-FIRELY = ServerKind("firely", "Firely $erase", operation="$erase")
-_KINDS = {kind.name: kind for kind in (GENERIC, HAPI, MEDPLUM, FIRELY)}
+def software(capability: dict[str, Any]) -> str:
+    """The CapabilityStatement's ``software.name``, lower-cased ('' when absent)."""
+    return str((capability.get("software") or {}).get("name", "")).lower()
 
 
-def kind_named(name: str) -> ServerKind:
-    return _KINDS[name]
-
-
-def known_kinds() -> list[str]:
-    return sorted(_KINDS)
-
-
-def detect(capability: Any) -> ServerKind:
-    """Guess the kind from ``metadata``: ``software.name`` and declared operations."""
-    if not isinstance(capability, dict):
-        return GENERIC
-    if capability.get("resourceType") != "CapabilityStatement":
-        return GENERIC  # e.g. the bare Medplum engine: set upstream.kind to say more
-    software = str((capability.get("software") or {}).get("name", "")).lower()
-    if "hapi" in software or "smile" in software:
-        return HAPI if _declares(capability, "expunge") else GENERIC
-    if "medplum" in software:
-        return MEDPLUM
-    if "firely" in software or "vonk" in software:
-        return FIRELY if _declares(capability, "erase") else GENERIC
-    return GENERIC
-
-
-def _declares(capability: dict[str, Any], operation: str) -> bool:
+def declares(capability: dict[str, Any], operation: str) -> bool:
+    """Whether the statement lists ``operation`` at system or any resource level."""
     for rest in capability.get("rest", []):
         names = {o.get("name") for o in rest.get("operation", [])}
         for resource in rest.get("resource", []):
@@ -82,3 +85,10 @@ def _declares(capability: dict[str, Any], operation: str) -> bool:
             return True
     return False
 
+
+async def call_ok(client: FhirClient, method: str, path: str, what: str, **kwargs: Any) -> str | None:
+    """One hard-delete call: None when it worked (or the resource is already gone), else why not."""
+    answer = await client.request(method, path, **kwargs)
+    if 200 <= answer.status < 300 or answer.status in (404, 410):
+        return None
+    return f"{what} answered {answer.status}"

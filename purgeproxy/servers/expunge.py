@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from purgeproxy.fhir.client import FhirClient
-from purgeproxy.servers.base import ServerKind
+from purgeproxy.servers.base import INSTANCE, SYSTEM, TYPE, VERSION, ServerKind
 
-SYSTEM, TYPE, INSTANCE, VERSION = "system", "type", "instance", "version"
-_NATIVE_LEVELS = {"hapi": frozenset({SYSTEM, TYPE, INSTANCE, VERSION}), "medplum": frozenset({INSTANCE})}
+__all__ = ["INSTANCE", "SYSTEM", "TYPE", "VERSION", "ExpungeOptions", "has_native_expunge", "native_expunge"]
+
 
 
 @dataclass(frozen=True)
@@ -47,11 +47,7 @@ class ExpungeOptions:
 
 def has_native_expunge(kind: ServerKind, level: str) -> bool:
     """Whether the upstream kind's own ``$expunge`` exists at ``level``."""
-    return level in _NATIVE_LEVELS.get(kind.name, frozenset())
-
-
-def native_levels(kind: ServerKind) -> frozenset[str]:
-    return _NATIVE_LEVELS.get(kind.name, frozenset())
+    return level in kind.expunge_levels
 
 
 async def native_expunge(client: FhirClient, path: str, options: ExpungeOptions) -> tuple[int | None, str | None]:

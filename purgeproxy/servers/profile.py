@@ -12,7 +12,8 @@ from typing import Any
 
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for
-from purgeproxy.servers.base import ServerKind, detect, kind_named
+from purgeproxy.servers.base import ServerKind
+from purgeproxy.servers.registry import detect, kind_named
 
 DEFAULT_FHIR_VERSION = "4.0.1"
 
