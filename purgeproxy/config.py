@@ -100,7 +100,6 @@ class Passthrough(_Strict):
     )
 
 
-DESTRUCTIVE_OPERATIONS = ("$purge", "$erase", "$expunge", "cascade-delete", "$delete-expunge")
 Operation = Literal["$purge", "$erase", "$expunge", "cascade-delete", "$delete-expunge"]
 
 

@@ -48,10 +48,6 @@ class FhirDefinitions:
                       for param, targets in params.items() if target_type in targets)
 
 
-def supported_versions() -> list[str]:
-    return sorted(_FILES)
-
-
 @lru_cache(maxsize=None)
 def definitions_for(fhir_version: str) -> FhirDefinitions:
     """Definitions for a ``fhirVersion`` such as ``4.0.1``; ``KeyError`` when not shipped."""
