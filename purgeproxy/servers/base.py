@@ -8,7 +8,7 @@ never compares kind names: it asks the kind object.
 from __future__ import annotations
 
 import re
-from abc import ABC, abstractmethod
+from abc import ABC
 from typing import Any, ClassVar
 
 from purgeproxy.fhir.client import FhirClient
@@ -40,6 +40,8 @@ class ServerKind(ABC):
     hard_delete_method: ClassVar[str | None] = None  # a description for outcomes; None: soft only
     expunge_levels: ClassVar[frozenset[str]] = frozenset()  # where its own $expunge exists
     expunge_keeps_current: ClassVar[bool] = False  # instance $expunge can spare the live version
+    software_names: ClassVar[tuple[str, ...]] = ()  # any of these in software.name, lower case
+    requires_operation: ClassVar[str | None] = None  # ... and the statement declares this one
     detection_order: ClassVar[int] = 50  # lower is tried first; the generic kind comes last
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -47,13 +49,33 @@ class ServerKind(ABC):
         REGISTRY.append(cls())
         REGISTRY.sort(key=lambda kind: kind.detection_order)
 
-    @abstractmethod
     def detects(self, capability: dict[str, Any]) -> bool:
-        """Whether a CapabilityStatement (already checked to be one) is this kind's."""
+        """Whether a CapabilityStatement (already checked to be one) is this kind's.
 
-    @abstractmethod
+        A server whose hard delete is a plug-in or a setting (HAPI's expunge, Firely's erase)
+        only counts as that kind when it declares the operation: otherwise deletes stay soft.
+        """
+        name = str((capability.get("software") or {}).get("name", "")).lower()
+        return any(known in name for known in self.software_names) and (
+            self.requires_operation is None or declares(capability, self.requires_operation))
+
+    instance_operation: ClassVar[str | None] = None  # e.g. "$expunge": POSTed to Type/id
+
     async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
-        """Remove a deleted resource's history; None on success, else why it failed."""
+        """Remove a deleted resource's history; None on success, else why it failed.
+
+        Most kinds do it with an instance operation (``instance_operation`` with
+        ``operation_parameters``); a kind with another shape overrides this.
+        """
+        if self.hard_delete_method is None or self.instance_operation is None:
+            return "this upstream offers no hard delete"
+        operation = self.instance_operation
+        return await call_ok(client, "POST", f"{key[0]}/{key[1]}/{operation}", operation,
+                             json=self.operation_parameters(key))
+
+    def operation_parameters(self, key: Key) -> dict[str, Any] | None:
+        """The ``Parameters`` body of the hard-delete operation for ``key``; None: no body."""
+        return None
 
     def conflict(self, body: Any) -> tuple[Key, Key] | None:
         """(blocked resource, resource referencing it) from a 409's OperationOutcome, if named."""
@@ -68,11 +90,6 @@ class ServerKind(ABC):
 
     def __repr__(self) -> str:
         return f"<server kind {self.name}>"
-
-
-def software(capability: dict[str, Any]) -> str:
-    """The CapabilityStatement's ``software.name``, lower-cased ('' when absent)."""
-    return str((capability.get("software") or {}).get("name", "")).lower()
 
 
 def declares(capability: dict[str, Any], operation: str) -> bool:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from purgeproxy.fhir.client import FhirClient
-from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
 
 
@@ -15,6 +13,3 @@ class Generic(ServerKind):
 
     def detects(self, capability: dict[str, Any]) -> bool:
         return True
-
-    async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
-        return "this upstream offers no hard delete"

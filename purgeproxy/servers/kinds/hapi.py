@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
-from purgeproxy.servers.base import ALL_LEVELS, ServerKind, call_ok, declares, software
+from purgeproxy.servers.base import ALL_LEVELS, ServerKind
 
 _EXPUNGE_BOTH = {
     "resourceType": "Parameters",
@@ -26,12 +25,11 @@ _EXPUNGE_BOTH = {
 class Hapi(ServerKind):
     name = "hapi"
     hard_delete_method = "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)"
+    software_names = ("hapi", "smile")
+    requires_operation = "expunge"
+    instance_operation = "$expunge"
     expunge_levels = ALL_LEVELS
     expunge_keeps_current = True
 
-    def detects(self, capability: dict[str, Any]) -> bool:
-        name = software(capability)
-        return ("hapi" in name or "smile" in name) and declares(capability, "expunge")
-
-    async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
-        return await call_ok(client, "POST", f"{key[0]}/{key[1]}/$expunge", "$expunge", json=_EXPUNGE_BOTH)
+    def operation_parameters(self, key: Key) -> dict[str, Any]:
+        return _EXPUNGE_BOTH

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
-from purgeproxy.servers.base import ServerKind, call_ok, declares, software
+from purgeproxy.servers.base import ServerKind
 
 REASON = "erasure carried out by purgeproxy"
 
@@ -19,14 +18,12 @@ REASON = "erasure carried out by purgeproxy"
 class LinuxForHealth(ServerKind):
     name = "linuxforhealth"
     hard_delete_method = "LinuxForHealth $erase"
+    software_names = ("ibm fhir", "linuxforhealth")
+    requires_operation = "erase"
+    instance_operation = "$erase"
 
-    def detects(self, capability: dict[str, Any]) -> bool:
-        name = software(capability)
-        return ("ibm fhir" in name or "linuxforhealth" in name) and declares(capability, "erase")
-
-    async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
+    def operation_parameters(self, key: Key) -> dict[str, Any]:
         parameters = [{"name": "reason", "valueString": REASON}]
         if key[0] == "Patient":
             parameters.append({"name": "patient", "valueString": key[1]})
-        body = {"resourceType": "Parameters", "parameter": parameters}
-        return await call_ok(client, "POST", f"{key[0]}/{key[1]}/$erase", "$erase", json=body)
+        return {"resourceType": "Parameters", "parameter": parameters}

@@ -7,19 +7,15 @@ No real server runs here: the shape is tested against a scripted upstream.
 
 from __future__ import annotations
 
-from typing import Any
-
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
-from purgeproxy.servers.base import ServerKind, call_ok, software
+from purgeproxy.servers.base import ServerKind, call_ok
 
 
 class Microsoft(ServerKind):
     name = "microsoft"
     hard_delete_method = "Microsoft DELETE ?hardDelete=true"
-
-    def detects(self, capability: dict[str, Any]) -> bool:
-        return "microsoft" in software(capability)
+    software_names = ("microsoft",)
 
     async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
         return await call_ok(client, "DELETE", f"{key[0]}/{key[1]}", "DELETE ?hardDelete=true",
