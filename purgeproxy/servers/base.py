@@ -84,8 +84,8 @@ class ServerKind(ABC):
         for issue in body.get("issue", []):
             match = _CONFLICT.search(str(issue.get("diagnostics", "")))
             if match:
-                blocked, blocker = (tuple(m.split("/", 1)) for m in match.groups())
-                return blocked, blocker  # type: ignore[return-value]
+                (blocked_type, blocked_id), (blocker_type, blocker_id) = (m.split("/", 1) for m in match.groups())
+                return (blocked_type, blocked_id), (blocker_type, blocker_id)
         return None
 
     def __repr__(self) -> str:

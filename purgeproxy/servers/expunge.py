@@ -62,6 +62,7 @@ async def native_expunge(client: FhirClient, path: str, options: ExpungeOptions)
 def _count(body: Any) -> int | None:
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         for parameter in body.get("parameter", []):
-            if parameter.get("name") == "count" and isinstance(parameter.get("valueInteger"), int):
-                return parameter["valueInteger"]
+            count = parameter.get("valueInteger")
+            if parameter.get("name") == "count" and isinstance(count, int):
+                return count
     return None
