@@ -20,15 +20,24 @@ from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.verify import history_left
 from purgeproxy.fhir.client import FhirClient, UpstreamError
+from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
 
 
-class ConfirmationRequired(Exception):
-    """The purge would delete more than ``max_without_confirm`` resources; nothing was deleted."""
+class ConfirmationRequired(OutcomeError):
+    """The operation would delete more than ``max_without_confirm`` resources; nothing was deleted.
 
-    def __init__(self, planned: int, limit: int) -> None:
-        super().__init__(f"this purge would delete {planned} resources, more than {limit} without confirmation")
+    The text names the parameters exactly as the form the caller used spells them (``confirm``
+    in ``$purge``'s query or Parameters, ``_confirm`` on a conditional DELETE): followed
+    literally, it must work.
+    """
+
+    def __init__(self, planned: int, limit: int, what: str = "this purge", confirm: str = "confirm",
+                 dry_run: str = "dryRun") -> None:
+        super().__init__(422, "business-rule", f"{what} would delete {planned} resources, more than {limit} "
+                         f"without confirmation: nothing was deleted; see the plan with {dry_run}=true, "
+                         f"then repeat with {confirm}=true", expression=confirm)
         self.planned, self.limit = planned, limit
 
 
@@ -77,12 +86,23 @@ class PurgeResult:
     history_remaining: list[Key] = field(default_factory=list)
     history_checked: int = 0  # how many deleted resources had their history read back
     errors: list[str] = field(default_factory=list)
+    # the upstream failed mid-purge: what remains is unknown, and ``removed`` is a lower bound
+    interruption: OutcomeError | None = None
+    removed_in_interrupted_round: int = 0  # removed in batches of the round that failed
+    removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
+
+    @property
+    def removed(self) -> int:
+        """Resources this purge removed, measured: over every attempt, and counting the batches
+        of a round the upstream interrupted (their keys never reached ``deletion``)."""
+        this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
+        return self.removed_earlier + max(this_run, self.removed_in_interrupted_round)
 
     @property
     def complete(self) -> bool:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
-        return not (self.remaining or history_left or self.errors
+        return not (self.remaining or history_left or self.errors or self.interruption
                     or self.deletion.blocked or self.deletion.failed
                     or self.deletion.hard_delete_failed or self.plan.unsearchable)
 
@@ -101,6 +121,11 @@ class PurgeEngine:
     def deleter(self, hard: bool) -> Deleter:
         return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
 
+    async def plan(self, request: PurgeRequest) -> Plan:
+        """The compartment resolved and planned, as the purge's first round sees it."""
+        resolution = await self.resolver(request.compartment).resolve(request.patient_id)
+        return make_plan(resolution, self.settings.policy)
+
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
         first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
@@ -110,11 +135,14 @@ class PurgeEngine:
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
         if request.dry_run:
             return result
-        self._check_confirmed(request, first)
+        self.check_confirmed(request, first)
+        tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, self.deleter(hard), result, progress)
+            await self._rounds(resolver, first, self.deleter(hard), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
+            result.interruption = failure
+            result.removed_in_interrupted_round = tally.removed
         if not result.errors:
             checked = _history_sample(result.deletion.deleted, all_of_them=hard)
             result.history_checked = len(checked)
@@ -153,7 +181,7 @@ class PurgeEngine:
                         if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
         return frozenset(covered)
 
-    def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
+    def check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
         """The safety rail, after planning and before the first delete of the same run."""
         limit = self.settings.max_without_confirm
         if limit is not None and not request.confirmed and len(plan.order) > limit:
@@ -180,6 +208,19 @@ class PurgeEngine:
             _carry_over(result.plan, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
+
+
+class _Tally:
+    """The purge's progress callback, remembering the last count: when the upstream dies in the
+    middle of a round, the batches it did delete are still counted."""
+
+    def __init__(self, progress: PurgeProgress | None) -> None:
+        self.progress, self.removed = progress, 0
+
+    async def __call__(self, removed: int, planned: int) -> None:
+        self.removed = removed
+        if self.progress is not None:
+            await self.progress(removed, planned)
 
 
 async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo: int) -> Progress | None:

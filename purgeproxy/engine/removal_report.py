@@ -29,6 +29,10 @@ def verdict(removal: Removal) -> dict[str, Any]:
         return _info(f"Dry run of {name} on {target}: {len(removal.planned)} resource(s) would be "
                      "deleted; nothing was deleted")
     removed = len(removal.deletion.deleted)
+    if removal.interruption is not None:
+        return issue("error", "incomplete", f"{name} on {target} was interrupted: at least "
+                     f"{removal.removed_before_failure} resource(s) removed before the upstream failed; "
+                     "what remains could not be verified; see the issues below")
     if removal.complete:
         return issue("information", "success", f"{name} on {target} is complete ({removed} deleted)")
     return issue("warning", "incomplete", f"{name} on {target} is incomplete: {removed} deleted, "

@@ -28,13 +28,26 @@ def verdict(result: PurgeResult) -> dict[str, Any]:
     patient = f"Patient/{result.request.patient_id}"
     if result.request.dry_run:
         return _info(f"Dry run: {len(result.plan.order)} resource(s) of {patient} would be deleted; nothing was deleted")
-    removed = len(result.deletion.deleted)
+    removed = result.removed
+    if result.interruption is not None:
+        return issue("error", "incomplete",
+                     f"The purge of {patient} was interrupted: at least {removed} resource(s) removed "
+                     f"before the upstream failed ({result.interruption.text}); what remains in scope "
+                     "could not be verified; see the issues below, then run the purge again")
     if result.complete:
         return issue("information", "success",
                      f"All resources for {patient} in scope were purged ({removed} deleted)")
     return issue("warning", "incomplete",
                  f"The purge of {patient} is incomplete: {removed} deleted, "
                  f"{len(result.remaining)} in scope remain; see the issues below")
+
+
+def _earlier(result: PurgeResult) -> list[dict[str, Any]]:
+    """A resumed job: the counts below are this attempt's, the verdict's are the whole job's."""
+    if not result.removed_earlier:
+        return []
+    return [_info(f"{result.removed_earlier} resource(s) were removed by earlier attempts of this "
+                  "job (interrupted and resumed); the per-type counts below are the last attempt's")]
 
 
 def _counts(result: PurgeResult) -> list[dict[str, Any]]:
@@ -105,5 +118,5 @@ def _problems(result: PurgeResult) -> list[dict[str, Any]]:
 
 
 def purge_outcome(result: PurgeResult) -> dict[str, Any]:
-    return outcome(verdict(result), *_counts(result), *_history(result), *_kept(result),
+    return outcome(verdict(result), *_earlier(result), *_counts(result), *_history(result), *_kept(result),
                    *_problems(result))
