@@ -110,6 +110,7 @@ async def test_an_upstream_dying_mid_purge_gives_measured_counts(make_proxy, med
     assert "at least 10 resource(s) removed" in verdict["diagnostics"]
     assert "could not be verified" in verdict["diagnostics"]
     assert "0 in scope remain" not in texts(outcome)
+    assert "history was not read back" in texts(outcome)  # not "serves no history for 0 of them"
     assert seeds.snapshot(medplum_base, seed.untouchable) == before
 
 

@@ -66,6 +66,9 @@ def _history(result: PurgeResult) -> list[dict[str, Any]]:
         return [_info(f"history would be removed with {method}" if method
                       else "history would be kept: this upstream offers no hard delete")]
     checked, deleted = result.history_checked, len(result.deletion.deleted)
+    if result.errors and result.removed and not checked:
+        return [issue("warning", "incomplete", "history was not read back: the purge did not finish; "
+                      "old versions may still be readable")]
     scope = f"{checked} deleted resource(s)" if checked == deleted else f"a sample of {checked} of the {deleted} deleted resources"
     left = result.history_remaining
     if result.hard_delete_method is None:
