@@ -34,6 +34,7 @@ from tests.fake_upstream import BASE, CAPABILITY, bundle, observation, writes
 from tests.test_purge import AUTH, TOKEN, texts
 
 OUTCOME = {"resourceType": "OperationOutcome", "issue": []}
+NESTED = b"[" * 100_000  # 100 kB: well under purge.max_body_bytes, far deeper than json parses
 
 
 # --- an upstream that dies mid-purge ------------------------------------------------------------
@@ -151,7 +152,8 @@ def _empty_searches(router: respx.MockRouter) -> None:
     (httpx.Response(500, json=OUTCOME), 502, "exception"),
     (httpx.Response(403, text="not json"), 502, "transient"),
     (httpx.ReadTimeout("slow"), 504, "timeout"),
-], ids=["500", "not-json", "timeout"])
+    (httpx.Response(200, content=NESTED, headers={"Content-Type": "application/fhir+json"}), 502, "transient"),
+], ids=["500", "not-json", "timeout", "nested-json"])
 async def test_a_failed_patient_read_is_a_gateway_error(make_proxy, faulty, fault, status, code) -> None:
     route = faulty.get(f"{BASE}/Patient/p1")
     if isinstance(fault, Exception):
@@ -186,8 +188,6 @@ async def test_paging_that_leaves_the_upstream_is_a_gateway_error(make_proxy, fa
 
 
 # --- bodies that nest too deeply ------------------------------------------------------------------
-
-NESTED = b"[" * 100_000  # 100 kB: well under purge.max_body_bytes
 
 BODY_PARSERS = ["Patient/p1/$purge", "Observation/o1/$erase", "Observation/o1/_history/1/$erase",
                 "Observation/o1/$expunge", "Observation/o1/_history/1/$expunge", "Observation/$expunge",
@@ -353,3 +353,33 @@ async def test_a_blocker_that_failed_itself_is_not_labelled_out_of_scope(client)
         await Deleter(client, HAPI, 10, asyncio.Semaphore(2), hard_delete=False)._batch([("Patient", "p1")], [], other)
     assert "out of scope" not in other.blocked[("Patient", "p1")]
     assert other.blocked[("Patient", "p1")].startswith("still referenced by Task/t1 (not planned for deletion")
+
+
+# --- the one conversion point -----------------------------------------------------------------------
+
+async def test_an_unexpected_exception_is_a_500_outcome_that_echoes_nothing(aiohttp_client) -> None:
+    from purgeproxy.access_log import access_log
+    from purgeproxy.errors import outcome_errors
+    from purgeproxy.fhir.outcome import OutcomeError
+
+    async def crash(request: web.Request) -> web.Response:
+        raise ValueError(f"patient {request.query['name']} broke it")
+
+    async def refuse(request: web.Request) -> web.Response:
+        raise OutcomeError(429, "throttled", "slow down", expression="x", headers={"Retry-After": "3"})
+
+    app = web.Application(middlewares=[access_log, outcome_errors])
+    app.router.add_get("/crash", crash)
+    app.router.add_get("/refuse", refuse)
+    http = await aiohttp_client(app)
+    crashed = await http.get("/crash", params={"name": "Jane-Doe-1234"})
+    body = await crashed.text()
+    assert crashed.status == 500 and "Jane-Doe-1234" not in body
+    assert json.loads(body)["issue"][0] == {"severity": "error", "code": "exception",
+                                            "diagnostics": "internal error in purgeproxy"}
+    refused = await http.get("/refuse")
+    assert (refused.status, refused.headers["Retry-After"]) == (429, "3")
+    assert (await refused.json(content_type=None))["issue"][0] == {
+        "severity": "error", "code": "throttled", "diagnostics": "slow down", "expression": ["x"]}
+    missing = await http.get("/nowhere")
+    assert missing.status == 404 and (await missing.json(content_type=None))["resourceType"] == "OperationOutcome"
