@@ -383,3 +383,26 @@ async def test_an_unexpected_exception_is_a_500_outcome_that_echoes_nothing(aioh
         "severity": "error", "code": "throttled", "diagnostics": "slow down", "expression": ["x"]}
     missing = await http.get("/nowhere")
     assert missing.status == 404 and (await missing.json(content_type=None))["resourceType"] == "OperationOutcome"
+
+
+# --- without referential integrity, what is left pointing at deleted resources is listed -----------
+
+async def test_other_patients_resources_left_pointing_at_deleted_members_are_listed(make_proxy, medplum_base) -> None:
+    """Medplum deletes what others still reference: the control's report on one of the patient's
+    Observations survives, dangling, and the outcome names it (not only references to the Patient)."""
+    seed = seeds.build(sizes={"Observation": 4}, shared=False)
+    report = {"resourceType": "DiagnosticReport", "id": f"{seed.control}-cites", "status": "final",
+              "code": {"text": "second opinion"}, "subject": seeds.ref("Patient", seed.control),
+              "result": [seeds.ref("Observation", f"{seed.patient}-obs2")]}
+    seeds.write(medplum_base, seed.resources + [report])
+    before = seeds.snapshot(medplum_base, [*seed.untouchable, ("DiagnosticReport", report["id"])])
+    proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient(timeout=120) as http:
+        answer = await http.post(f"{proxy}/Patient/{seed.patient}/$purge", headers=AUTH)
+    outcome = answer.json()
+    assert answer.status_code == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert (f"DiagnosticReport/{report['id']} is outside the compartment and still references "
+            f"Observation/{seed.patient}-obs2") in texts(outcome)
+    assert f"referencing any of the {len(seed.in_scope)} resource(s) to delete were searched" in texts(outcome)
+    assert seeds.present(medplum_base, seed.in_scope) == []
+    assert seeds.snapshot(medplum_base, [*seed.untouchable, ("DiagnosticReport", report["id"])]) == before

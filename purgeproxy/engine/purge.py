@@ -25,6 +25,9 @@ from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
 
 
+OUTSIDE_MEMBERS = 1000  # plans up to this size have every member's referrers searched, not only the Patient's
+
+
 class ConfirmationRequired(OutcomeError):
     """The operation would delete more than ``max_without_confirm`` resources; nothing was deleted.
 
@@ -49,7 +52,7 @@ class PurgeSettings:
     max_rounds: int
     hard_delete: str  # require | auto | never
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
-    outside_references: bool = True  # look for resources outside the compartment citing the Patient
+    outside_references: bool = True  # look for resources outside the compartment citing what is deleted
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -90,6 +93,7 @@ class PurgeResult:
     interruption: OutcomeError | None = None
     removed_in_interrupted_round: int = 0  # removed in batches of the round that failed
     removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
+    referrers_searched: int | None = None  # planned resources whose outside referrers were searched
 
     @property
     def removed(self) -> int:
@@ -129,10 +133,10 @@ class PurgeEngine:
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
         first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
-        if self.settings.outside_references:
-            await self._find_outside_references(request, first)
+        searched = await self._find_outside_references(request, first) if self.settings.outside_references else None
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
+        result.referrers_searched = searched
         if request.dry_run:
             return result
         self.check_confirmed(request, first)
@@ -152,23 +156,29 @@ class PurgeEngine:
                 result.errors.append(f"history could not be read back: {failure.text}")
         return result
 
-    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> None:
-        """Resources outside the compartment that reference the Patient being deleted.
+    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> int:
+        """Resources outside the compartment that reference what is about to be deleted: the
+        Patient, and every other member while the plan has at most ``OUTSIDE_MEMBERS``.
 
-        Searched through every reference parameter that can point at a Patient and is not a
-        compartment parameter (those found the members). Nothing found here is deleted: it is
-        listed, because it will dangle (or, with referential integrity, block the Patient).
+        The Patient is searched through every reference parameter that can point at a Patient and
+        is not a compartment parameter (those found the members); the members through every
+        parameter that can point at their type. Nothing found here is deleted: it is listed,
+        because it will dangle (or, with referential integrity, block the delete). Returns how
+        many of the resources to delete had their referrers searched.
         """
         patient = ("Patient", request.patient_id)
-        if patient not in plan.order:
-            return
+        members = [key for key in plan.order if key != patient] if len(plan.order) <= OUTSIDE_MEMBERS else []
         context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
                           self.settings.page_size, self.settings.hard_delete)
-        found = await find_referrers(context, [patient], skip=self._covered(request.compartment))
+        searches = [find_referrers(context, members)] if members else []
+        if patient in plan.order:
+            searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
         in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
-        for key, targets in found.points_at.items():
-            if key not in in_scope:
-                plan.outside_references.setdefault(key, set()).update(targets)
+        for found in await asyncio.gather(*searches):
+            for key, targets in found.points_at.items():
+                if key not in in_scope:
+                    plan.outside_references.setdefault(key, set()).update(targets)
+        return len(members) + (patient in plan.order)
 
     def _covered(self, compartment: Compartment) -> frozenset[tuple[str, str]]:
         """Parameters whose every path a compartment parameter already searched.

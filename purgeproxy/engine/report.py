@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from purgeproxy.engine.plan import by_type
-from purgeproxy.engine.purge import PurgeResult
+from purgeproxy.engine.purge import OUTSIDE_MEMBERS, PurgeResult
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key
 
@@ -104,7 +104,20 @@ def _kept(result: PurgeResult) -> list[dict[str, Any]]:
     texts += [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                     f"references {_refs(targets)}")
               for (t, i), targets in sorted(plan.outside_references.items())]
-    return texts
+    return texts + _referrers_searched(result)
+
+
+def _referrers_searched(result: PurgeResult) -> list[dict[str, Any]]:
+    """What the listing of outside references covers, so that its silence is not over-read."""
+    searched, planned = result.referrers_searched, len(result.plan.order)
+    if searched is None or not planned:
+        return []
+    if searched >= planned:
+        return [_info(f"resources outside the compartment referencing any of the {planned} resource(s) "
+                      "to delete were searched for; those found are listed")]
+    return [_info(f"resources outside the compartment were searched for references to "
+                  f"Patient/{result.request.patient_id} only: references to the other {planned - searched} "
+                  f"resource(s) to delete were not searched (more than {OUTSIDE_MEMBERS} planned)")]
 
 
 def _problems(result: PurgeResult) -> list[dict[str, Any]]:
