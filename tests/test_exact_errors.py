@@ -130,6 +130,7 @@ async def test_an_upstream_dying_mid_delete_expunge_gives_measured_counts(make_p
     assert outcome["issue"][0]["code"] == "incomplete", texts(outcome)
     assert "at least 5 resource(s) removed" in outcome["issue"][0]["diagnostics"]
     assert "could not be verified" in texts(outcome)
+    assert "history was not read back" in texts(outcome) and "serves no history" not in texts(outcome)
 
 
 # --- failures while resolving: 502/504, never 500 -----------------------------------------------

@@ -39,7 +39,7 @@ class ConfirmationRequired(OutcomeError):
     def __init__(self, planned: int, limit: int, what: str = "this purge", confirm: str = "confirm",
                  dry_run: str = "dryRun") -> None:
         super().__init__(422, "business-rule", f"{what} would delete {planned} resources, more than {limit} "
-                         f"without confirmation: nothing was deleted; see the plan with {dry_run}=true, "
+                         f"without confirmation (purge.max_without_confirm): nothing was deleted; see the plan with {dry_run}=true, "
                          f"then repeat with {confirm}=true", expression=confirm)
         self.planned, self.limit = planned, limit
 

@@ -51,6 +51,9 @@ def _history(removal: Removal) -> list[dict[str, Any]]:
     method = removal.hard_delete_method
     if removal.dry_run or not removal.planned:
         return []
+    if removal.interruption is not None:
+        return [issue("warning", "incomplete", "history was not read back: the upstream failed first; "
+                      "old versions may still be readable")]
     left = removal.history_remaining
     if method is None:
         if not left:
