@@ -43,19 +43,10 @@ def _request_id(request: web.Request) -> str:
 
 @web.middleware
 async def access_log(request: web.Request, handler: web.Handler) -> web.StreamResponse:
-    """Tag the request with an id, answer crashes with an OperationOutcome, log the outcome."""
+    """Tag the request with an id and log the outcome."""
     request[REQUEST_ID] = rid = _request_id(request)
     started = time.perf_counter()
-    try:
-        response = await handler(request)
-    except web.HTTPException as http_error:
-        response = outcome_response(
-            http_error.status, "not-found" if http_error.status == 404 else "processing",
-            http_error.reason,
-        )
-    except Exception as crash:  # the message may quote patient data: log its type only
-        log.error("handler_failed", request_id=rid, path=request.rel_url.raw_path, error=type(crash).__name__)
-        response = outcome_response(500, "exception", "internal error in purgeproxy")
+    response = await handler(request)  # failures were answered by purgeproxy.errors, inside
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     log.info(

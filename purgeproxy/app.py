@@ -26,6 +26,7 @@ from purgeproxy.app_keys import (
     UPSTREAM_LIMIT,
 )
 from purgeproxy.config import Config
+from purgeproxy.errors import outcome_errors
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
@@ -81,7 +82,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 
 
 def create_app(config: Config) -> web.Application:
-    app = web.Application(middlewares=[access_log])
+    app = web.Application(middlewares=[access_log, outcome_errors])  # errors inside: logged as answered
     app[CONFIG] = config
     app[OPERATIONS] = list(operations.ADVERTISED)
     app.cleanup_ctx.append(_upstream_clients)

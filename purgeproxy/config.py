@@ -221,7 +221,8 @@ class Purge(_Strict):
     hard_delete: Literal["require", "auto", "never"] = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
     outside_references: bool = Field(
-        True, description="search for resources outside the compartment that reference the Patient"
+        True, description="search for resources outside the compartment that reference what is deleted "
+        "(every resource of plans up to 1000, else the Patient only)"
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
     max_without_confirm: int = Field(

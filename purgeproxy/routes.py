@@ -6,7 +6,7 @@ import json
 
 from aiohttp import web
 
-from purgeproxy.access_log import UPSTREAM_STATUS, outcome_response
+from purgeproxy.access_log import UPSTREAM_STATUS
 from purgeproxy.app_keys import FHIR_CLIENT, OPERATIONS, PASSTHROUGH
 from purgeproxy.capabilities import advertise
 from purgeproxy.fhir.client import UpstreamError
@@ -46,10 +46,7 @@ async def metadata(request: web.Request) -> web.StreamResponse:
     if not _wants_json(request):
         return await request.app[PASSTHROUGH].handle(request)
     forwarded = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
-    try:
-        answer = await request.app[FHIR_CLIENT].capabilities(forwarded)
-    except UpstreamError as failure:
-        return outcome_response(failure.status, failure.code, failure.text)
+    answer = await request.app[FHIR_CLIENT].capabilities(forwarded)  # UpstreamError: purgeproxy.errors
     request[UPSTREAM_STATUS] = answer.status
     body = answer.body
     if answer.status == 200 and answer.resource_type == "CapabilityStatement":

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -154,6 +155,9 @@ def test_sqlite_job_resumes_after_kill_9_and_restart(medplum_base: str, tmp_path
         purged = _purged(second, job_id)
     _assert_clean(medplum_base, seed, before, response)
     assert len(seed.in_scope) - BATCH <= purged <= len(seed.in_scope)  # counters continued
+    reported = int(re.search(r"\((\d+) deleted\)", response["outcome"]["issue"][0]["diagnostics"]).group(1))
+    assert len(seed.in_scope) - BATCH <= reported <= len(seed.in_scope)  # both attempts, not the last one's
+    assert "removed by earlier attempts of this job" in texts(response["outcome"])
     _report("sqlite", len(seed.in_scope), killed_at, resumed)
 
 

@@ -137,16 +137,16 @@ async def test_an_async_dry_run_reports_and_deletes_nothing(proxy: str, medplum_
     assert seeds.present(medplum_base, seed.in_scope) == seed.in_scope
 
 
-async def test_the_confirmation_rail_is_the_jobs_answer(make_proxy: Any, medplum_base: str) -> None:
-    """It needs the plan, so it is checked when the job runs, with the synchronous path's 422."""
+async def test_the_confirmation_rail_is_answered_before_the_job(make_proxy: Any, medplum_base: str) -> None:
+    """Without confirm=true the kick-off plans, and refuses with the synchronous path's 422 rather
+    than accepting a job that can only fail (tests/test_exact_errors.py has the job-side case)."""
     proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN}, purge={"max_without_confirm": 2},
                              jobs={"poll_seconds": 0.2, "retry_after_seconds": 1})
     seed = seeds.build(sizes={"Observation": 3}, shared=False)
     seeds.write(medplum_base, seed.resources)
-    url = (await kick_off(proxy, seed.patient)).headers["Content-Location"]
-    response = (await poll(url)).json()["entry"][0]["response"]
-    assert response["status"] == "422 Unprocessable Entity"
-    assert "confirm=true" in texts(response["outcome"])
+    refused = await kick_off(proxy, seed.patient)
+    assert refused.status_code == 422 and "Content-Location" not in refused.headers
+    assert "confirm=true" in texts(refused.json())
     assert seeds.present(medplum_base, seed.in_scope) == seed.in_scope
     confirmed = (await kick_off(proxy, seed.patient, "?confirm=true")).headers["Content-Location"]
     assert (await poll(confirmed)).json()["entry"][0]["response"]["outcome"]["issue"][0]["code"] == "success"

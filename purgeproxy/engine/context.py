@@ -33,6 +33,9 @@ class Context:
     hard_delete: str  # require | auto | never (purge.hard_delete)
     excluded_types: frozenset[str] = frozenset()
     max_without_confirm: int | None = None  # larger deletes need the caller's confirm=true
+    # how the caller's form spells its control parameters, for refusals that tell how to proceed
+    confirm_param: str = "confirm"
+    dry_run_param: str = "dryRun"
 
     @property
     def hard_method(self) -> str | None:

@@ -97,6 +97,7 @@ async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, 
     for criteria in searches:
         if not criteria.params and not confirmed:
             raise Refused(422, "business-rule", f"{criteria.rtype} without criteria would delete every "
-                          f"{criteria.rtype}; add confirm=true if that is meant; nothing was deleted")
+                          f"{criteria.rtype}; add {ctx.confirm_param}=true if that is meant; nothing was deleted",
+                          expression=ctx.confirm_param)
         matches.update(await find_matches(ctx, criteria, removal))
     return await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed)

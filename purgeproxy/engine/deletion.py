@@ -93,7 +93,8 @@ class Deleter:
                 batch.insert(0, blocker)  # planned anyway: delete it together with what it references
             elif blocked in batch and blocker not in batch:
                 batch.remove(blocked)
-                why = "itself kept" if blocker in report.blocked else "out of scope"
+                why = ("itself kept" if blocker in report.blocked else "itself not deleted" if blocker in report.failed
+                       else "not planned for deletion: outside the scope, or kept by policy")
                 report.blocked[blocked] = f"still referenced by {blocker[0]}/{blocker[1]} ({why})"
             else:
                 break

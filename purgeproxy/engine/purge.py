@@ -20,15 +20,27 @@ from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.verify import history_left
 from purgeproxy.fhir.client import FhirClient, UpstreamError
+from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
 
 
-class ConfirmationRequired(Exception):
-    """The purge would delete more than ``max_without_confirm`` resources; nothing was deleted."""
+OUTSIDE_MEMBERS = 1000  # plans up to this size have every member's referrers searched, not only the Patient's
 
-    def __init__(self, planned: int, limit: int) -> None:
-        super().__init__(f"this purge would delete {planned} resources, more than {limit} without confirmation")
+
+class ConfirmationRequired(OutcomeError):
+    """The operation would delete more than ``max_without_confirm`` resources; nothing was deleted.
+
+    The text names the parameters exactly as the form the caller used spells them (``confirm``
+    in ``$purge``'s query or Parameters, ``_confirm`` on a conditional DELETE): followed
+    literally, it must work.
+    """
+
+    def __init__(self, planned: int, limit: int, what: str = "this purge", confirm: str = "confirm",
+                 dry_run: str = "dryRun") -> None:
+        super().__init__(422, "business-rule", f"{what} would delete {planned} resources, more than {limit} "
+                         f"without confirmation (purge.max_without_confirm): nothing was deleted; see the plan with {dry_run}=true, "
+                         f"then repeat with {confirm}=true", expression=confirm)
         self.planned, self.limit = planned, limit
 
 
@@ -40,7 +52,7 @@ class PurgeSettings:
     max_rounds: int
     hard_delete: str  # require | auto | never
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
-    outside_references: bool = True  # look for resources outside the compartment citing the Patient
+    outside_references: bool = True  # look for resources outside the compartment citing what is deleted
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -77,12 +89,24 @@ class PurgeResult:
     history_remaining: list[Key] = field(default_factory=list)
     history_checked: int = 0  # how many deleted resources had their history read back
     errors: list[str] = field(default_factory=list)
+    # the upstream failed mid-purge: what remains is unknown, and ``removed`` is a lower bound
+    interruption: OutcomeError | None = None
+    removed_in_interrupted_round: int = 0  # removed in batches of the round that failed
+    removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
+    referrers_searched: int | None = None  # planned resources whose outside referrers were searched
+
+    @property
+    def removed(self) -> int:
+        """Resources this purge removed, measured: over every attempt, and counting the batches
+        of a round the upstream interrupted (their keys never reached ``deletion``)."""
+        this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
+        return self.removed_earlier + max(this_run, self.removed_in_interrupted_round)
 
     @property
     def complete(self) -> bool:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
-        return not (self.remaining or history_left or self.errors
+        return not (self.remaining or history_left or self.errors or self.interruption
                     or self.deletion.blocked or self.deletion.failed
                     or self.deletion.hard_delete_failed or self.plan.unsearchable)
 
@@ -101,43 +125,60 @@ class PurgeEngine:
     def deleter(self, hard: bool) -> Deleter:
         return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
 
+    async def plan(self, request: PurgeRequest) -> Plan:
+        """The compartment resolved and planned, as the purge's first round sees it."""
+        resolution = await self.resolver(request.compartment).resolve(request.patient_id)
+        return make_plan(resolution, self.settings.policy)
+
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
         first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
-        if self.settings.outside_references:
-            await self._find_outside_references(request, first)
+        searched = await self._find_outside_references(request, first) if self.settings.outside_references else None
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
+        result.referrers_searched = searched
         if request.dry_run:
             return result
-        self._check_confirmed(request, first)
+        self.check_confirmed(request, first)
+        tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, self.deleter(hard), result, progress)
+            await self._rounds(resolver, first, self.deleter(hard), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
+            result.interruption = failure
+            result.removed_in_interrupted_round = tally.removed
         if not result.errors:
             checked = _history_sample(result.deletion.deleted, all_of_them=hard)
-            result.history_checked = len(checked)
-            result.history_remaining = await history_left(self.client, self.limit, checked)
+            try:
+                result.history_remaining = await history_left(self.client, self.limit, checked)
+                result.history_checked = len(checked)
+            except UpstreamError as failure:  # the deletes are done and verified: keep their report
+                result.errors.append(f"history could not be read back: {failure.text}")
         return result
 
-    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> None:
-        """Resources outside the compartment that reference the Patient being deleted.
+    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> int:
+        """Resources outside the compartment that reference what is about to be deleted: the
+        Patient, and every other member while the plan has at most ``OUTSIDE_MEMBERS``.
 
-        Searched through every reference parameter that can point at a Patient and is not a
-        compartment parameter (those found the members). Nothing found here is deleted: it is
-        listed, because it will dangle (or, with referential integrity, block the Patient).
+        The Patient is searched through every reference parameter that can point at a Patient and
+        is not a compartment parameter (those found the members); the members through every
+        parameter that can point at their type. Nothing found here is deleted: it is listed,
+        because it will dangle (or, with referential integrity, block the delete). Returns how
+        many of the resources to delete had their referrers searched.
         """
         patient = ("Patient", request.patient_id)
-        if patient not in plan.order:
-            return
+        members = [key for key in plan.order if key != patient] if len(plan.order) <= OUTSIDE_MEMBERS else []
         context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
                           self.settings.page_size, self.settings.hard_delete)
-        found = await find_referrers(context, [patient], skip=self._covered(request.compartment))
+        searches = [find_referrers(context, members)] if members else []
+        if patient in plan.order:
+            searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
         in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
-        for key, targets in found.points_at.items():
-            if key not in in_scope:
-                plan.outside_references.setdefault(key, set()).update(targets)
+        for found in await asyncio.gather(*searches):
+            for key, targets in found.points_at.items():
+                if key not in in_scope:
+                    plan.outside_references.setdefault(key, set()).update(targets)
+        return len(members) + (patient in plan.order)
 
     def _covered(self, compartment: Compartment) -> frozenset[tuple[str, str]]:
         """Parameters whose every path a compartment parameter already searched.
@@ -153,7 +194,7 @@ class PurgeEngine:
                         if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
         return frozenset(covered)
 
-    def _check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
+    def check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
         """The safety rail, after planning and before the first delete of the same run."""
         limit = self.settings.max_without_confirm
         if limit is not None and not request.confirmed and len(plan.order) > limit:
@@ -180,6 +221,19 @@ class PurgeEngine:
             _carry_over(result.plan, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
+
+
+class _Tally:
+    """The purge's progress callback, remembering the last count: when the upstream dies in the
+    middle of a round, the batches it did delete are still counted."""
+
+    def __init__(self, progress: PurgeProgress | None) -> None:
+        self.progress, self.removed = progress, 0
+
+    async def __call__(self, removed: int, planned: int) -> None:
+        self.removed = removed
+        if self.progress is not None:
+            await self.progress(removed, planned)
 
 
 async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo: int) -> Progress | None:

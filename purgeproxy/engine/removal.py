@@ -20,16 +20,17 @@ from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
 from purgeproxy.engine.deletion import Deleter, DeletionReport
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key, all_references
 
 
 class ConfirmationNeeded(ConfirmationRequired):
     """The purge's confirmation rail (``purge.max_without_confirm``), worded for any operation."""
 
-    def __init__(self, operation: str, planned: int, limit: int) -> None:
-        super().__init__(planned, limit)
-        self.args = (f"this {operation} would delete {planned} resources, more than {limit} "
-                     "without confirmation (purge.max_without_confirm)",)
+    def __init__(self, operation: str, planned: int, limit: int, confirm: str = "confirm",
+                 dry_run: str = "dryRun") -> None:
+        super().__init__(planned, limit, f"this {operation}", confirm, dry_run)
 
 
 @dataclass
@@ -49,13 +50,15 @@ class Removal:
     notes: list[str] = field(default_factory=list)
     expunged: int | None = None  # versions an upstream's own $expunge says it removed
     permanent: bool = True  # the caller asked for history to go too (all but a plain cascade)
+    interruption: OutcomeError | None = None  # the upstream failed mid-way: what remains is unknown
+    removed_before_failure: int = 0  # measured: batches the upstream confirmed before it failed
 
     @property
     def complete(self) -> bool:
         """Everything planned is gone; its history too when the operation promises that."""
         promised = self.permanent or self.hard_delete_method is not None
         history_left = bool(self.history_remaining) and promised
-        return not (self.remaining or history_left or self.errors or self.deletion.blocked
+        return not (self.remaining or history_left or self.errors or self.interruption or self.deletion.blocked
                     or self.deletion.failed or self.deletion.hard_delete_failed)
 
     def counts(self) -> dict[str, int]:
@@ -84,12 +87,24 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
         return removal
     limit = ctx.max_without_confirm
     if limit is not None and not confirmed and len(order) > limit:
-        raise ConfirmationNeeded(removal.operation, len(order), limit)
+        raise ConfirmationNeeded(removal.operation, len(order), limit, ctx.confirm_param, ctx.dry_run_param)
     deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None)
-    removal.deletion = await deleter.delete(list(order))
-    removal.remaining = await still_readable(ctx, order)
-    done = removal.deletion.deleted + removal.deletion.already_gone
-    removal.history_remaining = await history_left(ctx, done)
+    removed = 0
+
+    async def count(so_far: int) -> None:
+        nonlocal removed
+        removed = so_far
+
+    try:
+        removal.deletion = await deleter.delete(list(order), count)
+        removal.remaining = await still_readable(ctx, order)
+        done = removal.deletion.deleted + removal.deletion.already_gone
+        removal.history_remaining = await history_left(ctx, done)
+    except UpstreamError as failure:  # deletes were made: report them, never a bare 502
+        removal.interruption = failure
+        removal.removed_before_failure = max(removed, len(removal.deletion.deleted))
+        removal.errors.append(f"the upstream failed ({failure.text}) after at least {removal.removed_before_failure} "
+                              f"of {len(order)} planned resource(s) were removed; what remains could not be verified")
     return removal
 
 

@@ -29,6 +29,10 @@ def verdict(removal: Removal) -> dict[str, Any]:
         return _info(f"Dry run of {name} on {target}: {len(removal.planned)} resource(s) would be "
                      "deleted; nothing was deleted")
     removed = len(removal.deletion.deleted)
+    if removal.interruption is not None:
+        return issue("error", "incomplete", f"{name} on {target} was interrupted: at least "
+                     f"{removal.removed_before_failure} resource(s) removed before the upstream failed; "
+                     "what remains could not be verified; see the issues below")
     if removal.complete:
         return issue("information", "success", f"{name} on {target} is complete ({removed} deleted)")
     return issue("warning", "incomplete", f"{name} on {target} is incomplete: {removed} deleted, "
@@ -47,6 +51,9 @@ def _history(removal: Removal) -> list[dict[str, Any]]:
     method = removal.hard_delete_method
     if removal.dry_run or not removal.planned:
         return []
+    if removal.interruption is not None:
+        return [issue("warning", "incomplete", "history was not read back: the upstream failed first; "
+                      "old versions may still be readable")]
     left = removal.history_remaining
     if method is None:
         if not left:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from purgeproxy.engine.plan import by_type
-from purgeproxy.engine.purge import PurgeResult
+from purgeproxy.engine.purge import OUTSIDE_MEMBERS, PurgeResult
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key
 
@@ -28,13 +28,26 @@ def verdict(result: PurgeResult) -> dict[str, Any]:
     patient = f"Patient/{result.request.patient_id}"
     if result.request.dry_run:
         return _info(f"Dry run: {len(result.plan.order)} resource(s) of {patient} would be deleted; nothing was deleted")
-    removed = len(result.deletion.deleted)
+    removed = result.removed
+    if result.interruption is not None:
+        return issue("error", "incomplete",
+                     f"The purge of {patient} was interrupted: at least {removed} resource(s) removed "
+                     f"before the upstream failed ({result.interruption.text}); what remains in scope "
+                     "could not be verified; see the issues below, then run the purge again")
     if result.complete:
         return issue("information", "success",
                      f"All resources for {patient} in scope were purged ({removed} deleted)")
     return issue("warning", "incomplete",
                  f"The purge of {patient} is incomplete: {removed} deleted, "
                  f"{len(result.remaining)} in scope remain; see the issues below")
+
+
+def _earlier(result: PurgeResult) -> list[dict[str, Any]]:
+    """A resumed job: the counts below are this attempt's, the verdict's are the whole job's."""
+    if not result.removed_earlier:
+        return []
+    return [_info(f"{result.removed_earlier} resource(s) were removed by earlier attempts of this "
+                  "job (interrupted and resumed); the per-type counts below are the last attempt's")]
 
 
 def _counts(result: PurgeResult) -> list[dict[str, Any]]:
@@ -53,6 +66,9 @@ def _history(result: PurgeResult) -> list[dict[str, Any]]:
         return [_info(f"history would be removed with {method}" if method
                       else "history would be kept: this upstream offers no hard delete")]
     checked, deleted = result.history_checked, len(result.deletion.deleted)
+    if result.errors and result.removed and not checked:
+        return [issue("warning", "incomplete", "history was not read back: the purge did not finish; "
+                      "old versions may still be readable")]
     scope = f"{checked} deleted resource(s)" if checked == deleted else f"a sample of {checked} of the {deleted} deleted resources"
     left = result.history_remaining
     if result.hard_delete_method is None:
@@ -88,7 +104,20 @@ def _kept(result: PurgeResult) -> list[dict[str, Any]]:
     texts += [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                     f"references {_refs(targets)}")
               for (t, i), targets in sorted(plan.outside_references.items())]
-    return texts
+    return texts + _referrers_searched(result)
+
+
+def _referrers_searched(result: PurgeResult) -> list[dict[str, Any]]:
+    """What the listing of outside references covers, so that its silence is not over-read."""
+    searched, planned = result.referrers_searched, len(result.plan.order)
+    if searched is None or not planned:
+        return []
+    if searched >= planned:
+        return [_info(f"resources outside the compartment referencing any of the {planned} resource(s) "
+                      "to delete were searched for; those found are listed")]
+    return [_info(f"resources outside the compartment were searched for references to "
+                  f"Patient/{result.request.patient_id} only: references to the other {planned - searched} "
+                  f"resource(s) to delete were not searched (more than {OUTSIDE_MEMBERS} planned)")]
 
 
 def _problems(result: PurgeResult) -> list[dict[str, Any]]:
@@ -105,5 +134,5 @@ def _problems(result: PurgeResult) -> list[dict[str, Any]]:
 
 
 def purge_outcome(result: PurgeResult) -> dict[str, Any]:
-    return outcome(verdict(result), *_counts(result), *_history(result), *_kept(result),
+    return outcome(verdict(result), *_earlier(result), *_counts(result), *_history(result), *_kept(result),
                    *_problems(result))

@@ -100,7 +100,7 @@ def _json_body(response: httpx.Response) -> Any:
         return None
     try:
         return response.json()
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: JSON nested deeper than Python parses
         raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
 
 

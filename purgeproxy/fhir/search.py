@@ -17,17 +17,24 @@ from urllib.parse import urlencode
 import httpx
 
 from purgeproxy.fhir.client import FhirClient, FhirResponse
+from purgeproxy.fhir.outcome import OutcomeError
 
 STRICT = {"Prefer": "handling=strict"}  # an unknown parameter must fail, not match everything
 MAX_PAGES = 100_000
 
 
-class ResolutionError(Exception):
-    """The upstream's answers cannot be trusted to list what was asked (e.g. paging loops)."""
+class ResolutionError(OutcomeError):
+    """The upstream's answers cannot be trusted to list what was asked (e.g. paging loops): 502."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(502, "exception", text)
 
 
-class SearchFailed(Exception):
+class SearchFailed(OutcomeError):
     """The upstream refused the search; its OperationOutcome is summarised in the message."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(502, "exception", text)
 
 
 def match_entries(bundle: dict[str, Any]) -> list[dict[str, Any]]:

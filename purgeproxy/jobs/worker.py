@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from purgeproxy.fhir.outcome import error, issue, outcome
+from purgeproxy.fhir.outcome import OutcomeError, error, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, ERROR, Job, JobStore
 from purgeproxy.logs import get_logger
 
@@ -173,6 +173,9 @@ class WorkerPool:
             return await runner(job, checkpoint)
         except JobStopped:
             raise
+        except OutcomeError as failure:  # a refusal or upstream failure: answered as on the sync path
+            log.info("job_refused", job_id=job.id, status=failure.status, code=failure.code)
+            return JobOutcome(ERROR, failure.status, failure.document())
         except Exception:  # a bug or an unexpected answer: the job ends, the worker lives on
             log.exception("job_failed", job_id=job.id)
             return JobOutcome(ERROR, 500, error("exception", "the job failed unexpectedly; "

@@ -14,13 +14,10 @@ from typing import Any
 
 from aiohttp import web
 
-from purgeproxy.access_log import outcome_response
 from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
-from purgeproxy.auth import Denied
-from purgeproxy.fhir.outcome import FHIR_JSON, issue, outcome
+from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, Job
-from purgeproxy.operations.common import caller_of, refuse
-from purgeproxy.operations.params import BadRequest
+from purgeproxy.operations.common import caller_of
 
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
                 422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
@@ -72,26 +69,21 @@ def result_bundle(job: Job) -> dict[str, Any]:
         "status": f"{status} {HTTP_REASONS.get(status, '')}".strip(), "outcome": result["outcome"]}}]}
 
 
-async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job | web.Response:
+async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     """The job the URL names, once the caller may run its operation; otherwise the refusal, which
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
-    try:
-        await caller_of(request, job.operation if job else "$purge", destructive=False)
-    except (BadRequest, Denied) as problem:
-        return refuse(problem)
+    await caller_of(request, job.operation if job else "$purge", destructive=False)
     if job is None:
-        return outcome_response(404, "not-found", "no such job")
+        raise OutcomeError(404, "not-found", "no such job")
     if job.status == CANCELLED and not show_cancelled:
-        return outcome_response(404, "not-found", f"job {job.id} was cancelled")
+        raise OutcomeError(404, "not-found", f"job {job.id} was cancelled")
     return job
 
 
 async def status(request: web.Request) -> web.Response:
     job = await _job_for(request)
-    if isinstance(job, web.Response):
-        return job
     if job.active:
         headers = {"X-Progress": progress_text(job),
                    "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
@@ -101,32 +93,34 @@ async def status(request: web.Request) -> web.Response:
 
 async def cancel(request: web.Request) -> web.Response:
     job = await _job_for(request)
-    if isinstance(job, web.Response):
-        return job
     if not job.active:
-        return outcome_response(409, "conflict", f"job {job.id} has already finished ({job.status})")
+        raise OutcomeError(409, "conflict", f"job {job.id} has already finished ({job.status})")
     job = await request.app[JOB_STORE].cancel(job.id) or job
     return _informational(202, f"job {job.id} is cancelled: {job.done} resource(s) had been removed "
                           "so far; it stops after the batch in flight", {})
 
 
 def kodjin_parameters(job: Job) -> dict[str, Any]:
-    """Kodjin's ``patient-purge`` status shape."""
+    """Kodjin's ``patient-purge`` status shape; once the job ended, also why (``statusReason``,
+    its answer's verdict; the whole answer is at the ``$async`` URL): a failed job never shows
+    only "0 of 0"."""
     values = [("patientId", "valueString", job.payload.get("request", {}).get("patient_id")),
               ("updatedAt", "valueInstant", job.updated_at.isoformat(timespec="seconds")),
               ("status", "valueCode", job.status),
               ("totalResourcesCount", "valueInteger", job.total or 0),
               ("purgedResourcesCount", "valueInteger", job.done)]
-    return {"resourceType": "Parameters",
-            "parameter": [{"name": name, kind: value} for name, kind, value in values]}
+    parameters: list[dict[str, Any]] = [{"name": name, kind: value} for name, kind, value in values]
+    if not job.active:
+        answer = result_bundle(job)["entry"][0]["response"]["outcome"]
+        first = (answer.get("issue") or [{}])[0]
+        parameters.append({"name": "statusReason", "valueString": first.get("diagnostics", job.status)})
+    return {"resourceType": "Parameters", "parameter": parameters}
 
 
 async def patient_purge_status(request: web.Request) -> web.Response:
     job = await _job_for(request, show_cancelled=True)
-    if isinstance(job, web.Response):
-        return job
     if job.operation != "$purge":
-        return outcome_response(404, "not-found", "no such patient purge job")
+        raise OutcomeError(404, "not-found", "no such patient purge job")
     return web.Response(text=json.dumps(kodjin_parameters(job)), content_type=FHIR_JSON)
 
 

@@ -8,6 +8,7 @@ proxy does not carry out is refused. Every other DELETE passes through as it is.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import urlencode
 
 from aiohttp import web
@@ -33,6 +34,12 @@ def _flag(request: web.Request, name: str) -> bool:
     return value == "true"
 
 
+def underscored(ctx: Context) -> Context:
+    """Refusals on these DELETE forms name ``_confirm`` and ``_dryRun``: a plain ``confirm`` here
+    would be taken as a search criterion."""
+    return replace(ctx, confirm_param="_confirm", dry_run_param="_dryRun")
+
+
 def wants_cascade(request: web.Request) -> bool:
     return "_cascade" in request.query or "X-Cascade" in request.headers
 
@@ -49,6 +56,7 @@ async def instance(request: web.Request) -> web.StreamResponse:
         return await request.app[PASSTHROUGH].handle(request)
 
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
+        ctx = underscored(ctx)
         key = resource_key(request, ctx.profile.definitions.resource_types)
         if not wants_cascade(request):
             raise Refused(422, "not-supported", "_expunge=true applies to conditional deletes "
@@ -73,6 +81,7 @@ async def conditional(request: web.Request) -> web.StreamResponse:
         return await request.app[PASSTHROUGH].handle(request)
 
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
+        ctx = underscored(ctx)
         rtype = request.match_info["type"]
         check_type(rtype, ctx.profile.definitions.resource_types)
         if wants_cascade(request):
@@ -80,12 +89,22 @@ async def conditional(request: web.Request) -> web.StreamResponse:
                           "cascade one resource at a time (DELETE Type/id?_cascade=delete); nothing was deleted")
         if not _flag(request, "_expunge"):
             return await request.app[PASSTHROUGH].handle(request)  # _expunge=false: a plain delete
+        _no_misspelt_control(request)
         criteria = [(k, v) for k, v in request.query.items() if k not in CONTROL]
         parsed = parse_criteria(_as_url(rtype, criteria), ctx.profile.definitions.resource_types)
         return await _delete_expunge(request, ctx, caller, [parsed], _flag(request, "_dryRun"),
                                      _flag(request, "_confirm"))
 
     return await run(request, "$delete-expunge", work)
+
+
+def _no_misspelt_control(request: web.Request) -> None:
+    """``confirm``/``dryRun`` (``$purge``'s spelling) here would become search criteria, so that the
+    delete silently matches nothing: refuse and name the spelling that works."""
+    for name in ("confirm", "dryRun"):
+        if name in request.query:
+            raise BadRequest(400, "invalid", f"'{name}' is not a control parameter of a conditional "
+                             f"delete (it would be a search criterion); use _{name}=true", name)
 
 
 def _as_url(rtype: str, criteria: list[tuple[str, str]]) -> str:

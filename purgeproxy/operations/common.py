@@ -1,33 +1,14 @@
 """What every destructive operation handler does first: the read-only switch, path checks,
-authorization, a bounded body; and how a refusal is answered."""
+authorization, a bounded body. Refusals are raised; ``purgeproxy.errors`` answers them."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from purgeproxy.access_log import outcome_response
 from purgeproxy.app_keys import AUTHORIZER, CONFIG
 from purgeproxy.auth import Caller, Denied
-from purgeproxy.engine.purge import ConfirmationRequired
 from purgeproxy.forwarding import unsafe_path_reason
 from purgeproxy.operations.params import BadRequest
-
-
-def refuse(problem: BadRequest | Denied | ConfirmationRequired) -> web.Response:
-    """The OperationOutcome answer for a refused request."""
-    if isinstance(problem, ConfirmationRequired):
-        return outcome_response(422, "business-rule", f"{problem}: nothing was deleted; see the plan "
-                                "with dryRun=true, then repeat with confirm=true", expression=["confirm"])
-    if isinstance(problem, Denied):
-        response = outcome_response(problem.status, problem.code, problem.text)
-        if problem.status == 401 or problem.challenge:
-            error = f', error="{problem.challenge}"' if problem.challenge else ""
-            response.headers["WWW-Authenticate"] = f'Bearer realm="purgeproxy"{error}'
-        if problem.retry_after is not None:
-            response.headers["Retry-After"] = str(problem.retry_after)
-        return response
-    extra = {"expression": [problem.expression]} if problem.expression else {}
-    return outcome_response(problem.status, problem.code, problem.text, **extra)
 
 
 async def caller_of(request: web.Request, operation: str, destructive: bool = True) -> Caller:

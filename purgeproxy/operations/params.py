@@ -13,16 +13,13 @@ from typing import Any
 
 from purgeproxy.engine.compartment import Compartment
 from purgeproxy.fhir.definitions import FhirDefinitions
+from purgeproxy.fhir.outcome import OutcomeError
 
 JSON_TYPES = ("application/fhir+json", "application/json")
 
 
-@dataclass(frozen=True)
-class BadRequest(Exception):
-    status: int
-    code: str
-    text: str
-    expression: str | None = None
+class BadRequest(OutcomeError):
+    """The request is not understood as sent (400, 413, 415, 422); nothing reached the upstream."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +57,8 @@ def parse_parameters(body: bytes, content_type: str) -> dict[str, Any] | None:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest(400, "structure", "the body is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested arrays: small enough to pass the size limit
+        raise BadRequest(400, "structure", "the body nests JSON too deeply") from None
     if not isinstance(document, dict) or document.get("resourceType") != "Parameters":
         raise BadRequest(422, "invalid", "the body must be a Parameters resource", "Parameters")
     parameters = document.get("parameter", [])

@@ -7,7 +7,6 @@ import json
 from aiohttp import web
 
 from purgeproxy import audit
-from purgeproxy.access_log import outcome_response
 from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
@@ -15,12 +14,11 @@ from purgeproxy.app_keys import (
     PROFILE,
     UPSTREAM_LIMIT,
 )
-from purgeproxy.auth import Caller, Denied
+from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.purge import (
-    ConfirmationRequired,
     PurgeEngine,
     PurgeRequest,
     PurgeResult,
@@ -31,7 +29,7 @@ from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import is_valid_id
 from purgeproxy.operations.async_status import kick_off, wants_async
-from purgeproxy.operations.common import bounded_body, caller_of, refuse
+from purgeproxy.operations.common import bounded_body, caller_of
 from purgeproxy.operations.params import BadRequest, compartment_from, parse_purge
 from purgeproxy.servers.profile import UpstreamProfile
 
@@ -72,8 +70,11 @@ async def audit_result(app: web.Application, caller: Caller, result: PurgeResult
     audit.record("$purge", result.request.patient_id, caller.name, state, counts, result.request.dry_run)
     if app[CONFIG].purge.audit_event and not result.request.dry_run:
         event = audit.audit_event("$purge", result.request.patient_id, caller.name, result.complete, counts)
-        async with app[UPSTREAM_LIMIT]:
-            await app[FHIR_CLIENT].request("POST", "AuditEvent", json=event)
+        try:
+            async with app[UPSTREAM_LIMIT]:
+                await app[FHIR_CLIENT].request("POST", "AuditEvent", json=event)
+        except UpstreamError as failure:  # the report of what was deleted must not be lost with it
+            result.errors.append(f"the AuditEvent could not be written: {failure.text}")
 
 
 def _deleted_counts(result: PurgeResult) -> dict[str, int]:
@@ -84,27 +85,30 @@ def _deleted_counts(result: PurgeResult) -> dict[str, int]:
 
 
 async def handle(request: web.Request) -> web.Response:
-    try:
-        caller, purge_request, profile = await _validated(request)
-    except (BadRequest, Denied) as problem:
-        return refuse(problem)
-    except UpstreamError as failure:
-        return outcome_response(failure.status, failure.code, failure.text)
+    caller, purge_request, profile = await _validated(request)
+    engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
+                         request.app[UPSTREAM_LIMIT])
     if wants_async(request):
+        with request.app[CALLER_LIMITS].hold(caller.name):
+            await _rail_before_kick_off(engine, purge_request)
         payload = {"request": purge_request.to_json(), "caller": caller.name}
         target = f"Patient/{purge_request.patient_id}" + (" (dry run)" if purge_request.dry_run else "")
         return await kick_off(request, "$purge", target, payload, f"The $purge of Patient/{purge_request.patient_id}")
-    engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
-                         request.app[UPSTREAM_LIMIT])
-    try:
-        with request.app[CALLER_LIMITS].hold(caller.name):
-            result = await engine.run(purge_request)
-    except UpstreamError as failure:
-        return outcome_response(failure.status, failure.code, failure.text)
-    except (Denied, ConfirmationRequired) as refusal:
-        return refuse(refusal)
+    with request.app[CALLER_LIMITS].hold(caller.name):
+        result = await engine.run(purge_request)
     await audit_result(request.app, caller, result)
-    return web.Response(text=json.dumps(purge_outcome(result)), content_type=FHIR_JSON)
+    status = result.interruption.status if result.interruption else 200
+    return web.Response(status=status, text=json.dumps(purge_outcome(result)), content_type=FHIR_JSON)
+
+
+async def _rail_before_kick_off(engine: PurgeEngine, purge_request: PurgeRequest) -> None:
+    """Refuse an asynchronous purge over ``purge.max_without_confirm`` before answering 202: the
+    caller learns it now, with the count, rather than from a job that fails later. Only planned
+    when the rail applies (no ``confirm=true``, not a dry run): large asynchronous purges carry
+    ``confirm=true`` and start at once; the job checks the rail again on its own plan."""
+    if engine.settings.max_without_confirm is None or purge_request.confirmed or purge_request.dry_run:
+        return
+    engine.check_confirmed(purge_request, await engine.plan(purge_request))
 
 
 def add_routes(app: web.Application, base: str) -> None:

@@ -14,7 +14,6 @@ from typing import Any
 from aiohttp import web
 
 from purgeproxy import audit
-from purgeproxy.access_log import outcome_response
 from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
@@ -22,14 +21,12 @@ from purgeproxy.app_keys import (
     PROFILE,
     UPSTREAM_LIMIT,
 )
-from purgeproxy.auth import Caller, Denied
-from purgeproxy.engine.compartment import ResolutionError
-from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.auth import Caller
 from purgeproxy.engine.removal import Context, Removal
 from purgeproxy.engine.removal_report import removal_outcome
-from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError
+from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
-from purgeproxy.operations.common import bounded_body, caller_of, refuse
+from purgeproxy.operations.common import bounded_body, caller_of
 from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
@@ -47,32 +44,19 @@ async def context_of(request: web.Request) -> Context:
 
 
 async def run(request: web.Request, operation: str, work: Work) -> web.StreamResponse:
-    """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots;
-    every failure becomes the right OperationOutcome (inside the slot: no exception crosses it)."""
-    try:
-        caller = await caller_of(request, operation)
-        with request.app[CALLER_LIMITS].hold(caller.name):
-            return await _answered(request, work, caller)
-    except (BadRequest, Denied) as problem:
-        return refuse(problem)
-
-
-async def _answered(request: web.Request, work: Work, caller: Caller) -> web.StreamResponse:
-    try:
+    """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots.
+    Refusals and upstream failures are raised through: ``purgeproxy.errors`` answers them."""
+    caller = await caller_of(request, operation)
+    with request.app[CALLER_LIMITS].hold(caller.name):
         return await work(await context_of(request), caller)
-    except (BadRequest, Denied, ConfirmationRequired) as problem:
-        return refuse(problem)
-    except OutcomeError as failure:  # Refused, UpstreamError
-        return outcome_response(failure.status, failure.code, failure.text)
-    except ResolutionError as failure:
-        return outcome_response(502, "exception", str(failure))
 
 
 def answer(caller: Caller, removal: Removal, body: dict[str, Any] | None = None) -> web.Response:
     """Audit what was done, then answer with ``body`` (default: the removal's OperationOutcome)."""
     state = "dry-run" if removal.dry_run else ("success" if removal.complete else "incomplete")
     audit.record(removal.operation, removal.target, caller.name, state, removal.counts(), removal.dry_run)
-    return web.Response(text=json.dumps(body or removal_outcome(removal)), content_type=FHIR_JSON)
+    status = removal.interruption.status if removal.interruption else 200
+    return web.Response(status=status, text=json.dumps(body or removal_outcome(removal)), content_type=FHIR_JSON)
 
 
 def resource_key(request: web.Request, resource_types: frozenset[str]) -> Key:
