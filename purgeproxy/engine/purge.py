@@ -134,7 +134,7 @@ class PurgeEngine:
         context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
                           self.settings.page_size, self.settings.hard_delete)
         found = await find_referrers(context, [patient], skip=self._covered(request.compartment))
-        in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
+        in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared) | set(plan.other_records)
         for key, targets in found.points_at.items():
             if key not in in_scope:
                 plan.outside_references.setdefault(key, set()).update(targets)
@@ -216,6 +216,7 @@ def _carry_over(first: Plan, later: Plan) -> None:
         if key not in first.excluded:
             first.excluded.append(key)
     first.shared.update(later.shared)
+    first.other_records.update(later.other_records)
     first.ignored.update(later.ignored)
     first.unsearchable.update(later.unsearchable)
     first.outside_references.update(later.outside_references)
