@@ -225,3 +225,13 @@ async def test_a_type_name_outside_the_upstreams_version_refuses_every_destructi
         assert answer.status_code == 422, (url, answer.text)
         assert "purge.excluded_types: 'ActorDefinition' is not a resource type of FHIR 4.0.1" in answer.text
     assert seeds.snapshot(base, everything) == before
+
+
+def test_repeated_entries_for_a_type_merge_their_params_in_order() -> None:
+    from purgeproxy.fhir.definitions import definitions_for
+    from purgeproxy.operations.params import compartment_from
+
+    body = definition(("Observation", ["subject"]), ("Condition", ["subject"]),
+                      ("Observation", ["performer", "subject"]))
+    parsed = compartment_from(body["parameter"][0]["resource"], definitions_for("4.0.1"))
+    assert parsed == {"Observation": ("subject", "performer"), "Condition": ("subject",)}
