@@ -69,7 +69,8 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     app[AUTHORIZER] = make_authorizer(config, auth_http)
     app[CALLER_LIMITS] = CallerLimits(config.auth.max_concurrent_per_caller, config.auth.retry_after_seconds)
     app[FHIR_CLIENT] = client = FhirClient(config.upstream.url, http)
-    app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version)
+    app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version,
+                                {"purge.excluded_types": config.purge.excluded_types})
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
     yield
     await session.close()

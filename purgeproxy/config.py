@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from purgeproxy.servers.registry import KIND_NAMES
+from purgeproxy.fhir.definitions import known_resource_types, type_name_problem
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -228,6 +229,15 @@ class Purge(_Strict):
     max_without_confirm: int = Field(
         1000, ge=0, description="resources one request may delete without confirm=true"
     )
+
+    @field_validator("excluded_types")
+    @classmethod
+    def _resource_types(cls, value: list[str]) -> list[str]:
+        """Checked against every shipped FHIR version now, and the upstream's once it is known."""
+        problem = type_name_problem(value, known_resource_types(), "FHIR resource type (R4, R4B or R5)")
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class Jobs(_Strict):

@@ -6,6 +6,11 @@ still finds referencing resources the cascade is refused and nothing is deleted,
 part of a chain leaves dangling references (or, on HAPI, fails half-way). Excluded types
 (``purge.excluded_types``, AuditEvent and Provenance by default) are never deleted: they are
 reported as kept, and on an upstream with referential integrity they block what they reference.
+
+A cascade must not silently spread to other patients: another Patient record, or a resource in
+the compartment of a patient the target does not belong to (judged with the purge's own
+``patients_of``, the server's full Patient compartment), is named in the plan and the cascade is
+refused, nothing deleted, unless the caller confirms with ``_confirm=true``.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from purgeproxy.engine.compartment import patients_of
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove
 from purgeproxy.fhir.references import Key
@@ -53,6 +59,34 @@ async def plan_cascade(ctx: Context, target: Key, max_rounds: int) -> CascadePla
     return plan
 
 
+def other_patients_reached(ctx: Context, plan: CascadePlan) -> dict[Key, str]:
+    """What the cascade would delete that belongs to a patient the target does not belong to.
+
+    The target's patients: itself when it is a Patient, otherwise the patients whose compartment
+    holds it. Another Patient record always counts.
+    """
+    definitions, base = ctx.profile.definitions, ctx.client.base_url
+    target, body = plan.target, plan.resources.get(plan.target)
+    if target[0] == "Patient":
+        owners = frozenset({target[1]})
+    else:
+        owners = patients_of(body, definitions, base) if body else frozenset()
+    reached: dict[Key, str] = {}
+    for key, resource in sorted(plan.resources.items()):
+        others = patients_of(resource, definitions, base) - owners
+        if key == target or not others:
+            continue
+        reached[key] = ("another patient's own record" if key[0] == "Patient" else
+                        f"also in the compartment of {_refs({('Patient', p) for p in others})}")
+    return reached
+
+
+def _listing(reached: dict[Key, str]) -> str:
+    shown = sorted(reached)[:20]
+    more = f" and {len(reached) - len(shown)} more" if len(reached) > len(shown) else ""
+    return "; ".join(f"{t}/{i} ({reached[(t, i)]})" for t, i in shown) + more
+
+
 def _refs(keys: set[Key]) -> str:
     return ", ".join(f"{t}/{i}" for t, i in sorted(keys))
 
@@ -79,5 +113,14 @@ async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bo
                            "may remain" for where, why in sorted(plan.unsearchable.items())]
     if target not in plan.resources:
         removal.notes.append(f"{target[0]}/{target[1]} does not exist (or is already deleted)")
+    reached = other_patients_reached(ctx, plan)
+    if reached:
+        listing = _listing(reached)
+        if not (dry_run or confirmed):
+            raise Refused(422, "business-rule", f"cascading delete of {target[0]}/{target[1]} would reach "
+                          f"other patients: {listing}; nothing was deleted; see the plan with _dryRun=true, "
+                          "then repeat with _confirm=true to delete them too")
+        removal.notes.append(f"{'needs _confirm=true: ' if dry_run else 'confirmed (_confirm=true): '}"
+                             f"this cascade reaches other patients: {listing}")
     order = order_resources(plan.resources, ctx.client.base_url)
     return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed)

@@ -18,7 +18,7 @@ from purgeproxy.fhir.definitions import FhirDefinitions
 from purgeproxy.fhir.references import Key, all_references, references_at
 from purgeproxy.fhir.search import ResolutionError, search_each
 
-__all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver"]
+__all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver", "patients_of"]
 
 Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
 
@@ -116,22 +116,38 @@ class Resolver:
                 result.members[key] = member
 
     def check(self, resource: dict[str, Any], patient: Key) -> Member | None:
-        """A Member when the resource references ``patient`` through a compartment param."""
+        """A Member when the resource references ``patient`` through a requested compartment param.
+
+        Which other patients it belongs to is judged against the server's full Patient
+        compartment, not the requested one: a caller's narrower definition selects candidates,
+        it cannot make another patient's data look private.
+        """
         rtype = resource["resourceType"]
         base = self.client.base_url
-        via: set[str] = set()
-        others: set[str] = set()
-        for param in self.compartment.get(rtype, ()):
-            for path in self.definitions.reference_paths(rtype, param) or ():
-                for key in references_at(resource, path, base):
-                    if key == patient:
-                        via.add(param)
-                    elif key[0] == "Patient":
-                        others.add(key[1])
+        via = {param for param in self.compartment.get(rtype, ())
+               for path in self.definitions.reference_paths(rtype, param) or ()
+               if patient in references_at(resource, path, base)}
         if not via:
             return None
-        if rtype == "Patient":
-            others.add(resource["id"])  # another patient's own record is always theirs too
+        others = patients_of(resource, self.definitions, base, self.compartment.get(rtype, ())) - {patient[1]}
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
-        return Member((rtype, resource["id"]), version, frozenset(via), frozenset(others), frozenset(refs))
+        return Member((rtype, resource["id"]), version, frozenset(via), others, frozenset(refs))
+
+
+def patients_of(resource: dict[str, Any], definitions: FhirDefinitions, base_url: str,
+                extra_params: Iterable[str] = ()) -> frozenset[str]:
+    """The ids of every patient whose compartment holds ``resource``.
+
+    Judged with the server's full Patient compartment for the resource's type (plus
+    ``extra_params``, a caller's own definition's params for it), whatever selected the resource:
+    the one judgement of "whose data is this" that the purge and the cascade share. A Patient is
+    always in its own compartment.
+    """
+    rtype = resource["resourceType"]
+    params = {*definitions.patient_compartment.get(rtype, ()), *extra_params}
+    patients = {key[1] for param in params for path in definitions.reference_paths(rtype, param) or ()
+                for key in references_at(resource, path, base_url) if key[0] == "Patient"}
+    if rtype == "Patient" and isinstance(resource.get("id"), str):
+        patients.add(resource["id"])
+    return frozenset(patients)

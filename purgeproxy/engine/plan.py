@@ -1,6 +1,7 @@
 """Planning: what a purge deletes, what it keeps and why, and in which order.
 
-Policies (excluded types, resources shared with other patients) decide what is kept; the order
+Policies (excluded types, resources shared with other patients) decide what is kept, except that
+another patient's own Patient record is kept whatever the policy says; the order
 puts every resource before the resources it references, and the Patient last, so that servers
 that enforce referential integrity (HAPI) accept each batch.
 """
@@ -27,6 +28,7 @@ class Plan:
     order: list[Key]  # everything to delete, referencing resources first, the Patient last
     excluded: list[Key] = field(default_factory=list)
     shared: dict[Key, set[str]] = field(default_factory=dict)  # key -> the other patients
+    other_records: dict[Key, frozenset[str]] = field(default_factory=dict)  # another Patient -> params
     ignored: dict[Key, set[str]] = field(default_factory=dict)
     unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)
     outside_references: dict[Key, set[Key]] = field(default_factory=dict)  # kept -> deleted it references
@@ -45,6 +47,9 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
     for key, member in sorted(resolution.members.items()):
         if key[0] in policy.excluded_types:
             plan.excluded.append(key)
+            kept.append(member)
+        elif key[0] == "Patient":  # another patient's own record: never, under any policy
+            plan.other_records[key] = member.via
             kept.append(member)
         elif member.other_patients:
             plan.shared[key] = set(member.other_patients)

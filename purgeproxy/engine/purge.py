@@ -173,7 +173,7 @@ class PurgeEngine:
         searches = [find_referrers(context, members)] if members else []
         if patient in plan.order:
             searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
-        in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared)
+        in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared) | set(plan.other_records)
         for found in await asyncio.gather(*searches):
             for key, targets in found.points_at.items():
                 if key not in in_scope:
@@ -270,6 +270,7 @@ def _carry_over(first: Plan, later: Plan) -> None:
         if key not in first.excluded:
             first.excluded.append(key)
     first.shared.update(later.shared)
+    first.other_records.update(later.other_records)
     first.ignored.update(later.ignored)
     first.unsearchable.update(later.unsearchable)
     first.outside_references.update(later.outside_references)

@@ -26,8 +26,12 @@ def _info(text: str, code: str = "informational", **extra: Any) -> dict[str, Any
 
 def verdict(result: PurgeResult) -> dict[str, Any]:
     patient = f"Patient/{result.request.patient_id}"
+    # an operator must be able to tell a mistyped id from an erasure that is already done
+    missing = "" if result.plan.patient_exists else (f"; no {patient} was found on the upstream "
+                                                     "(never existed, or already purged)")
     if result.request.dry_run:
-        return _info(f"Dry run: {len(result.plan.order)} resource(s) of {patient} would be deleted; nothing was deleted")
+        return _info(f"Dry run: {len(result.plan.order)} resource(s) of {patient} would be deleted; "
+                     f"nothing was deleted{missing}")
     removed = result.removed
     if result.interruption is not None:
         return issue("error", "incomplete",
@@ -36,7 +40,7 @@ def verdict(result: PurgeResult) -> dict[str, Any]:
                      "could not be verified; see the issues below, then run the purge again")
     if result.complete:
         return issue("information", "success",
-                     f"All resources for {patient} in scope were purged ({removed} deleted)")
+                     f"All resources for {patient} in scope were purged ({removed} deleted){missing}")
     return issue("warning", "incomplete",
                  f"The purge of {patient} is incomplete: {removed} deleted, "
                  f"{len(result.remaining)} in scope remain; see the issues below")
@@ -96,11 +100,14 @@ def _kept(result: PurgeResult) -> list[dict[str, Any]]:
     texts += [_info(f"{deleting if (t, i) in plan.order else 'kept'} (shared): {t}/{i} is also in "
                     f"the compartment of {_refs(('Patient', p) for p in others)}")
               for (t, i), others in sorted(plan.shared.items())]
+    texts += [_info(f"kept (another patient's own record): {t}/{i} references Patient/{plan.patient_id} "
+                    f"through {', '.join(sorted(params))}; a purge never deletes another patient's record")
+              for (t, i), params in sorted(plan.other_records.items())]
     texts += [issue("warning", "not-found",
                     f"the upstream ignored the search parameter {t}?{'/'.join(sorted(params))}: it returned "
                     f"{t}/{i}, which does not reference Patient/{plan.patient_id}; not deleted")
               for (t, i), params in sorted(plan.ignored.items())]
-    kept = set(plan.excluded) | set(plan.shared)
+    kept = set(plan.excluded) | set(plan.shared) | set(plan.other_records)
     texts += [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                     f"references {_refs(targets)}")
               for (t, i), targets in sorted(plan.outside_references.items())]

@@ -8,6 +8,7 @@ paths it indexes, and the official Patient CompartmentDefinition.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -46,6 +47,26 @@ class FhirDefinitions:
         """Every (type, param) whose references may point at ``target_type``, sorted."""
         return sorted((rtype, param) for rtype, params in self.reference_targets.items()
                       for param, targets in params.items() if target_type in targets)
+
+
+@lru_cache(maxsize=None)
+def known_resource_types() -> frozenset[str]:
+    """The resource types of every shipped FHIR version: what a type name in the configuration
+    may be before the upstream's version is known."""
+    return frozenset().union(*(definitions_for(version).resource_types for version in _FILES))
+
+
+def type_name_problem(names: Iterable[str], known: frozenset[str], kind: str) -> str | None:
+    """Why the first of ``names`` not in ``known`` is wrong, with the name likely meant; or None.
+
+    A misspelt type name must never silently match nothing: ``Auditevent`` in
+    ``purge.excluded_types`` would let every AuditEvent be deleted.
+    """
+    for name in names:
+        if name not in known:
+            meant = next((t for t in sorted(known) if t.lower() == name.lower()), None)
+            return f"'{name}' is not a {kind}" + (f"; did you mean '{meant}'?" if meant else "")
+    return None
 
 
 @lru_cache(maxsize=None)

@@ -7,11 +7,12 @@ overridable in config where detection cannot be trusted.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from purgeproxy.fhir.client import FhirClient, UpstreamError
-from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for
+from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for, type_name_problem
 from purgeproxy.servers.base import ServerKind
 from purgeproxy.servers.registry import detect, kind_named
 
@@ -37,11 +38,22 @@ def searchable_pairs(capability: dict[str, Any]) -> dict[str, frozenset[str]] | 
     return listed if any(listed.values()) else None
 
 
-class ProfileCache:
-    """Fetches the profile on first use and keeps it; concurrent first uses fetch once."""
+class ProfileMismatch(UpstreamError):
+    """The configuration names something the upstream's FHIR version does not have."""
 
-    def __init__(self, client: FhirClient, kind: str, fhir_version: str) -> None:
+
+class ProfileCache:
+    """Fetches the profile on first use and keeps it; concurrent first uses fetch once.
+
+    ``type_names`` (config key -> resource type names) are checked against the upstream's FHIR
+    version once it is known: while one is unknown there, every destructive operation (they all
+    start here) is refused, before anything is deleted.
+    """
+
+    def __init__(self, client: FhirClient, kind: str, fhir_version: str,
+                 type_names: Mapping[str, Iterable[str]] | None = None) -> None:
         self.client, self.kind, self.fhir_version = client, kind, fhir_version
+        self.type_names = {key: tuple(names) for key, names in (type_names or {}).items()}
         self._profile: UpstreamProfile | None = None
         self._lock = asyncio.Lock()
 
@@ -49,7 +61,17 @@ class ProfileCache:
         async with self._lock:
             if self._profile is None:
                 self._profile = await self._learn()
-            return self._profile
+            profile = self._profile
+        self._check_type_names(profile.definitions)
+        return profile
+
+    def _check_type_names(self, definitions: FhirDefinitions) -> None:
+        kind = f"resource type of FHIR {definitions.fhir_version}, the upstream's version"
+        for key, names in sorted(self.type_names.items()):
+            problem = type_name_problem(names, definitions.resource_types, kind)
+            if problem:
+                raise ProfileMismatch(422, "invalid", f"{key}: {problem}; correct the configuration; "
+                                      "nothing was deleted")
 
     async def _learn(self) -> UpstreamProfile:
         answer = await self.client.capabilities()
