@@ -6,6 +6,8 @@ still finds referencing resources the cascade is refused and nothing is deleted,
 part of a chain leaves dangling references (or, on HAPI, fails half-way). Excluded types
 (``purge.excluded_types``, AuditEvent and Provenance by default) are never deleted: they are
 reported as kept, and on an upstream with referential integrity they block what they reference.
+Every resource is deleted in the version the search returned; one changed since is deleted only
+if it still references the target or another resource of the cascade.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove
+from purgeproxy.engine.references import find_referrers, references_among
+from purgeproxy.engine.removal import Context, Recheck, Refused, Removal, order_resources, remove, versions_of
 from purgeproxy.fhir.references import Key
 
 
@@ -80,4 +82,17 @@ async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bo
     if target not in plan.resources:
         removal.notes.append(f"{target[0]}/{target[1]} does not exist (or is already deleted)")
     order = order_resources(plan.resources, ctx.client.base_url)
-    return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed)
+    return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed,
+                        versions_of(plan.resources), _still_referencing(ctx, plan))
+
+
+def _still_referencing(ctx: Context, plan: CascadePlan) -> Recheck:
+    """The target is named, so always in scope; any other resource only while it references it or
+    another resource of the cascade."""
+    scope = set(plan.resources) | {plan.target}
+
+    async def recheck(resources: list[dict[str, Any]]) -> set[Key]:
+        keys = {(r["resourceType"], r["id"]): r for r in resources}
+        return {key for key, body in keys.items() if key == plan.target or references_among(ctx, body, scope - {key})}
+
+    return recheck

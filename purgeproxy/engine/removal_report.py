@@ -62,7 +62,8 @@ def _history(removal: Removal) -> list[dict[str, Any]]:
 
 
 def _kept(removal: Removal) -> list[dict[str, Any]]:
-    return [_info(f"kept: {t}/{i}: {why}") for (t, i), why in sorted(removal.kept.items())]
+    kept = {**removal.kept, **removal.deletion.changed}
+    return [_info(f"kept: {t}/{i}: {why}") for (t, i), why in sorted(kept.items())]
 
 
 def _problems(removal: Removal) -> list[dict[str, Any]]:

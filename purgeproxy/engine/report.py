@@ -84,6 +84,7 @@ def _kept(result: PurgeResult) -> list[dict[str, Any]]:
                     f"the upstream ignored the search parameter {t}?{'/'.join(sorted(params))}: it returned "
                     f"{t}/{i}, which does not reference Patient/{plan.patient_id}; not deleted")
               for (t, i), params in sorted(plan.ignored.items())]
+    texts += [_info(f"kept: {t}/{i} {why}") for (t, i), why in sorted(result.deletion.changed.items())]
     kept = set(plan.excluded) | set(plan.shared)
     texts += [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                     f"references {_refs(targets)}")
