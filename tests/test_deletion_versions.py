@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from purgeproxy.engine.deletion import CHANGED, Deleter
+from purgeproxy.engine.deletion import CHANGED, Deleter, DeletionReport
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.servers.base import GENERIC
 
@@ -58,17 +58,18 @@ class Upstream:
                 e.get("ifMatch") and self.store.get(k) and e["ifMatch"] != f'W/"{self.store[k]["meta"]["versionId"]}"'
                 for e, k in zip(entries, keys)):
             return httpx.Response(412, json={"resourceType": "OperationOutcome"})
+        wrote = [str(int(self.store[k]["meta"]["versionId"]) + 1) if k in self.store else "" for k in keys]
         for key in keys:
             self.store.pop(key, None)
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
-                                         "entry": [{"response": {"status": "204"}} for _ in entries]})
+                                         "entry": [{"response": {"status": "204", "etag": w}} for w in wrote]})
 
 
-def deleter(upstream: Upstream) -> Deleter:
+def deleter(upstream: Upstream, hard: bool = False) -> Deleter:
     async def references_p1(resources: list[dict[str, Any]]) -> set[Key]:
         return {(r["resourceType"], r["id"]) for r in resources if r["subject"]["reference"] == "Patient/p1"}
 
-    return Deleter(upstream.client, GENERIC, 10, asyncio.Semaphore(2), False, references_p1)
+    return Deleter(upstream.client, GENERIC, 10, asyncio.Semaphore(2), hard, references_p1)
 
 
 PLANNED = {("Observation", "a"): "1", ("Observation", "b"): "1", ("Observation", "c"): "1"}
@@ -104,3 +105,25 @@ async def test_a_change_after_the_read_is_caught_where_the_upstream_honours_if_m
     assert [e["url"] for e in upstream.transactions[1]] == ["Observation/a", "Observation/c"]
     assert report.changed == {("Observation", "b"): CHANGED}
     assert upstream.store == {("Observation", "b"): obs("b", "2", "Patient/p2")}
+
+
+async def test_a_change_after_the_read_that_the_upstream_ignored_is_reported_and_not_hard_deleted() -> None:
+    """As on HAPI: ``ifMatch`` ignored, but the version its DELETE wrote shows what happened."""
+    upstream = Upstream(obs("a", "1"), obs("b", "1"), obs("c", "1"))
+
+    def writer() -> None:
+        upstream.store[("Observation", "b")] = obs("b", "2", "Patient/p2")
+        upstream.on_transaction = None
+
+    upstream.on_transaction = writer
+    hard_deleted: list[Key] = []
+    engine = deleter(upstream, hard=True)
+
+    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
+        hard_deleted.extend(keys)
+
+    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    report = await engine.delete(list(PLANNED), versions=PLANNED)
+    assert list(report.unexamined) == [("Observation", "b")]
+    assert "deleted in a later version the proxy never examined" in report.unexamined[("Observation", "b")]
+    assert hard_deleted == [("Observation", "a"), ("Observation", "c")]  # b's history stays, to restore it

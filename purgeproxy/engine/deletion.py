@@ -13,7 +13,11 @@ read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so tha
 honours it refuses (412) a change made after that read; the batch is then read and examined
 again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in transactions
 but honours ``If-Match`` on a single DELETE, so on those the read just before the delete is what
-pins the version; a change in the moment between that read and the delete cannot be seen.
+pins the version; a change in the moment between that read and the delete cannot be prevented.
+It is seen where the upstream numbers versions 1, 2, 3 and names the version its DELETE wrote
+(HAPI's ``etag``): a delete that wrote more than one version past the one read deleted a state
+the proxy never examined. That resource is reported as an error and its history is not hard
+deleted, so that what was changed can still be restored from it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ class DeletionReport:
     hard_deleted: list[Key] = field(default_factory=list)
     hard_delete_failed: dict[Key, str] = field(default_factory=dict)
     changed: dict[Key, str] = field(default_factory=dict)  # changed since planning, now out of scope
+    unexamined: dict[Key, str] = field(default_factory=dict)  # deleted in a version never read
 
     def merge(self, other: DeletionReport) -> None:
         self.deleted += other.deleted
@@ -60,6 +65,7 @@ class DeletionReport:
         self.hard_deleted += other.hard_deleted
         self.hard_delete_failed.update(other.hard_delete_failed)
         self.changed.update(other.changed)
+        self.unexamined.update(other.unexamined)
 
 
 def parse_conflict(body: Any) -> tuple[Key, Key] | None:
@@ -85,6 +91,17 @@ def _transaction(keys: list[Key], versions: Versions) -> dict[str, Any]:
         "entry": [{"request": {"method": "DELETE", "url": f"{t}/{i}", **_if_match(versions.get((t, i)))}}
                   for t, i in keys],
     }
+
+
+def _raced(read: str | None, written: Any) -> str | None:
+    """Why a DELETE that wrote version ``written`` did not delete version ``read``; None when it
+    did, or when the upstream's versions do not tell (not consecutive numbers)."""
+    wrote = str(written or "").removeprefix("W/").strip('"')
+    if not (read and read.isdigit() and wrote.isdigit()) or int(wrote) <= int(read) + 1:
+        return None
+    return (f"changed after the proxy read it (version {read}) and was deleted in a later version "
+            f"the proxy never examined (the delete wrote version {wrote}); its history is kept so "
+            "that it can be restored")
 
 
 def _status(text: str) -> int:
@@ -152,7 +169,7 @@ class Deleter:
             async with self.limit:
                 answer = await self.client.request("POST", "", json=_transaction(batch, pinned))
             if answer.status == 200 and answer.resource_type == "Bundle":
-                return done + self._record(batch, answer, report)
+                return done + self._record(batch, answer, pinned, report)
             conflict = parse_conflict(answer.body) if answer.status in (409, 412) else None
             if conflict is None and answer.status == 412:
                 continue  # a version changed after it was read (the upstream honoured ifMatch)
@@ -170,13 +187,19 @@ class Deleter:
                 break
         return done + await self._one_by_one(batch, pinned, report)
 
-    def _record(self, batch: list[Key], answer: FhirResponse, report: DeletionReport) -> list[Key]:
+    def _record(self, batch: list[Key], answer: FhirResponse, pinned: Versions,
+                report: DeletionReport) -> list[Key]:
         entries = answer.body.get("entry") or []
         done: list[Key] = []
         for index, key in enumerate(batch):
             entry = entries[index] if index < len(entries) else {}
-            status = _status((entry.get("response") or {}).get("status", "200"))
-            if 200 <= status < 300:
+            response = entry.get("response") or {}
+            status = _status(response.get("status", "200"))
+            raced = _raced(pinned.get(key), response.get("etag")) if 200 <= status < 300 else None
+            if raced:
+                report.deleted.append(key)
+                report.unexamined[key] = raced  # not hard deleted: its history can restore it
+            elif 200 <= status < 300:
                 report.deleted.append(key)
                 done.append(key)
             elif status in GONE:
@@ -200,13 +223,18 @@ class Deleter:
                 async with self.limit:
                     answer = await self.client.request("DELETE", f"{key[0]}/{key[1]}", headers=headers)
                 if answer.status != 412:
-                    done += self._record_one(key, answer, report)
+                    done += self._record_one(key, answer, pinned, report)
                     break  # 412: it changed after the read; examine it again
         return done
 
-    def _record_one(self, key: Key, answer: FhirResponse, report: DeletionReport) -> list[Key]:
+    def _record_one(self, key: Key, answer: FhirResponse, pinned: Versions,
+                    report: DeletionReport) -> list[Key]:
         if 200 <= answer.status < 300:
             report.deleted.append(key)
+            raced = _raced(pinned.get(key), answer.headers.get("etag"))
+            if raced:
+                report.unexamined[key] = raced
+                return []
             return [key]
         if answer.status in GONE:
             report.already_gone.append(key)

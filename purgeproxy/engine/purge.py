@@ -90,7 +90,7 @@ class PurgeResult:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
         return not (self.remaining or history_left or self.errors
-                    or self.deletion.blocked or self.deletion.failed
+                    or self.deletion.blocked or self.deletion.failed or self.deletion.unexamined
                     or self.deletion.hard_delete_failed or self.plan.unsearchable)
 
 

@@ -61,6 +61,7 @@ class Removal:
         promised = self.permanent or self.hard_delete_method is not None
         history_left = bool(self.history_remaining) and promised
         return not (self.remaining or history_left or self.errors or self.deletion.blocked
+                    or self.deletion.unexamined
                     or self.deletion.failed or self.deletion.hard_delete_failed)
 
     def counts(self) -> dict[str, int]:

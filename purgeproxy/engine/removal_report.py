@@ -71,6 +71,8 @@ def _problems(removal: Removal) -> list[dict[str, Any]]:
              for (t, i), why in sorted(removal.deletion.blocked.items())]
     texts += [issue("error", "exception", f"{t}/{i} was not deleted: {why}")
               for (t, i), why in sorted(removal.deletion.failed.items())]
+    texts += [issue("error", "conflict", f"{t}/{i} {why}")
+              for (t, i), why in sorted(removal.deletion.unexamined.items())]
     if removal.remaining:
         texts.append(issue("error", "incomplete", f"still present: {_refs(removal.remaining)}"))
     return texts + [issue("error", "exception", text) for text in removal.errors]

@@ -99,6 +99,8 @@ def _problems(result: PurgeResult) -> list[dict[str, Any]]:
               for (t, i), why in sorted(result.deletion.blocked.items())]
     texts += [issue("error", "exception", f"{t}/{i} was not deleted: {why}")
               for (t, i), why in sorted(result.deletion.failed.items())]
+    texts += [issue("error", "conflict", f"{t}/{i} {why}")
+              for (t, i), why in sorted(result.deletion.unexamined.items())]
     if result.remaining:
         texts.append(issue("error", "incomplete", f"still present: {_refs(result.remaining)}"))
     texts += [issue("error", "exception", text) for text in result.errors]
