@@ -50,6 +50,14 @@ class FakeStore:
                  observation("other-server", "http://elsewhere.test/fhir/Patient/p1")]
         return httpx.Response(200, json=bundle(*[o for o in found if f"Observation/{o['id']}" not in self.deleted]))
 
+    def read(self, request: httpx.Request) -> httpx.Response:
+        """``Observation/<id>``, as a search found it, until it is deleted."""
+        oid = request.url.path.rsplit("/", 1)[1]
+        found = [o for o in self.observations(request).json().get("entry", []) if o["resource"]["id"] == oid]
+        if not found:
+            return httpx.Response(410, json={"resourceType": "OperationOutcome", "issue": []})
+        return httpx.Response(200, json=found[0]["resource"])
+
     def transaction(self, request: httpx.Request) -> httpx.Response:
         if json.loads(request.content)["type"] != "transaction":  # no batch support: searches go one by one
             return httpx.Response(400, json={"resourceType": "OperationOutcome", "issue": []})
@@ -66,6 +74,7 @@ def scripted_upstream() -> Iterator[respx.MockRouter]:
         router.get(f"{BASE}/metadata").respond(200, json=CAPABILITY)
         router.get(f"{BASE}/Patient/p1").mock(side_effect=store.patient)
         router.get(f"{BASE}/Observation", params={"subject": "Patient/p1"}).mock(side_effect=store.observations)
+        router.get(url__regex=rf"{BASE}/Observation/[^/?]+$").mock(side_effect=store.read)
         router.get(url__regex=rf"{BASE}/[A-Za-z]+\?.*").respond(200, json=bundle())
         router.get(url__regex=rf"{BASE}/[A-Za-z]+/[^/]+/_history").respond(404, json={"resourceType": "OperationOutcome", "issue": []})
         router.post(BASE).mock(side_effect=store.transaction)

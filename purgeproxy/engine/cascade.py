@@ -11,6 +11,8 @@ A cascade must not silently spread to other patients: another Patient record, or
 the compartment of a patient the target does not belong to (judged with the purge's own
 ``patients_of``, the server's full Patient compartment), is named in the plan and the cascade is
 refused, nothing deleted, unless the caller confirms with ``_confirm=true``.
+Every resource is deleted in the version the search returned; one changed since is deleted only
+if it still references the target or another resource of the cascade.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from purgeproxy.engine.compartment import patients_of
-from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.removal import Context, Refused, Removal, order_resources, remove
+from purgeproxy.engine.references import find_referrers, references_among
+from purgeproxy.engine.removal import Context, Recheck, Refused, Removal, order_resources, remove, versions_of
 from purgeproxy.fhir.references import Key
 
 
@@ -123,4 +125,17 @@ async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bo
         removal.notes.append(f"{'needs _confirm=true: ' if dry_run else 'confirmed (_confirm=true): '}"
                              f"this cascade reaches other patients: {listing}")
     order = order_resources(plan.resources, ctx.client.base_url)
-    return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed)
+    return await remove(ctx if hard else replace(ctx, hard_delete="never"), removal, order, confirmed,
+                        versions_of(plan.resources), _still_referencing(ctx, plan))
+
+
+def _still_referencing(ctx: Context, plan: CascadePlan) -> Recheck:
+    """The target is named, so always in scope; any other resource only while it references it or
+    another resource of the cascade."""
+    scope = set(plan.resources) | {plan.target}
+
+    async def recheck(resources: list[dict[str, Any]]) -> set[Key]:
+        keys = {(r["resourceType"], r["id"]): r for r in resources}
+        return {key for key, body in keys.items() if key == plan.target or references_among(ctx, body, scope - {key})}
+
+    return recheck

@@ -5,21 +5,30 @@ criterion). A reference criterion with a literal ``Type/id`` value is also check
 as the purge checks compartment members: a match that does not carry the reference is kept. A
 search with no criteria, or with more matches than ``purge.max_without_confirm``, is refused
 unless confirmed: a typo must not empty a table.
+
+A match is deleted in the version the search returned; one changed since is searched for again
+(its criteria and its ``_id``, answered by the upstream for its current state) and kept if it no
+longer matches. After deleting, the criteria are searched once more: whatever matches then is
+what remains, measured rather than assumed.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from purgeproxy.engine.erase import PROTECTED_TYPES
 from purgeproxy.engine.removal import (
     Context,
+    Recheck,
     Refused,
     Removal,
     order_resources,
     remove,
     search_all,
+    versions_of,
 )
 from purgeproxy.fhir.references import Key, parse_reference, references_at
 
@@ -89,15 +98,60 @@ def _references(ctx: Context, resource: dict, param: str, target: Key) -> bool:
     return any(key == target for path in paths for key in references_at(resource, path, ctx.client.base_url))
 
 
+async def _matching_now(ctx: Context, criteria: Criteria) -> set[Key] | None:
+    """The matches that pass the reference check, searched now; None when the search failed."""
+    found = await search_all(ctx, criteria.rtype, criteria.params)
+    if found.problem:
+        return None
+    checks = _reference_checks(ctx, criteria)
+    return {key for key, resource in found.matches.items()
+            if all(_references(ctx, resource, param, target) for param, target in checks)}
+
+
+def _still_matching(ctx: Context, searches: list[Criteria], found_by: dict[Key, int]) -> Recheck:
+    """Changed matches are searched for again by id under the criteria that found them; one that
+    cannot be searched for again is kept."""
+    async def recheck(resources: list[dict[str, Any]]) -> set[Key]:
+        groups: dict[int, list[str]] = defaultdict(list)
+        for resource in resources:
+            groups[found_by[(resource["resourceType"], resource["id"])]].append(resource["id"])
+        still: set[Key] = set()
+        for index, ids in groups.items():
+            criteria = searches[index]
+            still |= await _matching_now(ctx, Criteria(criteria.rtype, criteria.params + [("_id", ",".join(ids))])) or set()
+        return still
+
+    return recheck
+
+
 async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool) -> Removal:
     """Find every match, refuse an over-broad request, then delete, expunge and verify."""
     ctx.require_hard_delete_possible()
     removal = Removal("$delete-expunge", ", ".join(c.shown for c in searches), dry_run)
     matches: dict[Key, dict] = {}
-    for criteria in searches:
+    found_by: dict[Key, int] = {}
+    for index, criteria in enumerate(searches):
         if not criteria.params and not confirmed:
             raise Refused(422, "business-rule", f"{criteria.rtype} without criteria would delete every "
                           f"{criteria.rtype}; add {ctx.confirm_param}=true if that is meant; nothing was deleted",
                           expression=ctx.confirm_param)
-        matches.update(await find_matches(ctx, criteria, removal))
-    return await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed)
+        found = await find_matches(ctx, criteria, removal)
+        matches.update(found)
+        found_by.update(dict.fromkeys(found, index))
+    await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed,
+                 versions_of(matches), _still_matching(ctx, searches, found_by))
+    if not dry_run and matches:
+        await _measure_remaining(ctx, searches, removal)
+    return removal
+
+
+async def _measure_remaining(ctx: Context, searches: list[Criteria], removal: Removal) -> None:
+    """What still matches after the deletes, found by searching again: it remains."""
+    left = set(removal.remaining)
+    for criteria in searches:
+        now = await _matching_now(ctx, criteria)
+        if now is None:
+            removal.errors.append(f"searching {criteria.shown} again after deleting failed: what "
+                                  "still matches is not known")
+        left |= now or set()
+    removal.remaining = sorted(left)

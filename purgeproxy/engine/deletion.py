@@ -4,21 +4,39 @@ Batches follow the plan's order. When the upstream refuses a batch because somet
 references a resource (HAPI's referential integrity, 409), the engine pulls the referencing
 resource into the batch when it is itself planned for deletion, or else takes the blocked
 resource out and reports what blocks it: it never widens the scope to make a delete succeed.
+
+A resource is deleted only in the state the proxy examined. Just before each batch the engine
+reads every resource again; one whose version differs from the one planned is examined again
+with the operation's own scope check (``recheck``) and deleted in its new version only if it is
+still in scope, otherwise kept and reported as changed since planning. Deletes carry the version
+read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so that an upstream that
+honours it refuses (412) a change made after that read; the batch is then read and examined
+again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in transactions
+but honours ``If-Match`` on a single DELETE, so on those the read just before the delete is what
+pins the version; a change in the moment between that read and the delete cannot be prevented.
+It is seen where the upstream numbers versions 1, 2, 3 and names the version its DELETE wrote
+(HAPI's ``etag``): a delete that wrote more than one version past the one read deleted a state
+the proxy never examined. That resource is reported as an error and its history is not hard
+deleted, so that what was changed can still be restored from it.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.verify import GONE
+from purgeproxy.engine.verify import GONE, read_current, version_of
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
 
 Progress = Callable[[int], Awaitable[None]]
+# the current bodies of resources that changed since they were planned -> the keys still in scope
+Recheck = Callable[[list[dict[str, Any]]], Awaitable[set[Key]]]
+Versions = Mapping[Key, str | None]  # the version each resource was examined in (None: unknown)
+CHANGED = "changed since it was planned and is no longer in scope; kept"
 
 
 @dataclass
@@ -29,6 +47,8 @@ class DeletionReport:
     failed: dict[Key, str] = field(default_factory=dict)
     hard_deleted: list[Key] = field(default_factory=list)
     hard_delete_failed: dict[Key, str] = field(default_factory=dict)
+    changed: dict[Key, str] = field(default_factory=dict)  # changed since planning, now out of scope
+    unexamined: dict[Key, str] = field(default_factory=dict)  # deleted in a version never read
 
     def merge(self, other: DeletionReport) -> None:
         self.deleted += other.deleted
@@ -37,14 +57,32 @@ class DeletionReport:
         self.failed.update(other.failed)
         self.hard_deleted += other.hard_deleted
         self.hard_delete_failed.update(other.hard_delete_failed)
+        self.changed.update(other.changed)
+        self.unexamined.update(other.unexamined)
 
 
-def _transaction(keys: list[Key]) -> dict[str, Any]:
+def _if_match(version: str | None) -> dict[str, str]:
+    return {"ifMatch": f'W/"{version}"'} if version else {}
+
+
+def _transaction(keys: list[Key], versions: Versions) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
         "type": "transaction",
-        "entry": [{"request": {"method": "DELETE", "url": f"{t}/{i}"}} for t, i in keys],
+        "entry": [{"request": {"method": "DELETE", "url": f"{t}/{i}", **_if_match(versions.get((t, i)))}}
+                  for t, i in keys],
     }
+
+
+def _raced(read: str | None, written: Any) -> str | None:
+    """Why a DELETE that wrote version ``written`` did not delete version ``read``; None when it
+    did, or when the upstream's versions do not tell (not consecutive numbers)."""
+    wrote = str(written or "").removeprefix("W/").strip('"')
+    if not (read and read.isdigit() and wrote.isdigit()) or int(wrote) <= int(read) + 1:
+        return None
+    return (f"changed after the proxy read it (version {read}) and was deleted in a later version "
+            f"the proxy never examined (the delete wrote version {wrote}); its history is kept so "
+            "that it can be restored")
 
 
 def _status(text: str) -> int:
@@ -61,30 +99,61 @@ class Deleter:
     batch_size: int
     limit: asyncio.Semaphore
     hard_delete: bool
+    recheck: Recheck | None = None  # None: every resource stays in scope whatever changed (named ones)
     max_attempts: int = 50
 
-    async def delete(self, order: list[Key], progress: Progress | None = None) -> DeletionReport:
+    async def delete(self, order: list[Key], progress: Progress | None = None,
+                     versions: Versions | None = None) -> DeletionReport:
+        """Delete ``order`` in batches, each resource only in the version it was examined in
+        (``versions``; a resource without one is examined again before it is deleted)."""
         report = DeletionReport()
+        pinned = dict(versions or {})
         pending = list(order)
         while pending:
             batch, pending = pending[: self.batch_size], pending[self.batch_size:]
-            done = await self._batch(batch, pending, report)
+            done = await self._batch(batch, pending, pinned, report)
             if self.hard_delete and done:
                 await self._hard_delete(done, report)
             if progress:
                 await progress(len(report.deleted) + len(report.already_gone))
         return report
 
-    async def _batch(self, batch: list[Key], pending: list[Key], report: DeletionReport) -> list[Key]:
+    async def _examine(self, keys: list[Key], pinned: dict[Key, str | None],
+                       report: DeletionReport) -> list[Key]:
+        """Read ``keys`` now: what is gone is recorded, what changed since planning is examined
+        again; returns the keys to delete, with ``pinned`` holding the version each was read in."""
+        reading = await read_current(self.client, self.limit, keys)
+        report.already_gone += reading.gone
+        report.failed.update(reading.unreadable)
+        changed = [body for key, body in reading.current.items()
+                   if version_of(body) is None or version_of(body) != pinned.get(key)]
+        still = (await self.recheck(changed) if self.recheck and changed
+                 else {(b["resourceType"], b["id"]) for b in changed})
+        for body in changed:
+            key = (body["resourceType"], body["id"])
+            if key in still:
+                pinned[key] = version_of(body)
+            else:
+                report.changed[key] = CHANGED
+        return [key for key in keys if key in reading.current and key not in report.changed]
+
+    async def _batch(self, batch: list[Key], pending: list[Key], pinned: dict[Key, str | None],
+                     report: DeletionReport) -> list[Key]:
         """Delete one batch, regrouping on conflicts; returns what is now gone."""
+        done: list[Key] = []
         for _ in range(self.max_attempts):
+            gone_before = len(report.already_gone)
+            batch = await self._examine(batch, pinned, report)
+            done += report.already_gone[gone_before:]
             if not batch:
-                return []
+                return done
             async with self.limit:
-                answer = await self.client.request("POST", "", json=_transaction(batch))
+                answer = await self.client.request("POST", "", json=_transaction(batch, pinned))
             if answer.status == 200 and answer.resource_type == "Bundle":
-                return self._record(batch, answer, report)
+                return done + self._record(batch, answer, pinned, report)
             conflict = self.server.conflict(answer.body) if answer.status in (409, 412) else None
+            if conflict is None and answer.status == 412:
+                continue  # a version changed after it was read (the upstream honoured ifMatch)
             if conflict is None:
                 break
             blocked, blocker = conflict
@@ -98,15 +167,21 @@ class Deleter:
                 report.blocked[blocked] = f"still referenced by {blocker[0]}/{blocker[1]} ({why})"
             else:
                 break
-        return await self._one_by_one(batch, report)
+        return done + await self._one_by_one(batch, pinned, report)
 
-    def _record(self, batch: list[Key], answer: FhirResponse, report: DeletionReport) -> list[Key]:
+    def _record(self, batch: list[Key], answer: FhirResponse, pinned: Versions,
+                report: DeletionReport) -> list[Key]:
         entries = answer.body.get("entry") or []
         done: list[Key] = []
         for index, key in enumerate(batch):
             entry = entries[index] if index < len(entries) else {}
-            status = _status((entry.get("response") or {}).get("status", "200"))
-            if 200 <= status < 300:
+            response = entry.get("response") or {}
+            status = _status(response.get("status", "200"))
+            raced = _raced(pinned.get(key), response.get("etag")) if 200 <= status < 300 else None
+            if raced:
+                report.deleted.append(key)
+                report.unexamined[key] = raced  # not hard deleted: its history can restore it
+            elif 200 <= status < 300:
                 report.deleted.append(key)
                 done.append(key)
             elif status in GONE:
@@ -116,24 +191,41 @@ class Deleter:
                 report.failed[key] = f"transaction entry answered {status}"
         return done
 
-    async def _one_by_one(self, batch: list[Key], report: DeletionReport) -> list[Key]:
+    async def _one_by_one(self, batch: list[Key], pinned: dict[Key, str | None],
+                          report: DeletionReport) -> list[Key]:
         """The upstream refused the batch for a reason we cannot regroup around: isolate it."""
         done: list[Key] = []
         for key in batch:
-            async with self.limit:
-                answer = await self.client.request("DELETE", f"{key[0]}/{key[1]}")
-            if 200 <= answer.status < 300:
-                report.deleted.append(key)
-                done.append(key)
-            elif answer.status in GONE:
-                report.already_gone.append(key)
-                done.append(key)
-            else:
-                conflict = self.server.conflict(answer.body)
-                reason = (f"still referenced by {conflict[1][0]}/{conflict[1][1]}" if conflict
-                          else f"DELETE answered {answer.status}")
-                (report.blocked if conflict else report.failed)[key] = reason
+            for _ in range(self.max_attempts):
+                gone_before = len(report.already_gone)
+                if not await self._examine([key], pinned, report):
+                    done += report.already_gone[gone_before:]
+                    break
+                headers = {"If-Match": f'W/"{pinned[key]}"'} if pinned.get(key) else None
+                async with self.limit:
+                    answer = await self.client.request("DELETE", f"{key[0]}/{key[1]}", headers=headers)
+                if answer.status != 412:
+                    done += self._record_one(key, answer, pinned, report)
+                    break  # 412: it changed after the read; examine it again
         return done
+
+    def _record_one(self, key: Key, answer: FhirResponse, pinned: Versions,
+                    report: DeletionReport) -> list[Key]:
+        if 200 <= answer.status < 300:
+            report.deleted.append(key)
+            raced = _raced(pinned.get(key), answer.headers.get("etag"))
+            if raced:
+                report.unexamined[key] = raced
+                return []
+            return [key]
+        if answer.status in GONE:
+            report.already_gone.append(key)
+            return [key]
+        conflict = self.server.conflict(answer.body)
+        reason = (f"still referenced by {conflict[1][0]}/{conflict[1][1]}" if conflict
+                  else f"DELETE answered {answer.status}")
+        (report.blocked if conflict else report.failed)[key] = reason
+        return []
 
     async def _hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
         async def one(key: Key) -> None:

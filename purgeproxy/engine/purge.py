@@ -4,6 +4,13 @@ Runs in rounds: each round resolves the compartment afresh and deletes what it f
 that an upstream skipped while its result set shrank are caught by the next round. The round
 that finds nothing left to delete is the verification. A resource that comes back after it was
 deleted ends the purge with an error instead of a loop.
+
+What remains is measured: every round's resolution is a fresh, cache-bypassing search, and what it
+still finds in scope at the end is what ``remaining`` reports; ``success`` needs it empty. Each
+round deletes resources in the version its resolution read; one changed since is examined again
+with the same check and policy, and kept if it left the scope (see ``engine.deletion``). A
+resource blocked or failed in one round is tried again in the next while the purge makes
+progress: with a concurrent writer, what blocked it may be gone by then.
 """
 
 from __future__ import annotations
@@ -13,12 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.compartment import Compartment, ResolutionError, Resolver
+from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
 from purgeproxy.engine.context import Context
-from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
+from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
 from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.verify import history_left
+from purgeproxy.engine.verify import history_left, version_of
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
@@ -107,7 +114,7 @@ class PurgeResult:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
         return not (self.remaining or history_left or self.errors or self.interruption
-                    or self.deletion.blocked or self.deletion.failed
+                    or self.deletion.blocked or self.deletion.failed or self.deletion.unexamined
                     or self.deletion.hard_delete_failed or self.plan.unsearchable)
 
 
@@ -122,8 +129,26 @@ class PurgeEngine:
         return Resolver(self.client, self.profile.definitions, compartment,
                         self.settings.page_size, self.limit, self.profile.searchable)
 
-    def deleter(self, hard: bool) -> Deleter:
-        return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
+    def deleter(self, hard: bool, resolver: Resolver, patient_id: str) -> Deleter:
+        return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard,
+                       self._recheck(resolver, patient_id))
+
+    def _recheck(self, resolver: Resolver, patient_id: str) -> Recheck:
+        """A resource changed since planning stays in scope only if the resolver's check and the
+        plan's policy, applied to what it is now, still delete it."""
+        patient = ("Patient", patient_id)
+
+        async def still_in_scope(resources: list[dict[str, Any]]) -> set[Key]:
+            resolution = Resolution(patient_id, False)
+            in_scope: set[Key] = set()
+            for resource in resources:
+                if (resource.get("resourceType"), resource.get("id")) == patient:
+                    in_scope.add(patient)  # the patient's own record, whatever it now says
+                elif (member := resolver.check(resource, patient)) is not None:
+                    resolution.members[member.key] = member
+            return in_scope | set(make_plan(resolution, self.settings.policy).order)
+
+        return still_in_scope
 
     async def plan(self, request: PurgeRequest) -> Plan:
         """The compartment resolved and planned, as the purge's first round sees it."""
@@ -132,7 +157,8 @@ class PurgeEngine:
 
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
-        first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
+        resolution = await resolver.resolve(request.patient_id)
+        first = make_plan(resolution, self.settings.policy)
         searched = await self._find_outside_references(request, first) if self.settings.outside_references else None
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
@@ -142,7 +168,8 @@ class PurgeEngine:
         self.check_confirmed(request, first)
         tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, self.deleter(hard), result, tally)
+            await self._rounds(resolver, first, _versions(resolution),
+                               self.deleter(hard, resolver, request.patient_id), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
             result.interruption = failure
@@ -200,13 +227,15 @@ class PurgeEngine:
         if limit is not None and not request.confirmed and len(plan.order) > limit:
             raise ConfirmationRequired(len(plan.order), limit)
 
-    async def _rounds(self, resolver: Resolver, plan: Plan, deleter: Deleter,
+    async def _rounds(self, resolver: Resolver, plan: Plan, versions: Versions, deleter: Deleter,
                       result: PurgeResult, progress: PurgeProgress | None) -> None:
         gone: set[Key] = set()
+        progressed = True
         for _ in range(self.settings.max_rounds):
-            todo = [k for k in plan.order if k not in result.deletion.blocked and k not in result.deletion.failed]
+            stuck = set(result.deletion.blocked) | set(result.deletion.failed)
+            todo = [k for k in plan.order if progressed or k not in stuck]
             if not todo:
-                result.remaining = list(plan.order)  # only what was blocked or failed
+                result.remaining = list(plan.order)  # found afresh: only what was blocked or failed
                 return
             back = gone.intersection(todo)
             if back:
@@ -214,10 +243,13 @@ class PurgeEngine:
                 raise ResolutionError(
                     f"the upstream still returns {len(back)} resource(s) after deleting them"
                 )
-            report = await deleter.delete(todo, await _overall(progress, result.deletion, len(todo)))
+            _forget(result.deletion, todo)  # tried again: this round says what became of them
+            report = await deleter.delete(todo, await _overall(progress, result.deletion, len(todo)), versions)
             result.deletion.merge(report)
             gone.update(report.deleted, report.already_gone)
-            plan = make_plan(await resolver.resolve(plan.patient_id), self.settings.policy)
+            progressed = bool(report.deleted or report.already_gone)
+            resolution = await resolver.resolve(plan.patient_id)
+            plan, versions = make_plan(resolution, self.settings.policy), _versions(resolution)
             _carry_over(result.plan, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
@@ -234,6 +266,22 @@ class _Tally:
         self.removed = removed
         if self.progress is not None:
             await self.progress(removed, planned)
+
+
+def _versions(resolution: Resolution) -> dict[Key, str | None]:
+    """The version of every resource as the resolution read it: what its deletes are pinned to."""
+    versions = {key: member.version for key, member in resolution.members.items()}
+    if resolution.patient is not None:
+        versions[resolution.patient_key] = version_of(resolution.patient)
+    return versions
+
+
+def _forget(report: DeletionReport, keys: list[Key]) -> None:
+    """Earlier rounds' verdicts on resources tried again."""
+    for key in keys:
+        report.blocked.pop(key, None)
+        report.failed.pop(key, None)
+        report.changed.pop(key, None)
 
 
 async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo: int) -> Progress | None:

@@ -83,3 +83,17 @@ def _take(ctx: Context, result: Referrers, rtype: str, param: str, keys: list[Ke
             result.ignored.pop(key, None)
         elif key not in result.found:
             result.ignored[key] = f"returned by {rtype}?{param} but references none of the targets"
+
+
+def references_among(ctx: Context, resource: dict[str, Any], targets: set[Key]) -> set[Key]:
+    """The ``targets`` that ``resource`` references through a reference search parameter able to
+    point at them: the check ``find_referrers`` makes, for a resource read again later."""
+    rtype = resource.get("resourceType")
+    definitions, base = ctx.profile.definitions, ctx.client.base_url
+    hits: set[Key] = set()
+    for target_type in {t for t, _ in targets}:
+        for ptype, param in definitions.params_targeting(target_type):
+            if ptype == rtype:
+                hits |= {ref for path in definitions.reference_paths(ptype, param) or ()
+                         for ref in references_at(resource, path, base)}
+    return hits & targets

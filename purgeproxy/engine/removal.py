@@ -4,20 +4,25 @@ Each operation first proves a list of resources in scope, then hands it here: de
 transaction Bundles with the purge's ``Deleter`` (409s resolved or reported, the scope never
 widens), hard-delete with the upstream's own mechanism where it has one, and verify afterwards by
 reading every resource and its history back. The result says what was and was not removed.
+
+Each operation passes the version it read every resource in and its own scope check: the
+``Deleter`` deletes a resource only in that version, or, when it changed since, after the check
+finds it still in scope (otherwise it is kept and reported as changed since planning).
 """
 
 from __future__ import annotations
 
-__all__ = ["Context", "Refused", "Removal", "SearchResult", "history_left", "order_resources",
-           "remove", "search_all", "still_readable"]
+__all__ = ["Context", "Recheck", "Refused", "Removal", "SearchResult", "history_left",
+           "order_resources", "remove", "search_all", "still_readable", "versions_of"]
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine import verify
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
-from purgeproxy.engine.deletion import Deleter, DeletionReport
+from purgeproxy.engine.deletion import Deleter, DeletionReport, Recheck
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.purge import ConfirmationRequired
 from purgeproxy.fhir.client import UpstreamError
@@ -59,6 +64,7 @@ class Removal:
         promised = self.permanent or self.hard_delete_method is not None
         history_left = bool(self.history_remaining) and promised
         return not (self.remaining or history_left or self.errors or self.interruption or self.deletion.blocked
+                    or self.deletion.unexamined
                     or self.deletion.failed or self.deletion.hard_delete_failed)
 
     def counts(self) -> dict[str, int]:
@@ -76,9 +82,17 @@ def order_resources(resources: dict[Key, dict[str, Any]], base_url: str) -> list
     return delete_order(members)
 
 
-async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bool = False) -> Removal:
+def versions_of(resources: Mapping[Key, dict[str, Any]]) -> dict[Key, str | None]:
+    """The version each resource was read in (``meta.versionId``), for pinning its delete."""
+    return {key: verify.version_of(body) for key, body in resources.items()}
+
+
+async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bool = False,
+                 versions: Mapping[Key, str | None] | None = None, recheck: Recheck | None = None) -> Removal:
     """Delete ``order`` (already proven in scope), hard-delete, then verify; fills ``removal``.
 
+    ``versions``: the version each was examined in; ``recheck``: the operation's scope check for
+    resources changed since (None: a changed resource is still in scope, e.g. one named by id).
     The confirmation rail is checked here, after planning and before the first delete, so that
     every operation has it and a dry run always shows the plan."""
     removal.planned = list(order)
@@ -88,7 +102,8 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
     limit = ctx.max_without_confirm
     if limit is not None and not confirmed and len(order) > limit:
         raise ConfirmationNeeded(removal.operation, len(order), limit, ctx.confirm_param, ctx.dry_run_param)
-    deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None)
+    deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
+                      recheck)
     removed = 0
 
     async def count(so_far: int) -> None:
@@ -96,8 +111,8 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
         removed = so_far
 
     try:
-        removal.deletion = await deleter.delete(list(order), count)
-        removal.remaining = await still_readable(ctx, order)
+        removal.deletion = await deleter.delete(list(order), count, versions=versions)
+        removal.remaining = await still_readable(ctx, [k for k in order if k not in removal.deletion.changed])
         done = removal.deletion.deleted + removal.deletion.already_gone
         removal.history_remaining = await history_left(ctx, done)
     except UpstreamError as failure:  # deletes were made: report them, never a bare 502

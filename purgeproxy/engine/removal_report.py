@@ -69,7 +69,8 @@ def _history(removal: Removal) -> list[dict[str, Any]]:
 
 
 def _kept(removal: Removal) -> list[dict[str, Any]]:
-    return [_info(f"kept: {t}/{i}: {why}") for (t, i), why in sorted(removal.kept.items())]
+    kept = {**removal.kept, **removal.deletion.changed}
+    return [_info(f"kept: {t}/{i}: {why}") for (t, i), why in sorted(kept.items())]
 
 
 def _problems(removal: Removal) -> list[dict[str, Any]]:
@@ -77,6 +78,8 @@ def _problems(removal: Removal) -> list[dict[str, Any]]:
              for (t, i), why in sorted(removal.deletion.blocked.items())]
     texts += [issue("error", "exception", f"{t}/{i} was not deleted: {why}")
               for (t, i), why in sorted(removal.deletion.failed.items())]
+    texts += [issue("error", "conflict", f"{t}/{i} {why}")
+              for (t, i), why in sorted(removal.deletion.unexamined.items())]
     if removal.remaining:
         texts.append(issue("error", "incomplete", f"still present: {_refs(removal.remaining)}"))
     return texts + [issue("error", "exception", text) for text in removal.errors]

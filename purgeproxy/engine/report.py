@@ -107,6 +107,7 @@ def _kept(result: PurgeResult) -> list[dict[str, Any]]:
                     f"the upstream ignored the search parameter {t}?{'/'.join(sorted(params))}: it returned "
                     f"{t}/{i}, which does not reference Patient/{plan.patient_id}; not deleted")
               for (t, i), params in sorted(plan.ignored.items())]
+    texts += [_info(f"kept: {t}/{i} {why}") for (t, i), why in sorted(result.deletion.changed.items())]
     kept = set(plan.excluded) | set(plan.shared) | set(plan.other_records)
     texts += [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                     f"references {_refs(targets)}")
@@ -134,6 +135,8 @@ def _problems(result: PurgeResult) -> list[dict[str, Any]]:
               for (t, i), why in sorted(result.deletion.blocked.items())]
     texts += [issue("error", "exception", f"{t}/{i} was not deleted: {why}")
               for (t, i), why in sorted(result.deletion.failed.items())]
+    texts += [issue("error", "conflict", f"{t}/{i} {why}")
+              for (t, i), why in sorted(result.deletion.unexamined.items())]
     if result.remaining:
         texts.append(issue("error", "incomplete", f"still present: {_refs(result.remaining)}"))
     texts += [issue("error", "exception", text) for text in result.errors]

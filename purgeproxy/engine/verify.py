@@ -1,13 +1,82 @@
-"""Verification after the fact: what the upstream still serves, read back rather than assumed."""
+"""Reading back what the upstream serves now, rather than assuming it: before a delete (is it
+still the version the proxy examined?) and after (is it gone, is its history gone?).
+
+Every read here asks for a fresh answer (``FhirClient`` sends ``Cache-Control: no-cache``).
+"""
 
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
+from typing import Any
 
-from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 
 GONE = (404, 410)
+
+
+@dataclass
+class Reading:
+    """The current state of some resources: their bodies, which are gone, which could not be read."""
+
+    current: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    gone: list[Key] = field(default_factory=list)
+    unreadable: dict[Key, str] = field(default_factory=dict)
+
+
+def version_of(resource: dict[str, Any]) -> str | None:
+    version = (resource.get("meta") or {}).get("versionId")
+    return version if isinstance(version, str) else None
+
+
+async def read_current(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> Reading:
+    """Read every resource now, in one batch Bundle of reads where the upstream answers it in a
+    shape we trust, else one by one."""
+    answers = await _read_batch(client, limit, keys) if len(keys) > 1 else None
+    if answers is None:
+        answers = await asyncio.gather(*(_read_one(client, limit, key) for key in keys))
+    reading = Reading()
+    for key, (status, body) in zip(keys, answers):
+        if status == 200 and isinstance(body, dict) and (body.get("resourceType"), body.get("id")) == key:
+            reading.current[key] = body
+        elif status in GONE:
+            reading.gone.append(key)
+        else:
+            reading.unreadable[key] = f"reading it before deleting answered {status or 'nonsense'}"
+    return reading
+
+
+async def _read_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> tuple[int, Any]:
+    async with limit:
+        answer = await client.request("GET", f"{key[0]}/{key[1]}")
+    return answer.status, answer.body
+
+
+async def _read_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[tuple[int, Any]] | None:
+    bundle = {"resourceType": "Bundle", "type": "batch",
+              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
+    async with limit:
+        answer = await client.request("POST", "", json=bundle)
+    entries = answer.body.get("entry") if _is_bundle(answer) else None
+    if not isinstance(entries, list) or len(entries) != len(keys):
+        return None
+    return [_entry(entry) for entry in entries]
+
+
+def _is_bundle(answer: FhirResponse) -> bool:
+    return answer.status == 200 and answer.resource_type == "Bundle"
+
+
+def _entry(entry: Any) -> tuple[int, Any]:
+    """(status, resource) of one batch entry; status 0 when the entry is not understood."""
+    if not isinstance(entry, dict):
+        return 0, None
+    try:
+        status = int(str((entry.get("response") or {}).get("status", "")).split()[0])
+    except (ValueError, IndexError):
+        return 0, None
+    return status, entry.get("resource")
 
 
 async def _flags(keys: list[Key], check) -> list[Key]:  # type: ignore[no-untyped-def]

@@ -3,6 +3,13 @@
 Built on httpx so that tests can plug ``respx`` or an ``httpx.MockTransport`` into one seam, the
 transport. Every transport failure becomes an ``UpstreamError`` carrying the HTTP status the proxy
 should answer with (502 or 504), so callers never see httpx's exception zoo.
+
+Every call the proxy makes itself asks for a fresh answer (``Cache-Control: no-cache``): HAPI
+serves a repeated search from its cache for about a minute (``reuseCachedSearchResultsForMillis``)
+unless told not to, also for the searches inside a batch Bundle (measured on HAPI 8.4: the batch
+request's header reaches its entries). A purge that plans, deletes and verifies from a cached
+answer deletes what no longer matches and misses what was written since. One place, so that no
+search or verification read can forget it.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_UNREACHABLE,
     OutcomeError,
 )
+
+
+FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
 
 
 class UpstreamError(OutcomeError):
@@ -64,7 +74,7 @@ class FhirClient:
         ``for_client``: made on a client's behalf (with its own ``Authorization``, if any), so the
         proxy's upstream credentials are left out.
         """
-        sent = {"Accept": FHIR_JSON, **(headers or {})}
+        sent = {"Accept": FHIR_JSON, **FRESH, **(headers or {})}
         auth = None if for_client else httpx.USE_CLIENT_DEFAULT
         if json is not None:
             sent["Content-Type"] = FHIR_JSON

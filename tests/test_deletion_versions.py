@@ -1,0 +1,129 @@
+"""The deletion engine deletes a resource only in the version it was examined in.
+
+A scripted upstream (an ``httpx.MockTransport``) changes resources between planning and deleting,
+and can honour ``ifMatch`` as a server should, so that each path is exercised: the real upstreams
+(tests/test_exact_cache.py) show that HAPI and the Medplum engine ignore ``ifMatch`` in a
+transaction, which leaves the read just before each batch as what pins the version there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from purgeproxy.engine.deletion import CHANGED, Deleter, DeletionReport
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.servers.base import GENERIC
+
+BASE = "http://upstream.test/fhir"
+Key = tuple[str, str]
+
+
+def obs(oid: str, version: str, subject: str = "Patient/p1") -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": oid, "meta": {"versionId": version},
+            "subject": {"reference": subject}}
+
+
+class Upstream:
+    """Resources by id; ``on_transaction`` runs before a transaction is applied (a concurrent
+    writer); ``honours_if_match``: a stale ``ifMatch`` fails the whole transaction with 412."""
+
+    def __init__(self, *resources: dict[str, Any], honours_if_match: bool = False) -> None:
+        self.store = {(r["resourceType"], r["id"]): r for r in resources}
+        self.honours_if_match = honours_if_match
+        self.on_transaction: Any = None
+        self.transactions: list[list[dict[str, Any]]] = []
+        self.client = FhirClient(BASE, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        assert request.headers.get("Cache-Control") == "no-cache"  # every call asks for a fresh answer
+        if request.method == "GET":
+            rtype, rid = request.url.path.split("/")[-2:]
+            found = self.store.get((rtype, rid))
+            return httpx.Response(200, json=found) if found else httpx.Response(410, json={"resourceType": "OperationOutcome"})
+        bundle = json.loads(request.content)
+        if bundle["type"] == "batch":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome"})  # reads go one by one
+        return self.transaction([e["request"] for e in bundle["entry"]])
+
+    def transaction(self, entries: list[dict[str, Any]]) -> httpx.Response:
+        self.transactions.append(entries)
+        if self.on_transaction:
+            self.on_transaction()
+        keys = [tuple(e["url"].split("/")) for e in entries]
+        if self.honours_if_match and any(
+                e.get("ifMatch") and self.store.get(k) and e["ifMatch"] != f'W/"{self.store[k]["meta"]["versionId"]}"'
+                for e, k in zip(entries, keys)):
+            return httpx.Response(412, json={"resourceType": "OperationOutcome"})
+        wrote = [str(int(self.store[k]["meta"]["versionId"]) + 1) if k in self.store else "" for k in keys]
+        for key in keys:
+            self.store.pop(key, None)
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
+                                         "entry": [{"response": {"status": "204", "etag": w}} for w in wrote]})
+
+
+def deleter(upstream: Upstream, hard: bool = False) -> Deleter:
+    async def references_p1(resources: list[dict[str, Any]]) -> set[Key]:
+        return {(r["resourceType"], r["id"]) for r in resources if r["subject"]["reference"] == "Patient/p1"}
+
+    return Deleter(upstream.client, GENERIC, 10, asyncio.Semaphore(2), hard, references_p1)
+
+
+PLANNED = {("Observation", "a"): "1", ("Observation", "b"): "1", ("Observation", "c"): "1"}
+
+
+async def test_deletes_carry_the_version_examined_and_changed_resources_are_checked_again() -> None:
+    upstream = Upstream(obs("a", "1"), obs("b", "2", "Patient/p2"), obs("c", "2"))  # b and c changed
+    report = await deleter(upstream).delete(list(PLANNED), versions=PLANNED)
+    assert upstream.transactions == [[{"method": "DELETE", "url": "Observation/a", "ifMatch": 'W/"1"'},
+                                      {"method": "DELETE", "url": "Observation/c", "ifMatch": 'W/"2"'}]]
+    assert report.deleted == [("Observation", "a"), ("Observation", "c")]
+    assert report.changed == {("Observation", "b"): CHANGED}  # now Patient/p2's: kept
+    assert ("Observation", "b") in upstream.store
+
+
+async def test_what_is_gone_when_read_is_not_deleted_again() -> None:
+    upstream = Upstream(obs("a", "1"), obs("c", "1"))
+    report = await deleter(upstream).delete(list(PLANNED), versions=PLANNED)
+    assert report.already_gone == [("Observation", "b")]
+    assert [e["url"] for e in upstream.transactions[0]] == ["Observation/a", "Observation/c"]
+
+
+async def test_a_change_after_the_read_is_caught_where_the_upstream_honours_if_match() -> None:
+    upstream = Upstream(obs("a", "1"), obs("b", "1"), obs("c", "1"), honours_if_match=True)
+
+    def writer() -> None:  # moves b to another patient between the proxy's read and its delete
+        upstream.store[("Observation", "b")] = obs("b", "2", "Patient/p2")
+        upstream.on_transaction = None
+
+    upstream.on_transaction = writer
+    report = await deleter(upstream).delete(list(PLANNED), versions=PLANNED)
+    assert len(upstream.transactions) == 2  # refused (412), read again, b left out
+    assert [e["url"] for e in upstream.transactions[1]] == ["Observation/a", "Observation/c"]
+    assert report.changed == {("Observation", "b"): CHANGED}
+    assert upstream.store == {("Observation", "b"): obs("b", "2", "Patient/p2")}
+
+
+async def test_a_change_after_the_read_that_the_upstream_ignored_is_reported_and_not_hard_deleted() -> None:
+    """As on HAPI: ``ifMatch`` ignored, but the version its DELETE wrote shows what happened."""
+    upstream = Upstream(obs("a", "1"), obs("b", "1"), obs("c", "1"))
+
+    def writer() -> None:
+        upstream.store[("Observation", "b")] = obs("b", "2", "Patient/p2")
+        upstream.on_transaction = None
+
+    upstream.on_transaction = writer
+    hard_deleted: list[Key] = []
+    engine = deleter(upstream, hard=True)
+
+    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
+        hard_deleted.extend(keys)
+
+    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    report = await engine.delete(list(PLANNED), versions=PLANNED)
+    assert list(report.unexamined) == [("Observation", "b")]
+    assert "deleted in a later version the proxy never examined" in report.unexamined[("Observation", "b")]
+    assert hard_deleted == [("Observation", "a"), ("Observation", "c")]  # b's history stays, to restore it

@@ -1,0 +1,175 @@
+"""Exact erasure against stale searches and concurrent writers, on the real upstreams.
+
+HAPI serves a search from its cache for about a minute. A dry run followed by the real
+operation, or matches that change in between, must not make the proxy act on the stale answer:
+a resource changed so that it is no longer in scope survives byte for byte, a resource added in
+scope is deleted, and ``success`` is said only when a fresh search finds nothing left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import seed as seeds
+from tests.seed import ref
+from tests.test_purge import AUTH, TOKEN, proxy, purge, texts, upstream  # noqa: F401  (fixtures)
+
+FHIR = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
+FRESH = {**FHIR, "Cache-Control": "no-cache"}  # the test's own searches bypass HAPI's cache
+
+
+async def call(method: str, url: str, body: Any = None) -> tuple[int, dict[str, Any]]:
+    async with httpx.AsyncClient(timeout=600) as http:
+        answer = await http.request(method, url, json=body, headers=AUTH)
+    return answer.status_code, answer.json()
+
+
+def observation(oid: str, subject: str, code: str = "a") -> dict[str, Any]:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "subject": {"reference": subject},
+            "code": {"coding": [{"system": "http://example.org/codes", "code": code}]}}
+
+
+def moved(resource: dict[str, Any], subject: str) -> dict[str, Any]:
+    return {**{k: v for k, v in resource.items() if k != "meta"}, "subject": {"reference": subject}}
+
+
+def fresh_search(base: str, query: str) -> list[str]:
+    """Ids a cache-bypassing search finds now (every page)."""
+    found, url, params = [], f"{base}/{query.split('?')[0]}", dict([query.split("?")[1].split("=", 1)])
+    with httpx.Client(timeout=120) as http:
+        params["_count"] = "500"
+        while url:
+            bundle = http.get(url, params=params, headers=FRESH).json()
+            found += [e["resource"]["id"] for e in bundle.get("entry") or [] if (e.get("search") or {}).get("mode", "match") == "match"]
+            url, params = next((l["url"] for l in bundle.get("link") or [] if l["relation"] == "next"), ""), None
+    return found
+
+
+# --- (a) $purge after a dry run ------------------------------------------------------------------
+
+async def test_purge_after_a_dry_run_acts_on_the_current_state(proxy, upstream) -> None:
+    base = upstream[1]
+    seed = seeds.build(sizes={"Observation": 5, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    assert status == 200 and f"{len(seed.in_scope)} resource(s)" in plan["issue"][0]["diagnostics"], texts(plan)
+
+    first = next(r for r in seed.resources if r["id"] == f"{seed.patient}-obs0")
+    seeds.write(base, [moved(first, f"Patient/{seed.control}"),  # now the control patient's
+                       observation(f"{seed.patient}-late", f"Patient/{seed.patient}")])
+    kept = seed.untouchable + [("Observation", first["id"])]
+    before = seeds.snapshot(base, kept)
+
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert "Observation: 5 deleted" in texts(outcome)  # 4 of the seeded, and the late one
+    doomed = [k for k in seed.in_scope if k != ("Observation", first["id"])] + [("Observation", f"{seed.patient}-late")]
+    assert seeds.present(base, doomed) == []
+    assert seeds.snapshot(base, kept) == before  # the moved one and the control: byte-identical
+
+
+# --- (b) delete-expunge and conditional _expunge after a dry run -----------------------------------
+
+@pytest.mark.parametrize("how", ["operation", "conditional"])
+async def test_delete_expunge_after_a_dry_run_acts_on_the_current_state(proxy, upstream, how) -> None:
+    base, tag = upstream[1], seeds.new_tag()
+    owner = f"Patient/{tag}-p"
+    seeds.write(base, [{"resourceType": "Patient", "id": f"{tag}-p"}, {"resourceType": "Patient", "id": f"{tag}-c"},
+                       *[observation(f"{tag}-o{i}", owner) for i in range(3)],
+                       observation(f"{tag}-co", f"Patient/{tag}-c")])
+    query = f"Observation?subject={owner}&code=http://example.org/codes|a"
+    body = {"resourceType": "Parameters", "parameter": [{"name": "url", "valueString": query}]}
+    status, plan = await call("POST", f"{proxy}/$delete-expunge?dryRun=true", body)
+    assert status == 200 and "3 resource(s) would be deleted" in plan["issue"][0]["diagnostics"], texts(plan)
+
+    seeds.write(base, [observation(f"{tag}-o1", owner, code="b"),  # no longer matches the criteria
+                       observation(f"{tag}-late", owner)])  # matches, written after the dry run
+    kept = [("Observation", f"{tag}-o1"), ("Observation", f"{tag}-co"), ("Patient", f"{tag}-c")]
+    before = seeds.snapshot(base, kept)
+
+    if how == "operation":
+        status, outcome = await call("POST", f"{proxy}/$delete-expunge", body)
+    else:
+        status, outcome = await call("DELETE", f"{proxy}/{query}&_expunge=true")
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert "Observation: 3 deleted" in texts(outcome)
+    assert seeds.present(base, [("Observation", f"{tag}-{i}") for i in ("o0", "o2", "late")]) == []
+    assert seeds.snapshot(base, kept) == before
+
+
+# --- (c) cascade after a dry run -------------------------------------------------------------------
+
+async def test_cascade_after_a_dry_run_acts_on_the_current_state(proxy, upstream) -> None:
+    base, tag = upstream[1], seeds.new_tag()
+    owner = f"Patient/{tag}-p"
+    report = {"resourceType": "DiagnosticReport", "id": f"{tag}-dr", "status": "final", "code": {"text": "r"},
+              "result": [ref("Observation", f"{tag}-o")]}
+    seeds.write(base, [{"resourceType": "Patient", "id": f"{tag}-p"}, {"resourceType": "Patient", "id": f"{tag}-c"},
+                       observation(f"{tag}-o", owner), observation(f"{tag}-o2", owner), report])
+    status, plan = await call("DELETE", f"{proxy}/{owner}?_cascade=delete&_dryRun=true")
+    assert status == 200 and "4 resource(s) would be deleted" in plan["issue"][0]["diagnostics"], texts(plan)
+
+    seeds.write(base, [observation(f"{tag}-o", f"Patient/{tag}-c"),  # no longer references the target
+                       observation(f"{tag}-late", owner)])
+    kept = [("Observation", f"{tag}-o"), ("DiagnosticReport", f"{tag}-dr"), ("Patient", f"{tag}-c")]
+    before = seeds.snapshot(base, kept)
+
+    status, outcome = await call("DELETE", f"{proxy}/{owner}?_cascade=delete")
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert seeds.present(base, [("Patient", f"{tag}-p"), ("Observation", f"{tag}-o2"), ("Observation", f"{tag}-late")]) == []
+    assert seeds.snapshot(base, kept) == before
+
+
+# --- (d) a concurrent writer during a large purge on HAPI --------------------------------------------
+
+LARGE = {"Encounter": 50, "Observation": 2000, "DiagnosticReport": 100, "Condition": 200, "Procedure": 100}
+
+
+@pytest.mark.hapi
+async def test_a_concurrent_writer_cannot_make_the_purge_claim_success_falsely(make_proxy, hapi_base) -> None:
+    base = hapi_base
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"max_rounds": 20})
+    seed = seeds.build(sizes=LARGE, shared=False)
+    seeds.write(base, seed.resources, chunk=500)
+    before = seeds.snapshot(base, seed.untouchable)
+    task = asyncio.create_task(purge(proxy, seed.patient, query="?confirm=true"))
+    written = await _keep_writing(base, seed.patient, task)
+    status, outcome = await task
+
+    assert status == 200, outcome
+    assert written, "the writer must have added resources while the purge ran"
+    doomed = seed.in_scope + [("Observation", oid) for oid in written]
+    left = seeds.present(base, doomed)
+    found = {q: fresh_search(base, q) for q in (f"Observation?subject=Patient/{seed.patient}",
+                                                f"Condition?subject=Patient/{seed.patient}",
+                                                f"Patient?_id={seed.patient}")}
+    report = texts(outcome)
+    if outcome["issue"][0]["code"] == "success":
+        assert left == [] and not any(found.values()), report
+    deleted = len(doomed) - len(left)
+    assert f"({deleted} deleted)" in report or f": {deleted} deleted, {len(left)} in scope remain" in report, (deleted, left, report[:3000])
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+
+async def _keep_writing(base: str, patient: str, purge_task: asyncio.Task[Any]) -> list[str]:
+    """Add the patient's Observations while the purge runs; the ids the upstream accepted.
+
+    On HAPI a write that references the deleted Patient is refused, so writes end by themselves
+    once the purge has reached the Patient."""
+    written: list[str] = []
+    async with httpx.AsyncClient(timeout=60) as http:
+        await asyncio.sleep(2)
+        for i in itertools.count():
+            if purge_task.done():
+                break
+            oid = f"{patient}-w{i}"
+            answer = await http.put(f"{base}/Observation/{oid}", json=observation(oid, f"Patient/{patient}"), headers=FHIR)
+            if answer.status_code in (200, 201):
+                written.append(oid)
+            await asyncio.sleep(0.05)
+    return written
