@@ -16,7 +16,7 @@ import httpx
 
 from purgeproxy.engine.deletion import CHANGED, Deleter, DeletionReport
 from purgeproxy.fhir.client import FhirClient
-from purgeproxy.servers.base import GENERIC
+from purgeproxy.servers.registry import kind_named
 
 BASE = "http://upstream.test/fhir"
 Key = tuple[str, str]
@@ -69,7 +69,7 @@ def deleter(upstream: Upstream, hard: bool = False) -> Deleter:
     async def references_p1(resources: list[dict[str, Any]]) -> set[Key]:
         return {(r["resourceType"], r["id"]) for r in resources if r["subject"]["reference"] == "Patient/p1"}
 
-    return Deleter(upstream.client, GENERIC, 10, asyncio.Semaphore(2), hard, references_p1)
+    return Deleter(upstream.client, kind_named("generic"), 10, asyncio.Semaphore(2), hard, references_p1)
 
 
 PLANNED = {("Observation", "a"): "1", ("Observation", "b"): "1", ("Observation", "c"): "1"}

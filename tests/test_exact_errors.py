@@ -26,7 +26,7 @@ from purgeproxy.engine.deletion import Deleter, DeletionReport
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.jobs.store import Job
 from purgeproxy.operations import purge_job
-from purgeproxy.servers.base import HAPI
+from purgeproxy.servers.registry import kind_named
 from purgeproxy.servers.profile import ProfileCache
 from tests import seed as seeds
 from tests.conftest import config_for
@@ -331,6 +331,16 @@ def _conflict(blocked: str, blocker: str) -> httpx.Response:
                        f"resource. First reference found was resource {blocker} in path Observation.subject"}]})
 
 
+VERSION_1 = {("Observation", "bad"): "1", ("Patient", "p1"): "1"}
+
+
+def _readable(router: respx.Router, *refs: str) -> None:
+    """Each resource reads back in version 1, the version the deleter was told it examined."""
+    for ref in refs:
+        rtype, rid = ref.split("/")
+        router.get(f"{BASE}/{ref}").respond(200, json={"resourceType": rtype, "id": rid, "meta": {"versionId": "1"}})
+
+
 async def test_a_blocker_that_failed_itself_is_not_labelled_out_of_scope(client) -> None:
     """HAPI-shaped 409s: Observation/bad cannot be deleted (500), and it blocks Patient/p1."""
     with respx.mock(assert_all_called=False) as router:
@@ -341,17 +351,17 @@ async def test_a_blocker_that_failed_itself_is_not_labelled_out_of_scope(client)
             return _conflict("Patient/p1", "Observation/bad" if "Patient/p1" in urls else "Task/t1")
 
         router.post(BASE).mock(side_effect=transaction)
+        _readable(router, "Observation/bad", "Patient/p1")
         router.delete(f"{BASE}/Observation/bad").respond(500, json=OUTCOME)
-        report = DeletionReport()
-        deleter = Deleter(client, HAPI, 10, asyncio.Semaphore(2), hard_delete=False)
-        failed = await deleter._batch([("Observation", "bad")], [], report)
-        assert failed == [] and ("Observation", "bad") in report.failed
-        await deleter._batch([("Patient", "p1")], [], report)
+        deleter = Deleter(client, kind_named("hapi"), 1, asyncio.Semaphore(2), hard_delete=False)
+        report = await deleter.delete([("Observation", "bad"), ("Patient", "p1")], versions=VERSION_1)
+    assert ("Observation", "bad") in report.failed
     assert report.blocked[("Patient", "p1")] == "still referenced by Observation/bad (itself not deleted)"
-    other = DeletionReport()
     with respx.mock(assert_all_called=False) as router:
         router.post(BASE).mock(return_value=_conflict("Patient/p1", "Task/t1"))
-        await Deleter(client, HAPI, 10, asyncio.Semaphore(2), hard_delete=False)._batch([("Patient", "p1")], [], other)
+        _readable(router, "Patient/p1")
+        deleter = Deleter(client, kind_named("hapi"), 10, asyncio.Semaphore(2), hard_delete=False)
+        other = await deleter.delete([("Patient", "p1")], versions=VERSION_1)
     assert "out of scope" not in other.blocked[("Patient", "p1")]
     assert other.blocked[("Patient", "p1")].startswith("still referenced by Task/t1 (not planned for deletion")
 
