@@ -140,7 +140,7 @@ async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, 
         found_by.update(dict.fromkeys(found, index))
     await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed,
                  versions_of(matches), _still_matching(ctx, searches, found_by))
-    if not dry_run and matches:
+    if not dry_run and matches and removal.interruption is None:
         await _measure_remaining(ctx, searches, removal)
     return removal
 
