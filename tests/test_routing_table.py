@@ -382,6 +382,22 @@ async def test_expunge_everything_is_authorized_as_the_purge_it_becomes(make_pro
         assert other.status_code == 403
 
 
+async def test_a_cascade_with_expunge_is_authorized_as_an_expunge_too(make_proxy, scripted, monkeypatch) -> None:
+    from tests.fake_upstream import BASE, writes
+
+    monkeypatch.setenv("ROUTING_CASCADE_ONLY", "token-allowed-cascade-only")
+    proxy = await make_proxy(BASE, auth={"tokens": [{"name": "cascader", "token": {"env": "ROUTING_CASCADE_ONLY"},
+                                                     "operations": ["cascade-delete"]}]})
+    async with httpx.AsyncClient() as http:
+        plain = await send(http, proxy, Req("DELETE", "Patient/p1", "_cascade=delete&_dryRun=true"),
+                           "token-allowed-cascade-only")
+        hard = await send(http, proxy, Req("DELETE", "Patient/p1", "_cascade=delete&_expunge=true&_dryRun=true"),
+                          "token-allowed-cascade-only")
+    assert plain.status_code == 200, plain.text
+    assert hard.status_code == 403 and "$expunge" in hard.json()["issue"][0]["diagnostics"], hard.text
+    assert writes(scripted) == []
+
+
 PROTECTED = [
     Req("DELETE", "AuditEvent/a1", "_cascade=delete&_expunge=true"),
     Req("DELETE", "AuditEvent/a1", "_cascade=delete"),

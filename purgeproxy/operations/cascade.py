@@ -18,6 +18,7 @@ from purgeproxy.classify import Operation
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context, Refused
+from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
 from purgeproxy.operations.vendor import answer, check_type, resource_key, run
 
@@ -64,7 +65,8 @@ async def instance(request: web.Request) -> web.StreamResponse:
         _cascade_mode(request)
         parse_query(request.query, CONTROL)
         hard = _flag(request, "_expunge")
-        if hard:
+        if hard:  # what is done is also an expunge: authorized as one too
+            await caller_of(request, "$expunge")
             ctx.require_hard_delete_possible()
         rounds = request.app[CONFIG].cascade.max_rounds
         removal = await cascade_delete(ctx, key, rounds, _flag(request, "_dryRun"), hard,
