@@ -99,6 +99,10 @@ class Passthrough(_Strict):
     rewrite_max_bytes: int = Field(
         32 * 1024 * 1024, ge=0, description="larger Bundles stream through unrewritten"
     )
+    inspect_max_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024,
+        description="bodies posted to the base are read and their Bundle entries classified; larger: 413",
+    )
 
 
 Operation = Literal["$purge", "$erase", "$expunge", "cascade-delete", "$delete-expunge"]

@@ -1,6 +1,8 @@
 """The streaming pass-through: every request that is not one of the proxy's own operations.
 
-A byte pipe with header rules. Bodies stream in both directions through fixed-size chunks, so
+Nothing is forwarded before :func:`purgeproxy.classify.classify` calls it ordinary: a destructive
+request in any spelling the proxy's routes did not take is refused here, never sent upstream.
+Otherwise a byte pipe with header rules. Bodies stream in both directions through fixed-size chunks, so
 memory does not grow with body size. The only FHIR knowledge here is the optional rewrite of
 upstream URLs in searchset/history Bundles, which needs the whole (bounded) body.
 
@@ -20,6 +22,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from purgeproxy.access_log import REQUEST_ID, UPSTREAM_STATUS, outcome_response
+from purgeproxy.classify import Inspect, Operation, Ordinary, Refused, Verdict, classify, classify_body
 from purgeproxy.config import Config
 from purgeproxy.fhir.outcome import (
     UPSTREAM_MALFORMED,
@@ -54,9 +57,15 @@ class Mount:
     def public_base(self, request: web.Request) -> str:
         return self.public_url or f"{request.scheme}://{request.host}{self.base_path}"
 
-    def remainder(self, request: web.Request) -> str:
-        """The raw path and query after the base, exactly as the client encoded them."""
-        return request.raw_path[len(self.base_path):]
+    def remainder(self, request: web.Request) -> str | None:
+        """The raw path and query after the base, exactly as the client encoded them; None when
+        the raw path does not start with the base literally (``/fhi%72/...``): the router matched
+        the decoded path, and cutting the base off the encoded one would forward another request."""
+        raw = request.raw_path
+        rest = raw[len(self.base_path):]
+        if not raw.startswith(self.base_path) or rest[:1] not in ("", "/", "?"):
+            return None
+        return rest
 
     def rewriter(self, request: web.Request) -> UrlRewriter:
         return UrlRewriter(self.upstream_base, self.public_base(request))
@@ -76,22 +85,63 @@ class Passthrough:
         self.session = session
         self.rewrite_types = frozenset(config.passthrough.rewrite_bundle_types)
         self.rewrite_max = config.passthrough.rewrite_max_bytes
+        self.inspect_max = config.passthrough.inspect_max_bytes
+
+    def verdict(self, request: web.Request) -> Verdict:
+        """The routing rule's verdict on this request, from its raw (still encoded) target."""
+        return self._verdict(request, self.mount.remainder(request))
+
+    def _verdict(self, request: web.Request, remainder: str | None) -> Verdict:
+        if remainder is None:
+            return Refused(400, "invalid", f"the path must begin with {self.mount.base_path} exactly, "
+                           "not percent-encoded; nothing was forwarded to the upstream")
+        reason = unsafe_path_reason(remainder)
+        if reason:
+            return Refused(400, "invalid", reason)
+        path, _, query = remainder.partition("?")
+        return classify(request.method, path, query, request.headers)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        reason = unsafe_path_reason(self.mount.remainder(request))
-        if reason:
-            return outcome_response(400, "invalid", reason)
-        return await self._forward(request, request[REQUEST_ID])
+        """Forward an ordinary request; answer anything else with an OperationOutcome."""
+        remainder = self.mount.remainder(request)
+        verdict = self._verdict(request, remainder)
+        body: bytes | None = None
+        if isinstance(verdict, Inspect):
+            body = await self._inspected_body(request)
+            verdict = classify_body(body) if body is not None else Refused(
+                413, "too-costly", f"a body posted to the base is checked for destructive Bundle "
+                f"entries and may be at most {self.inspect_max} bytes (passthrough.inspect_max_bytes)")
+        if isinstance(verdict, Ordinary) and remainder is not None:
+            return await self._forward(request, remainder, body)
+        return refusal_response(verdict)
 
-    async def _forward(self, request: web.Request, rid: str) -> web.StreamResponse:
-        url = URL(self.mount.upstream_base + self.mount.remainder(request), encoded=True)
-        headers = upstream_request_headers(request.headers, self.mount.client(request, rid))
+    async def _inspected_body(self, request: web.Request) -> bytes | None:
+        """The whole body, or None past ``inspect_max`` (without reading more than that)."""
+        if request.content_length is not None and request.content_length > self.inspect_max:
+            return None
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > self.inspect_max:
+                return None
+        return b"".join(parts)
+
+    async def _forward(self, request: web.Request, remainder: str, body: bytes | None) -> web.StreamResponse:
+        """Exactly the request that was classified: the same raw path, query and body."""
+        url = URL(self.mount.upstream_base + remainder, encoded=True)
+        headers = upstream_request_headers(request.headers, self.mount.client(request, request[REQUEST_ID]))
+        if body is not None:
+            data: bytes | aiohttp.StreamReader | None = body
+        else:
+            data = request.content if request.body_exists else None
         try:
             upstream = await self.session.request(
                 request.method,
                 url,
                 headers=headers,
-                data=request.content if request.body_exists else None,
+                data=data,
                 skip_auto_headers=_NO_AUTO_HEADERS,
                 allow_redirects=False,
                 compress=None,
@@ -178,6 +228,17 @@ class Passthrough:
             response.force_close()
             if request.transport is not None:
                 request.transport.abort()
+
+
+def refusal_response(verdict: Verdict) -> web.Response:
+    """The OperationOutcome for a request the rule does not let through. An ``Operation`` here
+    means the proxy's route did not take it (another method or spelling): refused, not guessed."""
+    if not isinstance(verdict, Refused):
+        name = verdict.name if isinstance(verdict, Operation) else "this request"
+        verdict = Refused(400, "invalid", f"{name} is not accepted in this form; nothing was "
+                          "forwarded to the upstream")
+    extra = {"expression": [verdict.expression]} if verdict.expression else {}
+    return outcome_response(verdict.status, verdict.code, verdict.text, **extra)
 
 
 async def _read_at_most(upstream: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -15,9 +15,11 @@ from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, PASSTHROUGH
 from purgeproxy.auth import Caller
+from purgeproxy.classify import Operation
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context, Refused
+from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
 from purgeproxy.operations.vendor import answer, check_type, resource_key, run
 
@@ -50,14 +52,20 @@ def _cascade_mode(request: web.Request) -> None:
             raise BadRequest(400, "invalid", "the only cascade mode is 'delete'", "_cascade")
 
 
+def _destructive(request: web.Request) -> bool:
+    """The routing rule decides (:mod:`purgeproxy.classify`); the pass-through refuses what it
+    calls destructive but the proxy does not carry out, so the two can never disagree unsafely."""
+    return isinstance(request.app[PASSTHROUGH].verdict(request), Operation)
+
+
 async def instance(request: web.Request) -> web.StreamResponse:
     """``DELETE <Type>/<id>``: a cascade when asked for, otherwise the pass-through."""
-    if not wants_cascade(request) and "_expunge" not in request.query:
+    if not _destructive(request):
         return await request.app[PASSTHROUGH].handle(request)
 
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
         ctx = underscored(ctx)
-        key = resource_key(request, ctx.profile.definitions.resource_types)
+        key = resource_key(request, ctx)
         if not wants_cascade(request):
             raise Refused(422, "not-supported", "_expunge=true applies to conditional deletes "
                           "(DELETE Type?criteria&_expunge=true); to remove one resource permanently "
@@ -65,7 +73,8 @@ async def instance(request: web.Request) -> web.StreamResponse:
         _cascade_mode(request)
         parse_query(request.query, CONTROL)
         hard = _flag(request, "_expunge")
-        if hard:
+        if hard:  # what is done is also an expunge: authorized as one too
+            await caller_of(request, "$expunge")
             ctx.require_hard_delete_possible()
         rounds = request.app[CONFIG].cascade.max_rounds
         removal = await cascade_delete(ctx, key, rounds, _flag(request, "_dryRun"), hard,
@@ -77,13 +86,13 @@ async def instance(request: web.Request) -> web.StreamResponse:
 
 async def conditional(request: web.Request) -> web.StreamResponse:
     """``DELETE <Type>?criteria``: delete-expunge with ``_expunge=true``, otherwise pass-through."""
-    if not wants_cascade(request) and "_expunge" not in request.query:
+    if not _destructive(request):
         return await request.app[PASSTHROUGH].handle(request)
 
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
         ctx = underscored(ctx)
         rtype = request.match_info["type"]
-        check_type(rtype, ctx.profile.definitions.resource_types)
+        check_type(rtype, ctx)
         if wants_cascade(request):
             raise Refused(422, "not-supported", "cascading conditional deletes are not supported: "
                           "cascade one resource at a time (DELETE Type/id?_cascade=delete); nothing was deleted")

@@ -17,7 +17,7 @@ from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.delete_expunge import delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context
 from purgeproxy.operations.params import BadRequest
-from purgeproxy.operations.vendor import answer, operation_input, run
+from purgeproxy.operations.vendor import answer, check_type, operation_input, run
 
 OPERATION = "$delete-expunge"
 ADVERTISED = AdvertisedOperation(
@@ -33,6 +33,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if not urls:
             raise BadRequest(400, "required", "at least one url parameter (Type?criteria) is required", "url")
         searches = [parse_criteria(url, ctx.profile.definitions.resource_types) for url in urls]
+        for search in searches:
+            check_type(search.rtype, ctx)
         config = request.app[CONFIG]
         if values.get("batchSize"):
             ctx = replace(ctx, batch_size=min(values["batchSize"], config.purge.batch_size))

@@ -25,7 +25,7 @@ SPEC = {"dryRun": "boolean"}
 
 async def handle(request: web.Request) -> web.StreamResponse:
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
-        key = resource_key(request, ctx.profile.definitions.resource_types)
+        key = resource_key(request, ctx)
         version = version_of(request) if "vid" in request.match_info else None
         dry_run = bool((await operation_input(request, SPEC)).get("dryRun"))
         if version is None:

@@ -27,6 +27,7 @@ from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.removal import Context, Refused
 from purgeproxy.engine.removal_report import expunge_parameters
 from purgeproxy.operations.async_status import kick_off
+from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.vendor import (
     answer,
     check_type,
@@ -53,7 +54,7 @@ def options_from(values: dict[str, Any]) -> ExpungeOptions:
 
 async def instance(request: web.Request) -> web.StreamResponse:
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
-        key = resource_key(request, ctx.profile.definitions.resource_types)
+        key = resource_key(request, ctx)
         values = await operation_input(request, SPEC)
         dry_run, options = bool(values.get("dryRun")), options_from(values)
         if values.get("everything"):
@@ -71,7 +72,10 @@ async def instance(request: web.Request) -> web.StreamResponse:
 async def _everything(request: web.Request, ctx: Context, caller: Caller, key: tuple[str, str],
                       dry_run: bool, options: ExpungeOptions) -> web.StreamResponse:
     """Medplum's ``everything=true``: asynchronous as on Medplum, a ``$purge`` job of the Patient
-    compartment (same engine, same job store, same status URL and answer)."""
+    compartment (same engine, same job store, same status URL and answer). What is done is a
+    purge, so the caller needs ``$purge`` as well as ``$expunge``: a name is not a privilege, and
+    the job's status URL (authorized as ``$purge``) stays readable by whoever created it."""
+    await caller_of(request, "$purge")
     if key[0] != "Patient":
         raise Refused(422, "not-supported", f"everything=true is supported for the Patient compartment "
                       f"only, not {key[0]}; nothing was deleted")
@@ -87,7 +91,7 @@ async def _everything(request: web.Request, ctx: Context, caller: Caller, key: t
 async def version(request: web.Request) -> web.StreamResponse:
     """``<Type>/<id>/_history/<vid>/$expunge``: that one (non-current) version, as on HAPI."""
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
-        key = resource_key(request, ctx.profile.definitions.resource_types)
+        key = resource_key(request, ctx)
         vid = version_of(request)
         values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI[1:3])})
         removal = await expunge_version(ctx, key, vid, bool(values.get("dryRun")))
@@ -101,7 +105,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
         rtype = request.match_info.get("type")
         if rtype is not None:
-            check_type(rtype, ctx.profile.definitions.resource_types)
+            check_type(rtype, ctx)
         values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI)})
         allow = request.app[CONFIG].expunge.allow_everything
         removal = await expunge_bulk(ctx, rtype, options_from(values), bool(values.get("dryRun")), allow)

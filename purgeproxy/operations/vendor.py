@@ -22,7 +22,7 @@ from purgeproxy.app_keys import (
     UPSTREAM_LIMIT,
 )
 from purgeproxy.auth import Caller
-from purgeproxy.engine.removal import Context, Removal
+from purgeproxy.engine.removal import Context, Refused, Removal
 from purgeproxy.engine.removal_report import removal_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
@@ -59,18 +59,30 @@ def answer(caller: Caller, removal: Removal, body: dict[str, Any] | None = None)
     return web.Response(status=status, text=json.dumps(body or removal_outcome(removal)), content_type=FHIR_JSON)
 
 
-def resource_key(request: web.Request, resource_types: frozenset[str]) -> Key:
-    """The (type, id) of an instance-level URL, refused when either is not valid."""
+AUDIT_TYPES = frozenset({"AuditEvent"})  # protected whatever purge.excluded_types says
+
+
+def resource_key(request: web.Request, ctx: Context) -> Key:
+    """The (type, id) of an instance-level URL, refused when either is not valid or the type is
+    protected."""
     rtype, rid = request.match_info["type"], request.match_info.get("id", "")
-    check_type(rtype, resource_types)
+    check_type(rtype, ctx)
     if not is_valid_id(rid):
         raise BadRequest(400, "invalid", "the resource id does not match the FHIR id rule", "id")
     return rtype, rid
 
 
-def check_type(rtype: str, resource_types: frozenset[str]) -> None:
-    if rtype not in resource_types:
+def check_type(rtype: str, ctx: Context) -> None:
+    """A destructive operation's target type: known to the FHIR version and not protected. The one
+    protected-target check of every operation ($erase, $expunge, cascade, delete-expunge)."""
+    if rtype not in ctx.profile.definitions.resource_types:
         raise BadRequest(400, "invalid", f"'{rtype}' is not a resource type of this server's FHIR version")
+    if rtype in AUDIT_TYPES:
+        raise Refused(422, "business-rule", f"{rtype} is never a target of a destructive operation: "
+                      "the audit trail is never erased; nothing was deleted")
+    if rtype in ctx.excluded_types:
+        raise Refused(422, "business-rule", f"{rtype} is an excluded type (purge.excluded_types) and is "
+                      "never a target of a destructive operation; nothing was deleted")
 
 
 def version_of(request: web.Request) -> str:
