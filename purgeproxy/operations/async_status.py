@@ -15,10 +15,10 @@ from typing import Any
 from aiohttp import web
 
 from purgeproxy.access_log import outcome_response
-from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
+from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
 from purgeproxy.auth import Denied
 from purgeproxy.fhir.outcome import FHIR_JSON, issue, outcome
-from purgeproxy.jobs.store import CANCELLED, Job
+from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of, refuse
 from purgeproxy.operations.params import BadRequest
 
@@ -46,9 +46,15 @@ def _informational(status: int, text: str, headers: dict[str, str]) -> web.Respo
 
 async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
                    what: str) -> web.Response:
-    """Store the job (or find the active one for ``target``) and answer 202 with its status URL."""
-    job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
-                                                       f"{operation} {target}", payload)
+    """Store the job (or find the active one for ``target``) and answer 202 with its status URL;
+    429 when the caller (``payload["caller"]``) or the whole store has too many jobs active."""
+    limits = request.app[CALLER_LIMITS]
+    quota = Quota(payload["caller"], limits.free(payload["caller"]), request.app[CONFIG].jobs.max_queued)
+    try:
+        job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
+                                                           f"{operation} {target}", payload, quota)
+    except QuotaExceeded as full:
+        return refuse(limits.caller_refusal() if full.which == "caller" else limits.queue_refusal(full.limit))
     if created:
         request.app[JOB_WORKERS].notify()
     url = status_url(request, job.id)
