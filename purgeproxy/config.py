@@ -182,8 +182,20 @@ class Auth(_Strict):
         {}, description="scopes that allow an operation (any one); default: SMART v2 and vendor scopes"
     )
     insecure_allow_all: bool = Field(False, description="anyone may run anything: demos only")
-    max_concurrent_per_caller: int = Field(2, ge=1, description="destructive operations in flight")
-    retry_after_seconds: int = Field(10, ge=1, description="Retry-After of the 429 past that limit")
+    max_concurrent_per_caller: int = Field(2, ge=1, description="destructive operations in flight "
+                                           "or queued as jobs, per caller")
+    retry_after_seconds: int = Field(10, ge=1, description="Retry-After of the 429 past a limit")
+
+    @field_validator("scopes")
+    @classmethod
+    def _patient_scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """A SMART ``patient/`` scope is tied to the token's patient, which only ``$purge`` (one
+        Patient's compartment, named in the URL) can check; elsewhere it would reach anyone's."""
+        for operation, scopes in value.items():
+            if operation != "$purge" and any(scope.startswith("patient/") for scope in scopes):
+                raise ValueError(f"{operation}: patient/ scopes are supported for $purge only, "
+                                 "where they reach the token's own patient")
+        return value
 
 
 class UpstreamAuth(_Strict):

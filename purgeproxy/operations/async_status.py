@@ -84,7 +84,8 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job | 
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
     try:
-        await caller_of(request, job.operation if job else "$purge", destructive=False)
+        await caller_of(request, job.operation if job else "$purge", destructive=False,
+                        patient=job.payload.get("request", {}).get("patient_id") if job else None)
     except (BadRequest, Denied) as problem:
         return refuse(problem)
     if job is None:

@@ -52,7 +52,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     patient_id = request.match_info["id"]
     if not is_valid_id(patient_id):
         raise BadRequest(400, "invalid", "the patient id does not match the FHIR id rule", "id")
-    caller = await caller_of(request, "$purge")
+    caller = await caller_of(request, "$purge", patient=patient_id)
     body = await bounded_body(request) if request.method == "POST" else b""
     given = parse_purge(request.query, body, request.content_type)
     profile = await request.app[PROFILE].get()
