@@ -97,3 +97,16 @@ async def test_the_whole_queue_is_bounded(make_proxy: Any, medplum_base: str, tm
     assert (await kick_off(proxy, _patient(), headers=OTHER_ASYNC)).status_code == 202
     for headers in (ASYNC, OTHER_ASYNC):
         _throttled(await kick_off(proxy, _patient(), headers=headers), "7")
+
+
+async def test_a_synchronous_operation_counts_the_callers_queued_jobs(
+        make_proxy: Any, medplum_base: str, tmp_path: Path) -> None:
+    proxy = await make_proxy(medplum_base, **_two_callers(str(tmp_path / "jobs.sqlite3"), per_caller=1))
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    seeds.write(medplum_base, seed.resources)
+    assert (await kick_off(proxy, _patient())).status_code == 202
+    _throttled(await kick_off(proxy, seed.patient, headers=AUTH), "7")  # synchronous, same caller
+    assert seeds.present(medplum_base, seed.in_scope) == seed.in_scope
+    other = {"Authorization": f"Bearer {OTHER}"}
+    assert (await kick_off(proxy, seed.patient, headers=other)).status_code == 200
+    assert seeds.present(medplum_base, seed.in_scope) == []

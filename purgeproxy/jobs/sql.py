@@ -128,6 +128,9 @@ class SqlJobStore(JobStore):
         found = await self.rows(GET, id=job_id)
         return job_from_row(found[0]) if found else None
 
+    async def active_jobs(self, caller: str) -> int:
+        return int((await self.rows(ACTIVE_COUNTS, caller=caller))[0]["mine"])
+
     async def claim(self, owner: str, lease_seconds: float) -> Job | None:
         claimed = await self.rows(CLAIM, owner=owner, lease=float(lease_seconds))
         return job_from_row(claimed[0]) if claimed else None

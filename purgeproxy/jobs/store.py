@@ -94,6 +94,10 @@ class JobStore(ABC):
     async def get(self, job_id: str) -> Job | None: ...
 
     @abstractmethod
+    async def active_jobs(self, caller: str) -> int:
+        """Jobs of ``caller`` queued or running, on every replica."""
+
+    @abstractmethod
     async def claim(self, owner: str, lease_seconds: float) -> Job | None:
         """Take the oldest active job whose lease is free or expired; at most one claimer wins."""
 

@@ -12,6 +12,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    JOB_STORE,
     PROFILE,
     UPSTREAM_LIMIT,
 )
@@ -97,7 +98,7 @@ async def handle(request: web.Request) -> web.Response:
     engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
                          request.app[UPSTREAM_LIMIT])
     try:
-        with request.app[CALLER_LIMITS].hold(caller.name):
+        with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
             result = await engine.run(purge_request)
     except UpstreamError as failure:
         return outcome_response(failure.status, failure.code, failure.text)

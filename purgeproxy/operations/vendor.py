@@ -19,6 +19,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    JOB_STORE,
     PROFILE,
     UPSTREAM_LIMIT,
 )
@@ -51,7 +52,7 @@ async def run(request: web.Request, operation: str, work: Work) -> web.StreamRes
     every failure becomes the right OperationOutcome (inside the slot: no exception crosses it)."""
     try:
         caller = await caller_of(request, operation)
-        with request.app[CALLER_LIMITS].hold(caller.name):
+        with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
             return await _answered(request, work, caller)
     except (BadRequest, Denied) as problem:
         return refuse(problem)

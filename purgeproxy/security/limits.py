@@ -1,8 +1,9 @@
 """At most N destructive operations in flight per caller: one runaway script must not occupy
 the upstream (or every slot of ``purge.concurrency``) for everybody else.
 
-Synchronous operations are counted here, in this process; asynchronous jobs are counted in the
-job store (queued and running, on every replica), less the caller's synchronous ones here."""
+Synchronous operations are counted here, in this process; asynchronous jobs (queued and running,
+on every replica) are counted in the job store. Each side checks the sum: a synchronous operation
+is given the caller's active jobs, a new job the caller's free slots here."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ class CallerLimits:
                            "retry later", code="throttled", retry_after=self.retry_after)
 
     @contextmanager
-    def hold(self, caller: str) -> Iterator[None]:
-        """A slot for ``caller`` while the block runs, or ``Denied`` 429 with Retry-After."""
-        if self._running[caller] >= self.maximum:
+    def hold(self, caller: str, jobs: int = 0) -> Iterator[None]:
+        """A slot for ``caller`` (who has ``jobs`` queued or running) while the block runs, or
+        ``Denied`` 429 with Retry-After."""
+        if self._running[caller] + jobs >= self.maximum:
             raise self.caller_refusal()
         self._running[caller] += 1
         try:
