@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-_BEARER = re.compile(r"(?i)\b(bearer|basic)\s+[^\s'\",]+")
+_BEARER = re.compile(r"(?i)\b(?:bearer|basic)\s+[^\s'\",]+")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 
 
@@ -78,5 +78,5 @@ def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
     event.pop("stack_info", None)
     for key, value in event.items():
         if isinstance(value, str) and key not in ("timestamp", "frames"):
-            event[key] = _QUERY.sub("?[redacted]", _BEARER.sub(r"\1 [redacted]", value))
+            event[key] = _QUERY.sub("?[redacted]", _BEARER.sub("[redacted credentials]", value))
     return event

@@ -79,3 +79,16 @@ def test_parser_errors_from_purgeproxy_serve(tmp_path: Path) -> None:
     assert not any(secret in text for secret in SECRETS) and "Bearer" not in text, text[-3000:]
     lines = [json.loads(line) for line in text.splitlines()]  # every line is one JSON object
     assert sum(1 for line in lines if line["event"] == "http_error") == len(REQUESTS)
+
+
+def test_redaction_keeps_the_type_and_frames_of_an_exception_but_not_its_message() -> None:
+    from purgeproxy.logs import redact
+
+    try:
+        raise ValueError(f"no patient named {NAME}")
+    except ValueError as error:
+        event = redact(None, "error", {"event": f"GET /fhir/Patient?name={NAME} Authorization: Bearer {TOKEN}",
+                                       "exc_info": error})
+    assert event["error"] == "ValueError" and "test_parser_errors.py" in event["frames"][0]
+    assert not any(secret in json.dumps(event) for secret in SECRETS) and "exc_info" not in event
+    assert event["event"] == "GET /fhir/Patient?[redacted] Authorization: [redacted credentials]"
