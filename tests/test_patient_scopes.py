@@ -11,8 +11,20 @@ import httpx
 import pytest
 
 from purgeproxy.config import ConfigError, parse_config
+from tests import log_capture
 from tests import seed as seeds
-from tests.test_auth import AUDIENCE, ISSUER, SIGNING_KEY, public_jwk, token
+from tests.fake_upstream import BASE, writes
+from tests.test_auth import (  # noqa: F401  (issuer, upstream: fixtures)
+    AUDIENCE,
+    ISSUER,
+    SIGNING_KEY,
+    introspection_policy,
+    issuer,
+    public_jwk,
+    purge,
+    token,
+    upstream,
+)
 from tests.test_purge import AUTH, TOKEN
 
 SCOPE = "patient/Patient.$purge"
@@ -79,3 +91,16 @@ async def test_a_broad_scope_is_not_narrowed(make_proxy: Any, medplum_base: str)
 def test_patient_scopes_for_other_operations_are_refused_at_load(operation: str, scope: str) -> None:
     with pytest.raises(ConfigError, match="patient/"):
         parse_config({"upstream": {"url": "http://u/fhir"}, "auth": {"scopes": {operation: [scope]}}})
+
+
+async def test_introspected_tokens_carry_their_patient_too(make_proxy, upstream, issuer, monkeypatch) -> None:
+    policy = {**introspection_policy(issuer, monkeypatch), "scopes": {"$purge": [SCOPE]}}
+    proxy = await make_proxy(BASE, auth=policy)
+    log_capture.register_secret("opaque-p1", "opaque-p2", "opaque-none")
+    issuer["active"] = {name: {"active": True, "sub": "app", "aud": AUDIENCE, "scope": SCOPE, **extra}
+                        for name, extra in [("opaque-p1", {"patient": "p1"}), ("opaque-p2", {"patient": "p2"}),
+                                            ("opaque-none", {})]}
+    assert (await purge(proxy, "opaque-p1")).status_code == 200  # Patient/p1/$purge?dryRun=true
+    for other in ("opaque-p2", "opaque-none"):
+        assert (await purge(proxy, other)).status_code == 403
+    assert not writes(upstream)
