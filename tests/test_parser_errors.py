@@ -82,13 +82,13 @@ def test_parser_errors_from_purgeproxy_serve(tmp_path: Path) -> None:
 
 
 def test_redaction_keeps_the_type_and_frames_of_an_exception_but_not_its_message() -> None:
-    from purgeproxy.logs import redact
+    from purgeproxy.logs import exception_frames, redact
 
     try:
         raise ValueError(f"no patient named {NAME}")
     except ValueError as error:
-        event = redact(None, "error", {"event": f"GET /fhir/Patient?name={NAME} Authorization: Bearer {TOKEN}",
-                                       "exc_info": error})
+        event = redact(None, "error", exception_frames(None, "error", {
+            "event": f"GET /fhir/Patient?name={NAME} Authorization: Bearer {TOKEN}", "exc_info": error}))
     assert event["error"] == "ValueError" and "test_parser_errors.py" in event["frames"][0]
     assert not any(secret in json.dumps(event) for secret in SECRETS) and "exc_info" not in event
     assert event["event"] == "GET /fhir/Patient?[redacted] Authorization: [redacted credentials]"
