@@ -81,8 +81,11 @@ class Mount:
         return UrlRewriter(self.upstream_base, self.public_base(request))
 
     def client(self, request: web.Request, rid: str) -> Client:
+        """Who called, and the public base (host, scheme, path) for upstreams that build links
+        from the forwarded headers."""
         peer = request.remote or "unknown"
-        return Client(peer, *self.origin(request), self.base_path, rid)
+        prefix = URL(self.public_url).path.rstrip("/") if self.public_url else self.base_path
+        return Client(peer, *self.origin(request), prefix, rid)
 
 
 def _listening_address(request: web.Request) -> str:

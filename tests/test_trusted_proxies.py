@@ -80,3 +80,27 @@ def test_trusted_peers() -> None:
     assert is_trusted("10.2.3.4", nets) and is_trusted("fd00::1", nets)
     assert not is_trusted("192.0.2.1", nets) and not is_trusted(None, nets) and not is_trusted("x", nets)
     assert forwarded_origin(_headers(X_Forwarded_Host="[::1]:8443")) == ("http", "[::1]:8443")
+
+
+async def _seen_upstream(medplum_base: str, request_id: str) -> dict[str, str]:
+    async with httpx.AsyncClient(timeout=60) as http:
+        seen = (await http.get(medplum_base.replace("/fhir", "/__debug/last-requests"))).json()
+    return next(r for r in reversed(seen) if r["headers"].get("x-request-id") == request_id)["headers"]
+
+
+@pytest.mark.parametrize("server, expected", [
+    ({}, None),
+    ({"public_url": "https://fhir.example/api"}, ("https", "fhir.example", "/api")),
+    ({"trusted_proxies": ["127.0.0.1/32"]}, ("https", "lb.example", "/fhir")),
+])
+async def test_the_upstream_is_told_the_same_public_base(make_proxy: Any, medplum_base: str,
+                                                         server: dict[str, Any], expected: Any) -> None:
+    proxy = await make_proxy(medplum_base, **_settings(**server))
+    rid = "fwd-" + server.get("public_url", "x")[-3:] + str(len(server))
+    async with httpx.AsyncClient(timeout=60) as http:
+        await http.get(f"{proxy}/Patient?_count=1", headers={
+            "Host": "evil.example", "X-Forwarded-Host": "lb.example", "X-Forwarded-Proto": "https",
+            "X-Request-Id": rid})
+    sent = await _seen_upstream(medplum_base, rid)
+    scheme, host, prefix = expected or ("http", proxy.split("/")[2], "/fhir")
+    assert (sent["x-forwarded-proto"], sent["x-forwarded-host"], sent["x-forwarded-prefix"]) == (scheme, host, prefix)
