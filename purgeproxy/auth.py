@@ -23,7 +23,7 @@ from purgeproxy.config import Auth
 from purgeproxy.security.errors import Denied
 from purgeproxy.security.introspection import Introspector
 from purgeproxy.security.jwt_tokens import JwtVerifier, looks_like_jwt
-from purgeproxy.security.scopes import identity, required_scopes, scopes_of
+from purgeproxy.security.scopes import identity, own_patient, required_scopes, scopes_of
 from purgeproxy.security.static_tokens import match, static_tokens
 
 __all__ = ["Authorizer", "Caller", "Denied"]
@@ -50,8 +50,10 @@ class Authorizer:
     def configured(self) -> bool:
         return bool(self.static or self.jwt or self.introspection)
 
-    async def authorize(self, authorization: str | None, operation: str) -> Caller:
-        """The caller allowed to run ``operation``, or ``Denied`` (401, 403 or 503)."""
+    async def authorize(self, authorization: str | None, operation: str,
+                        patient: str | None = None) -> Caller:
+        """The caller allowed to run ``operation`` (on ``patient``'s compartment, when the
+        operation is one patient's), or ``Denied`` (401, 403 or 503)."""
         if self.settings.insecure_allow_all:
             return Caller("anonymous (auth.insecure_allow_all)")
         if not self.configured:
@@ -64,9 +66,13 @@ class Authorizer:
             return Caller(static.name)
         kind, claims = await self._claims(token)
         needed = required_scopes(operation, self.settings.scopes)
-        if not scopes_of(claims).intersection(needed):
+        held = scopes_of(claims).intersection(needed)
+        if not held:
             raise Denied(403, f"the token lacks a scope for {operation} (one of: {' '.join(needed)})",
                          challenge="insufficient_scope")
+        if not own_patient(claims, held, patient):
+            raise Denied(403, f"the token's patient/ scope allows {operation} on its own patient "
+                              "only (its 'patient' claim)", challenge="insufficient_scope")
         return Caller(identity(claims, kind))
 
     async def _claims(self, token: str) -> tuple[str, dict[str, Any]]:

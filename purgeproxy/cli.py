@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import multiprocessing.process
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from purgeproxy import logs
+from purgeproxy import logs, serving
 from purgeproxy.app import create_app
 from purgeproxy.config import Config, ConfigError, load_config
 
@@ -44,7 +45,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(config: Config) -> None:
-    """One serving process; with several workers each binds the same port with SO_REUSEPORT."""
+    """One serving process; with several workers each binds the same port with SO_REUSEPORT.
+
+    Not ``web.run_app``: it cannot be given :class:`purgeproxy.serving.ProxyRunner`, whose
+    connection handler answers the HTTP parser's errors without echoing the request."""
     logs.configure(config.logging.level)
     logs.get_logger("purgeproxy").info(
         "starting",
@@ -52,15 +56,21 @@ def _run(config: Config) -> None:
         base_path=config.server.base_path,
         pid=os.getpid(),
     )
-    web.run_app(
-        create_app(config),
-        host=config.server.host,
-        port=config.server.port,
-        access_log=None,
-        print=None,
-        reuse_port=config.server.workers > 1,
-        loop=_event_loop(),
-    )
+    loop = _event_loop()
+    asyncio.set_event_loop(loop)
+    main = loop.create_task(serving.serve_forever(
+        create_app(config), config.server.host, config.server.port, config.server.workers > 1))
+    try:
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:  # the cancelled task's own clean-up stops the job workers and closes the clients
+        if not main.done():
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:

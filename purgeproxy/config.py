@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    IPvAnyNetwork,
     SecretStr,
     ValidationError,
     field_validator,
@@ -74,7 +75,12 @@ class Server(_Strict):
     workers: int = Field(1, ge=1, le=64, description="processes sharing the port (SO_REUSEPORT)")
     base_path: str = Field("/fhir", description="where the proxy's FHIR base is mounted")
     public_url: str | None = Field(
-        None, description="the proxy's FHIR base as clients see it; default: from each request"
+        None, description="the proxy's FHIR base as clients see it; default: the forwarded host "
+        "from a trusted proxy, else the address the client connected to (never its Host header)"
+    )
+    trusted_proxies: list[IPvAnyNetwork] = Field(
+        [], description="CIDRs of reverse proxies whose X-Forwarded-Host/-Proto and Forwarded "
+        "headers are believed; default: none"
     )
 
     @field_validator("base_path")
@@ -182,8 +188,20 @@ class Auth(_Strict):
         {}, description="scopes that allow an operation (any one); default: SMART v2 and vendor scopes"
     )
     insecure_allow_all: bool = Field(False, description="anyone may run anything: demos only")
-    max_concurrent_per_caller: int = Field(2, ge=1, description="destructive operations in flight")
-    retry_after_seconds: int = Field(10, ge=1, description="Retry-After of the 429 past that limit")
+    max_concurrent_per_caller: int = Field(2, ge=1, description="destructive operations in flight "
+                                           "or queued as jobs, per caller")
+    retry_after_seconds: int = Field(10, ge=1, description="Retry-After of the 429 past a limit")
+
+    @field_validator("scopes")
+    @classmethod
+    def _patient_scopes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        """A SMART ``patient/`` scope is tied to the token's patient, which only ``$purge`` (one
+        Patient's compartment, named in the URL) can check; elsewhere it would reach anyone's."""
+        for operation, scopes in value.items():
+            if operation != "$purge" and any(scope.startswith("patient/") for scope in scopes):
+                raise ValueError(f"{operation}: patient/ scopes are supported for $purge only, "
+                                 "where they reach the token's own patient")
+        return value
 
 
 class UpstreamAuth(_Strict):
@@ -255,6 +273,8 @@ class Jobs(_Strict):
     poll_seconds: float = Field(1.0, gt=0, le=60, description="how often idle workers look for jobs")
     retry_after_seconds: int = Field(2, ge=1, le=3600, description="Retry-After on status polls")
     max_attempts: int = Field(5, ge=1, le=100, description="claims of one job before it is an error")
+    max_queued: int = Field(100, ge=1, description="jobs queued or running in the store at once "
+                            "(all replicas); past it a new job is refused with 429")
 
 
 class Cascade(_Strict):

@@ -6,7 +6,9 @@ the forwarded headers HAPI's address strategy reads, URL rewriting) is testable 
 
 from __future__ import annotations
 
+import ipaddress
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -76,6 +78,42 @@ class Client:
 
 def _forwarded_node(address: str) -> str:
     return f'"[{address}]"' if ":" in address else address
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+_HOST = re.compile(r"^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
+_FORWARDED_PAIR = re.compile(r'(?i)\b(host|proto)=("[^"]*"|[^;,\s]*)')
+
+
+def is_trusted(peer: str | None, trusted: Sequence[Network]) -> bool:
+    """Whether the connection comes from one of the reverse proxies ``server.trusted_proxies`` names."""
+    try:
+        address = ipaddress.ip_address(peer or "")
+    except ValueError:
+        return False
+    return any(address in network for network in trusted)
+
+
+def forwarded_origin(headers: CIMultiDictProxy[str]) -> tuple[str, str] | None:
+    """``(scheme, host)`` that the nearest proxy says the client used, or None.
+
+    The last value is the nearest proxy's: earlier ones may come from the client itself. A
+    value that is not a plain host[:port] or http(s) is ignored, so it cannot inject into a URL.
+    """
+    pairs: dict[str, str] = {}
+    forwarded = headers.getall("Forwarded", [])
+    if forwarded:
+        last = ",".join(forwarded).split(",")[-1]
+        pairs = {k.lower(): v.strip('"') for k, v in _FORWARDED_PAIR.findall(last)}
+    host = pairs.get("host") or _last(headers.getall("X-Forwarded-Host", []))
+    scheme = (pairs.get("proto") or _last(headers.getall("X-Forwarded-Proto", [])) or "http").lower()
+    if host and _HOST.match(host) and scheme in ("http", "https"):
+        return scheme, host
+    return None
+
+
+def _last(values: list[str]) -> str | None:
+    return ",".join(values).split(",")[-1].strip() if values else None
 
 
 def upstream_request_headers(

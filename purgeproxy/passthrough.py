@@ -31,8 +31,11 @@ from purgeproxy.fhir.outcome import (
 )
 from purgeproxy.forwarding import (
     Client,
+    Network,
     UrlRewriter,
     client_response_headers,
+    forwarded_origin,
+    is_trusted,
     unsafe_path_reason,
     upstream_request_headers,
 )
@@ -53,9 +56,25 @@ class Mount:
     base_path: str
     upstream_base: str
     public_url: str | None
+    trusted_proxies: tuple[Network, ...] = ()
 
     def public_base(self, request: web.Request) -> str:
-        return self.public_url or f"{request.scheme}://{request.host}{self.base_path}"
+        """The proxy's FHIR base in URLs it writes (Location, status URLs, Bundle links)."""
+        if self.public_url:
+            return self.public_url
+        scheme, host = self.origin(request)
+        return f"{scheme}://{host}{self.base_path}"
+
+    def origin(self, request: web.Request) -> tuple[str, str]:
+        """Scheme and host as clients see them: from ``server.public_url``, else forwarded by a
+        trusted proxy, else the address the client connected to. Never the client's own Host
+        header: it would decide where the URLs the proxy writes send the next request."""
+        if self.public_url:
+            url = URL(self.public_url)
+            return url.scheme, url.raw_authority
+        forwarded = (forwarded_origin(request.headers)
+                     if is_trusted(request.remote, self.trusted_proxies) else None)
+        return forwarded or (request.scheme, _listening_address(request))
 
     def remainder(self, request: web.Request) -> str | None:
         """The raw path and query after the base, exactly as the client encoded them; None when
@@ -71,8 +90,20 @@ class Mount:
         return UrlRewriter(self.upstream_base, self.public_base(request))
 
     def client(self, request: web.Request, rid: str) -> Client:
+        """Who called, and the public base (host, scheme, path) for upstreams that build links
+        from the forwarded headers."""
         peer = request.remote or "unknown"
-        return Client(peer, request.scheme, request.host, self.base_path, rid)
+        prefix = URL(self.public_url).path.rstrip("/") if self.public_url else self.base_path
+        return Client(peer, *self.origin(request), prefix, rid)
+
+
+def _listening_address(request: web.Request) -> str:
+    """host:port of this end of the client's connection."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return "localhost"
+    host, port = sockname[0], sockname[1]
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class Passthrough:
@@ -80,7 +111,8 @@ class Passthrough:
 
     def __init__(self, config: Config, session: aiohttp.ClientSession) -> None:
         self.mount = Mount(
-            config.server.base_path, config.upstream.url, config.server.public_url
+            config.server.base_path, config.upstream.url, config.server.public_url,
+            tuple(config.server.trusted_proxies),
         )
         self.session = session
         self.rewrite_types = frozenset(config.passthrough.rewrite_bundle_types)

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from purgeproxy import logs
 from purgeproxy.app import create_app
 from purgeproxy.config import parse_config
+from purgeproxy.serving import ProxyRunner
 from tests import log_capture
 from tests.upstreams.medplum import ensure_installed, running_medplum
 
@@ -77,13 +78,20 @@ def config_for(upstream_url: str, **sections: dict[str, Any]) -> Any:
     return parse_config(document)
 
 
+class ProxyTestServer(TestServer):
+    """aiohttp's test server on the runner ``purgeproxy serve`` uses (its own parser errors)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ProxyRunner:
+        return ProxyRunner(self.app, **kwargs)
+
+
 @pytest.fixture
 async def make_proxy() -> Any:
     """Start purgeproxy in-process in front of ``upstream``; returns the proxy's FHIR base URL."""
     servers: list[TestServer] = []
 
     async def start(upstream_url: str, **sections: dict[str, Any]) -> str:
-        server = TestServer(create_app(config_for(upstream_url, **sections)), host="127.0.0.1")
+        server = ProxyTestServer(create_app(config_for(upstream_url, **sections)), host="127.0.0.1")
         await server.start_server()
         servers.append(server)
         return str(server.make_url("/fhir"))

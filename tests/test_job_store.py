@@ -10,8 +10,17 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from purgeproxy.jobs.store import CANCELLED, COMPLETED, NEW, PROCESSING, JobStore, open_store
-from purgeproxy.jobs.sql import numbered
+from purgeproxy.jobs.sql import SCHEMA, numbered
+from purgeproxy.jobs.store import (
+    CANCELLED,
+    COMPLETED,
+    NEW,
+    PROCESSING,
+    JobStore,
+    Quota,
+    QuotaExceeded,
+    open_store,
+)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -75,6 +84,43 @@ async def test_release_and_cancel(store: JobStore) -> None:
     finished = await store.get(job.id)
     assert finished.status == CANCELLED and finished.result == {"status": 200, "outcome": {}}
     assert await store.cancel("no-such-job") is None and await store.get("no-such-job") is None
+
+
+async def test_quotas_hold_when_replicas_submit_at_once(store: JobStore) -> None:
+    """Two connections (two replicas) race six submits of one caller: exactly the quota wins."""
+    twin = open_store(getattr(store, "path", None) or getattr(store, "url"))
+    await twin.open()
+    try:
+        quota = Quota("alice", per_caller=2, total=100)
+        tries = [(store if i % 2 else twin).submit(new_id(), "purge", f"purge:Patient/{new_id()}", {}, quota)
+                 for i in range(6)]
+        results = await asyncio.gather(*tries, return_exceptions=True)
+        assert sum(1 for r in results if isinstance(r, tuple) and r[1]) == 2
+        refused = [r for r in results if isinstance(r, QuotaExceeded)]
+        assert len(refused) == 4 and {r.which for r in refused} == {"caller"}
+        again, created = await store.submit(new_id(), "purge", results[next(
+            i for i, r in enumerate(results) if isinstance(r, tuple))][0].target, {}, quota)
+        assert not created  # the same target again is its active job, not a refusal
+        bob = Quota("bob", per_caller=5, total=3)
+        assert (await twin.submit(new_id(), "purge", f"purge:Patient/{new_id()}", {}, bob))[1]
+        with pytest.raises(QuotaExceeded) as full:
+            await store.submit(new_id(), "purge", f"purge:Patient/{new_id()}", {}, bob)
+        assert (full.value.which, full.value.limit) == ("queue", 3)
+    finally:
+        await twin.close()
+
+
+async def test_a_table_from_before_the_caller_column_is_upgraded(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = str(tmp_path / "old.sqlite3")
+    with sqlite3.connect(path) as old:
+        old.execute(SCHEMA[0].replace(", caller TEXT", ""))
+    upgraded = open_store(path)
+    await upgraded.open()
+    job, created = await upgraded.submit(new_id(), "purge", "purge:Patient/x", {}, Quota("c", 1, 1))
+    assert created and job.status == NEW
+    await upgraded.close()
 
 
 def test_named_parameters_become_numbered() -> None:

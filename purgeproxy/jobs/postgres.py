@@ -12,9 +12,10 @@ from typing import Any
 
 import asyncpg
 
-from purgeproxy.jobs.sql import SCHEMA, SqlJobStore, numbered
+from purgeproxy.jobs.sql import ADDED_COLUMNS, SCHEMA, TABLE, SqlJobStore, numbered
 
 SCHEMA_LOCK = 0x70757267  # an advisory lock id: replicas starting together create the schema once
+SUBMIT_LOCK = 0x70757268  # taken by each submit, so that two replicas cannot both pass a quota
 
 
 class PostgresJobStore(SqlJobStore):
@@ -33,13 +34,28 @@ class PostgresJobStore(SqlJobStore):
             await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             for statement in SCHEMA:
                 await connection.execute(statement)
+            for column, kind in ADDED_COLUMNS:
+                await connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
         assert self._pool is not None, "the job store is not open"
+        text, values = self._numbered(sql, params)
+        return await self._pool.fetch(text, *values)
+
+    def _numbered(self, sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if sql not in self._sql:
             self._sql[sql] = numbered(sql)
         text, names = self._sql[sql]
-        return await self._pool.fetch(text, *(params[name] for name in names))
+        return text, [params[name] for name in names]
+
+    async def fetch_serialized(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """Under a transaction-scoped advisory lock: read-committed counts are not enough when
+        two replicas insert at once."""
+        assert self._pool is not None, "the job store is not open"
+        text, values = self._numbered(sql, params)
+        async with self._pool.acquire() as connection, connection.transaction():
+            await connection.execute("SELECT pg_advisory_xact_lock($1)", SUBMIT_LOCK)
+            return await connection.fetch(text, *values)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -16,7 +16,7 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from purgeproxy.jobs.store import Job, JobStore, job_from_row
+from purgeproxy.jobs.store import Job, JobStore, Quota, QuotaExceeded, job_from_row
 
 TABLE = "purgeproxy_jobs"
 _ACTIVE = "('new', 'processing')"
@@ -26,13 +26,21 @@ SCHEMA = (
         id TEXT PRIMARY KEY, operation TEXT NOT NULL, target TEXT NOT NULL, payload TEXT NOT NULL,
         status TEXT NOT NULL, total INTEGER, done INTEGER NOT NULL DEFAULT 0, result TEXT,
         owner TEXT, lease_until DOUBLE PRECISION, attempts INTEGER NOT NULL DEFAULT 0,
-        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL)""",
+        created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL, caller TEXT)""",
     f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_active ON {TABLE} (target) WHERE status IN {_ACTIVE}",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_queue ON {TABLE} (status, created_at)",
 )
-INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, status, created_at, updated_at)
-    VALUES (:id, :operation, :target, :payload, 'new', {{now}}, {{now}})
+# Columns added after the table's first release: each backend adds those an older table lacks.
+ADDED_COLUMNS = (("caller", "TEXT"),)
+# The quota is checked by the statement that inserts, so that two submits cannot both pass it.
+INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, caller, status, created_at, updated_at)
+    SELECT :id, :operation, :target, :payload, :caller, 'new', {{now}}, {{now}}
+    WHERE (SELECT COUNT(*) FROM {TABLE} WHERE status IN {_ACTIVE} AND caller = :caller) < :per_caller
+      AND (SELECT COUNT(*) FROM {TABLE} WHERE status IN {_ACTIVE}) < :total
     ON CONFLICT (target) WHERE status IN {_ACTIVE} DO NOTHING RETURNING *"""
+ACTIVE_COUNTS = f"""SELECT COUNT(*) AS total,
+        COALESCE(SUM(CASE WHEN caller = :caller THEN 1 ELSE 0 END), 0) AS mine
+    FROM {TABLE} WHERE status IN {_ACTIVE}"""
 ACTIVE_FOR = f"SELECT * FROM {TABLE} WHERE target = :target AND status IN {_ACTIVE}"
 GET = f"SELECT * FROM {TABLE} WHERE id = :id"
 CLAIM = f"""UPDATE {TABLE} SET status = 'processing', owner = :owner, attempts = attempts + 1,
@@ -52,6 +60,8 @@ RELEASE = f"""UPDATE {TABLE} SET owner = NULL, lease_until = NULL
     WHERE id = :id AND owner = :owner AND status = 'processing' RETURNING id"""
 CANCEL = f"""UPDATE {TABLE} SET status = 'cancelled', updated_at = {{now}}
     WHERE id = :id AND status IN {_ACTIVE} RETURNING id"""
+
+UNLIMITED = 2**62  # the quota of a submit without one; fits PostgreSQL's bigint
 
 _PARAM = re.compile(r"(?<!:):([a-z_]+)")
 
@@ -81,24 +91,45 @@ class SqlJobStore(JobStore):
     def render(self, template: str) -> str:
         return template.format(now=self.now, skip_locked=self.skip_locked)
 
+    async def fetch_serialized(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
+        """:meth:`fetch`, never concurrently with another such call on any replica; SQLite
+        needs nothing more (a writing statement holds the database's one write lock)."""
+        return await self.fetch(sql, params)
+
     async def rows(self, template: str, **params: Any) -> Sequence[Mapping[str, Any]]:
         return await self.fetch(self.render(template), params)
 
-    async def submit(self, job_id: str, operation: str, target: str,
-                     payload: dict[str, Any]) -> tuple[Job, bool]:
-        for _ in range(5):  # the active job may finish between the two statements: try again
-            created = await self.rows(INSERT, id=job_id, operation=operation, target=target,
-                                      payload=json.dumps(payload))
+    async def submit(self, job_id: str, operation: str, target: str, payload: dict[str, Any],
+                     quota: Quota | None = None) -> tuple[Job, bool]:
+        caller, per_caller, total = ((quota.caller, quota.per_caller, quota.total) if quota
+                                     else (None, UNLIMITED, UNLIMITED))
+        for _ in range(5):  # the active job may finish between the statements: try again
+            created = await self.fetch_serialized(self.render(INSERT), dict(
+                id=job_id, operation=operation, target=target, payload=json.dumps(payload),
+                caller=caller, per_caller=per_caller, total=total))
             if created:
                 return job_from_row(created[0]), True
             existing = await self.rows(ACTIVE_FOR, target=target)
             if existing:
                 return job_from_row(existing[0]), False
+            if quota is not None:
+                await self._check(quota)
         raise RuntimeError(f"could not store a job for {target}")
+
+    async def _check(self, quota: Quota) -> None:
+        """Raise ``QuotaExceeded`` naming the bound that refused the insert, if one did."""
+        counts = (await self.rows(ACTIVE_COUNTS, caller=quota.caller))[0]
+        if counts["mine"] >= quota.per_caller:
+            raise QuotaExceeded("caller", quota.per_caller)
+        if counts["total"] >= quota.total:
+            raise QuotaExceeded("queue", quota.total)
 
     async def get(self, job_id: str) -> Job | None:
         found = await self.rows(GET, id=job_id)
         return job_from_row(found[0]) if found else None
+
+    async def active_jobs(self, caller: str) -> int:
+        return int((await self.rows(ACTIVE_COUNTS, caller=caller))[0]["mine"])
 
     async def claim(self, owner: str, lease_seconds: float) -> Job | None:
         claimed = await self.rows(CLAIM, owner=owner, lease=float(lease_seconds))

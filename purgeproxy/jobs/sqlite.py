@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from purgeproxy.jobs.sql import SCHEMA, SqlJobStore
+from purgeproxy.jobs.sql import ADDED_COLUMNS, SCHEMA, TABLE, SqlJobStore
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -42,6 +42,10 @@ class SqliteJobStore(SqlJobStore):
         connection.execute("PRAGMA synchronous=FULL")  # a 202 promises the job survives a crash
         for statement in SCHEMA:
             connection.execute(statement)
+        present = {row["name"] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
+        for column, kind in ADDED_COLUMNS:
+            if column not in present:
+                connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}")
         self._connection = connection
 
     def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:

@@ -39,6 +39,24 @@ class Job:
         return self.status in ACTIVE
 
 
+@dataclass(frozen=True)
+class Quota:
+    """Bounds on the jobs a new one joins, counted in the store, so over every replica: jobs
+    queued or running for ``caller`` (under ``per_caller``), and in all (under ``total``)."""
+
+    caller: str
+    per_caller: int
+    total: int
+
+
+class QuotaExceeded(Exception):
+    """No job was stored: ``caller`` has ``per_caller`` active jobs, or the store ``total``."""
+
+    def __init__(self, which: str, limit: int) -> None:
+        super().__init__(which)
+        self.which, self.limit = which, limit  # which: "caller" or "queue"
+
+
 def job_from_row(row: Mapping[str, Any]) -> Job:
     """One row of either backend as a Job; JSON columns may arrive as text or as objects."""
     updated = row["updated_at"]
@@ -66,12 +84,18 @@ class JobStore(ABC):
     async def close(self) -> None: ...
 
     @abstractmethod
-    async def submit(self, job_id: str, operation: str, target: str,
-                     payload: dict[str, Any]) -> tuple[Job, bool]:
-        """Store a new job, or return the active job with the same target; True when created."""
+    async def submit(self, job_id: str, operation: str, target: str, payload: dict[str, Any],
+                     quota: Quota | None = None) -> tuple[Job, bool]:
+        """Store a new job, or return the active job with the same target; True when created.
+        With a ``quota``, a new job past it raises ``QuotaExceeded`` (an active job with the same
+        target is still returned: asking again is not a second job)."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    async def active_jobs(self, caller: str) -> int:
+        """Jobs of ``caller`` queued or running, on every replica."""
 
     @abstractmethod
     async def claim(self, owner: str, lease_seconds: float) -> Job | None:

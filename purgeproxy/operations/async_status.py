@@ -14,9 +14,9 @@ from typing import Any
 
 from aiohttp import web
 
-from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
+from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
 from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
-from purgeproxy.jobs.store import CANCELLED, Job
+from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of
 
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
@@ -43,9 +43,15 @@ def _informational(status: int, text: str, headers: dict[str, str]) -> web.Respo
 
 async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
                    what: str) -> web.Response:
-    """Store the job (or find the active one for ``target``) and answer 202 with its status URL."""
-    job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
-                                                       f"{operation} {target}", payload)
+    """Store the job (or find the active one for ``target``) and answer 202 with its status URL;
+    429 when the caller (``payload["caller"]``) or the whole store has too many jobs active."""
+    limits = request.app[CALLER_LIMITS]
+    quota = Quota(payload["caller"], limits.free(payload["caller"]), request.app[CONFIG].jobs.max_queued)
+    try:
+        job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
+                                                           f"{operation} {target}", payload, quota)
+    except QuotaExceeded as full:
+        raise (limits.caller_refusal() if full.which == "caller" else limits.queue_refusal(full.limit)) from None
     if created:
         request.app[JOB_WORKERS].notify()
     url = status_url(request, job.id)
@@ -74,7 +80,8 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
-    await caller_of(request, job.operation if job else "$purge", destructive=False)
+    await caller_of(request, job.operation if job else "$purge", destructive=False,
+                    patient=job.payload.get("request", {}).get("patient_id") if job else None)
     if job is None:
         raise OutcomeError(404, "not-found", "no such job")
     if job.status == CANCELLED and not show_cancelled:

@@ -11,7 +11,8 @@ from purgeproxy.forwarding import unsafe_path_reason
 from purgeproxy.operations.params import BadRequest
 
 
-async def caller_of(request: web.Request, operation: str, destructive: bool = True) -> Caller:
+async def caller_of(request: web.Request, operation: str, destructive: bool = True,
+                    patient: str | None = None) -> Caller:
     """Who may run ``operation`` here, checked before the body is read: refusals cost nothing.
 
     Watching or cancelling a job (``destructive=False``) stays possible in read-only mode: it
@@ -22,7 +23,7 @@ async def caller_of(request: web.Request, operation: str, destructive: bool = Tr
     reason = unsafe_path_reason(request.raw_path)
     if reason:
         raise BadRequest(400, "invalid", reason)
-    return await request.app[AUTHORIZER].authorize(request.headers.get("Authorization"), operation)
+    return await request.app[AUTHORIZER].authorize(request.headers.get("Authorization"), operation, patient)
 
 
 async def bounded_body(request: web.Request) -> bytes:

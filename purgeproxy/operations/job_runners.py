@@ -13,6 +13,7 @@ from functools import partial
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS
+from purgeproxy.config import Config
 from purgeproxy.jobs.store import open_store
 from purgeproxy.jobs.worker import Runner, WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
@@ -25,14 +26,22 @@ def runners(app: web.Application) -> dict[str, Runner]:
     return {"$purge": partial(purge_job.run, app)}
 
 
+def worker_count(config: Config) -> int:
+    """A read-only process runs no job at all, whoever queued it: with a shared store another
+    replica may have queued it, and read-only means nothing destructive happens here."""
+    return 0 if config.safety.read_only else config.jobs.workers
+
+
 async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[CONFIG].jobs
     store = app[JOB_STORE] = open_store(settings.store)
     await store.open()
+    size = worker_count(app[CONFIG])
     workers = app[JOB_WORKERS] = WorkerPool(store, runners(app), WorkerSettings(
-        settings.workers, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
+        size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
     workers.start()
-    log.info("jobs_started", workers=settings.workers, backend=type(store).__name__, name=workers.name)
+    log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,
+             read_only=app[CONFIG].safety.read_only)
     yield
     await workers.stop(grace=settings.lease_seconds)
     await store.close()

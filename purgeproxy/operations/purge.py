@@ -11,6 +11,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    JOB_STORE,
     PROFILE,
     UPSTREAM_LIMIT,
 )
@@ -50,7 +51,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     patient_id = request.match_info["id"]
     if not is_valid_id(patient_id):
         raise BadRequest(400, "invalid", "the patient id does not match the FHIR id rule", "id")
-    caller = await caller_of(request, "$purge")
+    caller = await caller_of(request, "$purge", patient=patient_id)
     body = await bounded_body(request) if request.method == "POST" else b""
     given = parse_purge(request.query, body, request.content_type)
     profile = await request.app[PROFILE].get()
@@ -94,7 +95,7 @@ async def handle(request: web.Request) -> web.Response:
         payload = {"request": purge_request.to_json(), "caller": caller.name}
         target = f"Patient/{purge_request.patient_id}" + (" (dry run)" if purge_request.dry_run else "")
         return await kick_off(request, "$purge", target, payload, f"The $purge of Patient/{purge_request.patient_id}")
-    with request.app[CALLER_LIMITS].hold(caller.name):
+    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
         result = await engine.run(purge_request)
     await audit_result(request.app, caller, result)
     status = result.interruption.status if result.interruption else 200

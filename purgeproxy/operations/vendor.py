@@ -18,6 +18,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    JOB_STORE,
     PROFILE,
     UPSTREAM_LIMIT,
 )
@@ -47,7 +48,7 @@ async def run(request: web.Request, operation: str, work: Work) -> web.StreamRes
     """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots.
     Refusals and upstream failures are raised through: ``purgeproxy.errors`` answers them."""
     caller = await caller_of(request, operation)
-    with request.app[CALLER_LIMITS].hold(caller.name):
+    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
         return await work(await context_of(request), caller)
 
 

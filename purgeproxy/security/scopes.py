@@ -34,6 +34,27 @@ def required_scopes(operation: str, configured: Mapping[str, Sequence[str]]) -> 
     return DEFAULT_SCOPES.get(operation, _smart("*", operation))
 
 
+PATIENT_CONTEXT = "patient/"
+
+
+def is_patient_scope(scope: str) -> bool:
+    """SMART's ``patient/…``: the grant covers the token's own patient only."""
+    return scope.startswith(PATIENT_CONTEXT)
+
+
+def own_patient(claims: Mapping[str, Any], held: frozenset[str], patient: str | None) -> bool:
+    """Whether the scopes ``held`` (those the operation accepts) reach ``patient``.
+
+    Any other scope reaches every patient; ``patient/`` scopes alone reach only the patient of
+    the token's SMART ``patient`` claim (JWT or introspection answer), and only when the request
+    names that patient. No claim, or no patient named: refused.
+    """
+    if not all(is_patient_scope(scope) for scope in held):
+        return True
+    context = claims.get("patient")
+    return isinstance(context, str) and bool(context) and patient == context
+
+
 def scopes_of(claims: Mapping[str, Any]) -> frozenset[str]:
     """The scopes a token carries: ``scope`` (RFC 8693/9068, space-separated) or ``scp`` (list)."""
     held: set[str] = set()
