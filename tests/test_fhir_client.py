@@ -53,6 +53,16 @@ async def test_requests_ask_for_fhir_json_and_keep_absolute_urls(client: FhirCli
 
 
 @respx.mock
+async def test_every_call_bypasses_upstream_caches(client: FhirClient) -> None:
+    """HAPI answers a repeated search from its cache for a minute unless told not to."""
+    search = respx.get(f"{BASE}/Observation").respond(200, json={"resourceType": "Bundle"})
+    batch = respx.post(BASE).respond(200, json={"resourceType": "Bundle"})
+    await client.request("GET", "Observation", params={"subject": "Patient/1"})
+    await client.request("POST", "", json={"resourceType": "Bundle", "type": "batch"})
+    assert [r.calls.last.request.headers["Cache-Control"] for r in (search, batch)] == ["no-cache"] * 2
+
+
+@respx.mock
 async def test_a_read_dropped_by_the_upstream_is_sent_once_more(client: FhirClient) -> None:
     route = respx.get(f"{BASE}/Patient/1")
     route.side_effect = [httpx.ReadError("connection reset"), httpx.Response(200, json={"resourceType": "Patient"})]
