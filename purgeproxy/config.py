@@ -222,6 +222,9 @@ class Purge(_Strict):
     outside_references: bool = Field(
         True, description="search for resources outside the compartment that reference the Patient"
     )
+    attachments: Literal["delete", "keep"] = Field(
+        "delete", description="Binaries holding the patient's documents (Attachment.url, securityContext)"
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
     max_without_confirm: int = Field(
         1000, ge=0, description="resources one request may delete without confirm=true"

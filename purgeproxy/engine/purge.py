@@ -13,12 +13,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine.compartment import Compartment, ResolutionError, Resolver
+from purgeproxy.engine.attachments import AttachmentFinder, Attachments
+from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
 from purgeproxy.engine.context import Context
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder, EarlierDeleted
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress
 from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.verify import history_left
+from purgeproxy.engine.verify import history_left, still_readable
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
@@ -41,6 +43,7 @@ class PurgeSettings:
     hard_delete: str  # require | auto | never
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
     outside_references: bool = True  # look for resources outside the compartment citing the Patient
+    attachments: str = "delete"  # delete | keep: Binaries holding the patient's documents
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -77,14 +80,19 @@ class PurgeResult:
     history_remaining: list[Key] = field(default_factory=list)
     history_checked: int = 0  # how many deleted resources had their history read back
     errors: list[str] = field(default_factory=list)
+    attachments: Attachments = field(default_factory=Attachments)
+    earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
 
     @property
     def complete(self) -> bool:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
+        earlier = self.earlier_deleted
+        earlier_left = self.hard_delete_method is not None and (earlier.failed or earlier.history_remaining)
         return not (self.remaining or history_left or self.errors
                     or self.deletion.blocked or self.deletion.failed
-                    or self.deletion.hard_delete_failed or self.plan.unsearchable)
+                    or self.deletion.hard_delete_failed or self.plan.unsearchable
+                    or self.attachments.unreadable or earlier_left)
 
 
 @dataclass
@@ -96,18 +104,24 @@ class PurgeEngine:
 
     def resolver(self, compartment: Compartment) -> Resolver:
         return Resolver(self.client, self.profile.definitions, compartment,
-                        self.settings.page_size, self.limit, self.profile.searchable)
+                        self.settings.page_size, self.limit, self.profile.searchable,
+                        normalised_references=self.profile.normalised_references)
 
     def deleter(self, hard: bool) -> Deleter:
         return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard)
 
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
         resolver = self.resolver(request.compartment)
-        first = make_plan(await resolver.resolve(request.patient_id), self.settings.policy)
+        resolution = await resolver.resolve(request.patient_id)
+        first = make_plan(resolution, self.settings.policy)
         if self.settings.outside_references:
             await self._find_outside_references(request, first)
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
+        result.attachments = await self._attachments(resolution, first)
+        earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
+                                       self.settings.policy)
+        result.earlier_deleted = await earlier.find(resolution)
         if request.dry_run:
             return result
         self._check_confirmed(request, first)
@@ -119,7 +133,21 @@ class PurgeEngine:
             checked = _history_sample(result.deletion.deleted, all_of_them=hard)
             result.history_checked = len(checked)
             result.history_remaining = await history_left(self.client, self.limit, checked)
+            left = await still_readable(self.client, self.limit, result.attachments.delete)
+            result.remaining += [key for key in left if key not in result.remaining]
+            if hard and result.earlier_deleted.found:
+                await earlier.remove(result.earlier_deleted, self.profile.kind)
         return result
+
+    async def _attachments(self, resolution: Resolution, plan: Plan) -> Attachments:
+        """The Binaries holding the patient's documents join the plan before the Patient, after
+        every resource that references them (they are deleted in the first round)."""
+        finder = AttachmentFinder(self.client, self.limit, self.settings.page_size,
+                                  self.settings.attachments == "keep", self.settings.policy.delete_shared)
+        found = await finder.find(resolution, set(plan.order), resolution.values)
+        at = len(plan.order) - 1 if plan.order and plan.order[-1] == resolution.patient_key else len(plan.order)
+        plan.order[at:at] = [key for key in found.delete if key not in plan.order]
+        return found
 
     async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> None:
         """Resources outside the compartment that reference the Patient being deleted.

@@ -73,6 +73,15 @@ def detect(capability: Any) -> ServerKind:
     return GENERIC
 
 
+def normalises_references(capability: Any) -> bool:
+    """HAPI (and Smile CDR) index ``Patient/1/_history/2`` and absolute URLs on their own base as
+    ``Patient/1``, with or without expunge enabled; the test suite checks it on a real HAPI."""
+    if not isinstance(capability, dict) or capability.get("resourceType") != "CapabilityStatement":
+        return False
+    software = str((capability.get("software") or {}).get("name", "")).lower()
+    return "hapi" in software or "smile" in software
+
+
 def _declares(capability: dict[str, Any], operation: str) -> bool:
     for rest in capability.get("rest", []):
         names = {o.get("name") for o in rest.get("operation", [])}

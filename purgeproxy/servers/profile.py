@@ -12,7 +12,7 @@ from typing import Any
 
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for
-from purgeproxy.servers.base import ServerKind, detect, kind_named
+from purgeproxy.servers.base import ServerKind, detect, kind_named, normalises_references
 
 DEFAULT_FHIR_VERSION = "4.0.1"
 
@@ -22,6 +22,7 @@ class UpstreamProfile:
     kind: ServerKind
     definitions: FhirDefinitions
     searchable: dict[str, frozenset[str]] | None  # None: the upstream does not say
+    normalised_references: bool = False  # its searches find versioned and absolute forms too
 
 
 def searchable_pairs(capability: dict[str, Any]) -> dict[str, frozenset[str]] | None:
@@ -64,4 +65,5 @@ class ProfileCache:
             definitions = definitions_for(version)
         except KeyError:
             raise UpstreamError(502, "not-supported", f"FHIR version {version} is not supported") from None
-        return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None)
+        return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None,
+                               kind.name == "hapi" or normalises_references(document))
