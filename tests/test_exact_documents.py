@@ -149,7 +149,7 @@ async def test_history_of_resources_deleted_before_the_purge(proxy, upstream) ->
     seed = seeds.build(sizes={"Observation": 3, "Condition": 2}, shared=False)
     seeds.write(base, seed.resources)
     mine = [k for k in seed.in_scope if k[0] in ("Observation", "Condition")][:3]
-    theirs = [k for k in seed.untouchable if k[0] == "Observation"][:2]
+    theirs = [k for k in seed.untouchable if k[0] == "Condition"][:2]  # nothing references them
     delete_directly(base, mine + theirs)
     before = seeds.snapshot(base, seed.untouchable)  # the control's deleted history included
 

@@ -31,7 +31,8 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, parse_reference
 from purgeproxy.fhir.search import STRICT, SearchFailed, search_pages
 
-PROBE = "_purgeproxy-unknown-parameter"  # no server knows it: a strict server must refuse it
+PROBE = "purgeproxy-unknown-parameter"  # no server knows it: a strict one refuses it (HAPI lets
+# unknown names starting with "_" pass even then)
 
 
 @dataclass
