@@ -119,7 +119,8 @@ async def test_attachments_keep_and_guards_never_delete_more(make_proxy, upstrea
                   "resource": [{"code": "Observation", "param": ["subject"]}]}
     body = {"resourceType": "Parameters", "parameter": [{"name": "compartmentDefinition", "resource": definition}]}
     before = seeds.snapshot(base, seed.in_scope + seed.untouchable)
-    status, outcome = await purge(kept, seed.patient, body)  # Observations only: no document is touched
+    plain = await make_proxy(base, auth={"admin_token": TOKEN})
+    status, outcome = await purge(plain, seed.patient, body)  # Observations only: no document is touched
     assert status == 200 and "Binary" not in texts(outcome), texts(outcome)
     after = seeds.snapshot(base, seed.in_scope + seed.untouchable)
     assert {k: v for k, v in after.items() if k[0] != "Observation"} == \
@@ -215,3 +216,18 @@ async def test_every_reference_form_the_proxy_counts_is_searched(proxy, upstream
     assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
     assert seeds.present(base, seed.in_scope) == []
     assert seeds.snapshot(base, seed.untouchable) == before
+
+
+def test_attachment_urls_are_references_to_local_binaries_only() -> None:
+    from purgeproxy.fhir.references import all_references, reference_forms
+
+    base = "http://up.test/fhir"
+    resource = {"resourceType": "DocumentReference", "id": "d", "content": [
+        {"attachment": {"contentType": "text/plain", "url": "Binary/a"}},
+        {"attachment": {"url": f"{base}/Binary/b/_history/2", "title": "t"}},
+        {"attachment": {"url": "http://elsewhere.test/fhir/Binary/c"}},  # another server's
+        {"attachment": {"url": "Observation/d"}},  # not a Binary
+    ], "extension": [{"url": "Binary/e", "valueString": "x"}]}  # an extension, not an Attachment
+    assert sorted(all_references(resource, base)) == [("Binary", "a"), ("Binary", "b")]
+    assert reference_forms(("Patient", "p"), base, ["1", "bad/id"]) == [
+        "Patient/p", f"{base}/Patient/p", "Patient/p/_history/1", f"{base}/Patient/p/_history/1"]

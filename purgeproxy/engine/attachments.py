@@ -29,7 +29,7 @@ from typing import Any
 from purgeproxy.engine.compartment import Resolution
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, parse_reference
-from purgeproxy.fhir.search import STRICT, SearchFailed, search_pages
+from purgeproxy.fhir.search import STRICT, ResolutionError, SearchFailed, search_pages
 
 PROBE = "purgeproxy-unknown-parameter"  # no server knows it: a strict one refuses it (HAPI lets
 # unknown names starting with "_" pass even then)
@@ -90,7 +90,7 @@ class AttachmentFinder:
                                                [("_security-context", value)], self.page_size):
                     found |= {("Binary", r["id"]) for r in page
                               if r.get("resourceType") == "Binary" and isinstance(r.get("id"), str)}
-        except SearchFailed as failure:
+        except (SearchFailed, ResolutionError) as failure:
             result.unsearched = f"Binary?_security-context: {failure}"
         return found
 

@@ -65,6 +65,8 @@ class Resolver:
     searchable: dict[str, frozenset[str]] | None = None  # from the CapabilityStatement
     parts: int = 4  # batch Bundles of first pages sent side by side (the upstream concurrency)
     normalised_references: bool = False  # the upstream's searches find every form of a reference
+    # patients whose versions could not be read, so versioned references were not searched: why
+    versions_unknown: dict[Key, str] = field(default_factory=dict)
 
     async def resolve(self, patient_id: str) -> Resolution:
         result = Resolution(patient_id, "Patient" in self.compartment)
@@ -113,7 +115,8 @@ class Resolver:
             if answer.status in (404, 410):
                 return versions
             if answer.status != 200 or answer.resource_type != "Bundle":
-                raise ResolutionError(f"reading the history of {patient[0]}/{patient[1]} answered {answer.status}")
+                self.versions_unknown[patient] = f"reading its _history answered {answer.status}"
+                return versions
             for entry in answer.body.get("entry") or []:
                 version = ((entry.get("resource") or {}).get("meta") or {}).get("versionId")
                 if isinstance(version, str) and version not in versions:

@@ -18,6 +18,7 @@ cannot be searched for them: the outcome says such history may remain.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,20 +54,23 @@ class DeletedHistoryFinder:
     policy: Policy
 
     async def find(self, resolution: Resolution) -> EarlierDeleted:
+        """Never raises for the upstream's answers: what could not be listed is said instead."""
         result = EarlierDeleted()
+        try:
+            await self._find(resolution, result)
+        except ResolutionError as failure:
+            result.found, result.kept, result.unlisted = [], {}, str(failure)
+        return result
+
+    async def _find(self, resolution: Resolution, result: EarlierDeleted) -> None:
         patient = resolution.patient_key
         versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
         if versions is None or not versions:
-            return result  # the patient never existed, or nothing of it is left to date from
-        since = min(str((body.get("meta") or {}).get("lastUpdated", "")) for body in versions)
-        if not since:
-            result.unlisted = "the patient's versions carry no lastUpdated to list history from"
-            return result
-        try:
-            deleted = await self._deleted_since(since)
-        except _NotListed as refused:
-            result.unlisted = str(refused)
-            return result
+            return  # the patient never existed, or nothing of it is left to date from
+        since = _earliest(versions)
+        if since is None:
+            raise ResolutionError("the patient's versions carry no lastUpdated to list history from")
+        deleted = await self._deleted_since(since)
         wanted = [key for key in deleted if key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)]
         judged = await asyncio.gather(*(self._judge(key, patient) for key in wanted))
@@ -80,7 +84,6 @@ class DeletedHistoryFinder:
             else:
                 result.found.append(key)
         result.found.sort()
-        return result
 
     async def remove(self, result: EarlierDeleted, kind: ServerKind) -> None:
         """Hard-delete what was found, then read each history back."""
@@ -107,7 +110,7 @@ class DeletedHistoryFinder:
             async with self.limit:
                 answer = await self.client.request("GET", url, params=params)
             if answer.status != 200 or answer.resource_type != "Bundle":
-                raise _NotListed(f"the upstream's _history?_since: {outcome_text(answer.body, answer.status)}")
+                raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
             for entry in answer.body.get("entry") or []:
                 request = entry.get("request") or {}
                 if request.get("method") == "DELETE":
@@ -155,8 +158,16 @@ class DeletedHistoryFinder:
         raise ResolutionError(f"the paging of {path} does not end")
 
 
-class _NotListed(Exception):
-    """The upstream cannot list history since a time."""
+def _earliest(versions: list[dict[str, Any]]) -> str | None:
+    """The earliest ``meta.lastUpdated`` as the server wrote it (compared as instants)."""
+    stamps = []
+    for body in versions:
+        text = (body.get("meta") or {}).get("lastUpdated")
+        try:
+            stamps.append((datetime.fromisoformat(str(text)), str(text)))
+        except ValueError:
+            return None
+    return min(stamps)[1] if stamps else None
 
 
 def _key_of(url: str, base_url: str) -> Key | None:

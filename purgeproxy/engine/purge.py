@@ -82,6 +82,7 @@ class PurgeResult:
     errors: list[str] = field(default_factory=list)
     attachments: Attachments = field(default_factory=Attachments)
     earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
+    versions_unknown: str | None = None  # why versioned references to the patient were not searched
 
     @property
     def complete(self) -> bool:
@@ -118,6 +119,7 @@ class PurgeEngine:
             await self._find_outside_references(request, first)
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
+        result.versions_unknown = resolver.versions_unknown.get(resolution.patient_key)
         result.attachments = await self._attachments(resolution, first)
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
                                        self.settings.policy)

@@ -113,6 +113,10 @@ def _attachments(result: PurgeResult) -> list[dict[str, Any]]:
               for (t, i), why in sorted(found.shared.items())]
     texts += [issue("error", "exception", f"{t}/{i} (an attachment) could not be checked: {why}; not deleted")
               for (t, i), why in sorted(found.unreadable.items())]
+    if result.versions_unknown:
+        texts.append(issue("warning", "not-supported",
+                           f"references to a version of {patient} (Patient/<id>/_history/<version>) could not "
+                           f"be searched ({result.versions_unknown}); resources holding them may remain"))
     if found.unsearched:
         texts.append(issue("warning", "not-supported",
                            f"Binaries whose securityContext is {patient} and that no deleted resource "
