@@ -66,14 +66,16 @@ def document_seed(base: str) -> tuple[seeds.Seed, dict[str, list[tuple[str, str]
         {"resourceType": "Communication", "id": b("comm"), "status": "completed", "subject": seeds.ref("Patient", p),
          "payload": [{"contentAttachment": {"contentType": "text/plain", "url": f"Binary/{b('b5')}"}}]},
         document(b("doc3"), p, f"Binary/{b('bshared')}"),  # a Binary whose securityContext is the control
+        document(b("doc4"), p, f"Binary/{b('b7')}"),  # ... and one whose securityContext is its document
     ]
+    holders.append(binary(b("b7"), f"DocumentReference/{b('doc4')}"))
     control = [binary(b("cb1"), f"Patient/{c}"), binary(b("cb2"), f"Patient/{c}"), binary(b("bshared"), f"Patient/{c}"),
                binary(b("loose")), document(b("cdoc"), c, f"Binary/{b('cb1')}")]
     for resource in mine + holders:
         seed.add(resource, True)
     for resource in control:
         seed.add(resource, False)
-    groups = {"found by reference": [("Binary", b(n)) for n in ("b1", "b2", "b3", "b4", "b5")],
+    groups = {"found by reference": [("Binary", b(n)) for n in ("b1", "b2", "b3", "b4", "b5", "b7")],
               "by securityContext only": [("Binary", b("b6"))],
               "shared": [("Binary", b("bshared"))]}
     return seed, groups

@@ -40,6 +40,8 @@ class Attachments:
     """Binaries found for a purge and what happens to each."""
 
     delete: list[Key] = field(default_factory=list)  # proven the patient's
+    contexts: dict[Key, Key] = field(default_factory=dict)  # deleted Binary -> the deleted resource
+    # its securityContext names (a reference: it must go first where integrity is enforced)
     kept: dict[Key, str] = field(default_factory=dict)  # purge.attachments: keep
     shared: dict[Key, str] = field(default_factory=dict)  # also someone else's: why
     unreadable: dict[Key, str] = field(default_factory=dict)  # could not be read: not judged
@@ -126,5 +128,7 @@ class AttachmentFinder:
                 return
         if self.keep:
             result.kept[key] = "purge.attachments is 'keep'"
-        else:
-            result.delete.append(key)
+            return
+        result.delete.append(key)
+        if owner in doomed and owner != patient:
+            result.contexts[key] = owner

@@ -142,13 +142,16 @@ class PurgeEngine:
         return result
 
     async def _attachments(self, resolution: Resolution, plan: Plan) -> Attachments:
-        """The Binaries holding the patient's documents join the plan before the Patient, after
-        every resource that references them (they are deleted in the first round)."""
+        """The Binaries holding the patient's documents join the plan (they go in the first round):
+        before the Patient, after the resources that use them; but a Binary whose securityContext
+        is a resource being deleted references it, so it goes first (HAPI enforces that order)."""
         finder = AttachmentFinder(self.client, self.limit, self.settings.page_size,
                                   self.settings.attachments == "keep", self.settings.policy.delete_shared)
         found = await finder.find(resolution, set(plan.order), resolution.values)
+        new = [key for key in found.delete if key not in plan.order]
         at = len(plan.order) - 1 if plan.order and plan.order[-1] == resolution.patient_key else len(plan.order)
-        plan.order[at:at] = [key for key in found.delete if key not in plan.order]
+        plan.order[at:at] = [key for key in new if key not in found.contexts]
+        plan.order[0:0] = [key for key in new if key in found.contexts]
         return found
 
     async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> None:
