@@ -233,3 +233,24 @@ def test_attachment_urls_are_references_to_local_binaries_only() -> None:
     assert sorted(all_references(resource, base)) == [("Binary", "a"), ("Binary", "b")]
     assert reference_forms(("Patient", "p"), base, ["1", "bad/id"]) == [
         "Patient/p", f"{base}/Patient/p", "Patient/p/_history/1", f"{base}/Patient/p/_history/1"]
+
+
+@pytest.mark.hapi
+async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources(make_proxy, hapi_base) -> None:
+    """A half-done manual erasure: every resource and the Patient soft-deleted, history all there."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 1}, shared=False)
+    seeds.write(base, seed.resources)
+    mine = [k for k in seed.in_scope if k[0] != "Patient"]
+    delete_directly(base, mine + [("Patient", seed.patient)])
+    before = seeds.snapshot(base, seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    assert "would be removed with HAPI $expunge" in texts(plan) and f"Patient/{seed.patient}" in texts(plan)
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    async with httpx.AsyncClient() as http:
+        for rtype, rid in seed.in_scope:
+            assert (await http.get(f"{base}/{rtype}/{rid}/_history")).status_code == 404, (rtype, rid)
+    assert seeds.snapshot(base, seed.untouchable) == before
