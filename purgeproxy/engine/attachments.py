@@ -47,10 +47,6 @@ class Attachments:
     unreadable: dict[Key, str] = field(default_factory=dict)  # could not be read: not judged
     unsearched: str | None = None  # why Binaries by securityContext were not searched
 
-    @property
-    def listed(self) -> set[Key]:
-        return set(self.delete) | set(self.kept) | set(self.shared)
-
 
 @dataclass(frozen=True)
 class AttachmentFinder:
