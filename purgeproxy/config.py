@@ -247,6 +247,9 @@ class Purge(_Strict):
         True, description="search for resources outside the compartment that reference what is deleted "
         "(every resource of plans up to 1000, else the Patient only)"
     )
+    attachments: Literal["delete", "keep"] = Field(
+        "delete", description="Binaries holding the patient's documents (Attachment.url, securityContext)"
+    )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")
     max_without_confirm: int = Field(
         1000, ge=0, description="resources one request may delete without confirm=true"

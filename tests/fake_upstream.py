@@ -73,7 +73,9 @@ def scripted_upstream() -> Iterator[respx.MockRouter]:
         router.route(host="127.0.0.1").pass_through()  # the test's own calls to the proxy
         router.get(f"{BASE}/metadata").respond(200, json=CAPABILITY)
         router.get(f"{BASE}/Patient/p1").mock(side_effect=store.patient)
-        router.get(f"{BASE}/Observation", params={"subject": "Patient/p1"}).mock(side_effect=store.observations)
+        # a generic upstream is asked for every form of the reference the proxy counts
+        router.get(f"{BASE}/Observation", params={"subject": f"Patient/p1,{BASE}/Patient/p1"}).mock(
+            side_effect=store.observations)
         router.get(url__regex=rf"{BASE}/Observation/[^/?]+$").mock(side_effect=store.read)
         router.get(url__regex=rf"{BASE}/[A-Za-z]+\?.*").respond(200, json=bundle())
         router.get(url__regex=rf"{BASE}/[A-Za-z]+/[^/]+/_history").respond(404, json={"resourceType": "OperationOutcome", "issue": []})

@@ -9,6 +9,7 @@ import httpx
 import pytest
 import respx
 
+from purgeproxy.engine.attachments import PROBE
 from purgeproxy.fhir.definitions import definitions_for
 from tests.fake_upstream import BASE, scripted_upstream
 
@@ -47,7 +48,10 @@ async def test_every_compartment_search_asks_for_strict_handling(make_proxy, ups
     proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
     async with httpx.AsyncClient() as http:
         await http.post(f"{proxy}/Patient/p1/$purge?dryRun=true", headers={"Authorization": f"Bearer {TOKEN}"})
-    searches = [c.request for c in upstream.calls if c.request.method == "GET" and "?" in str(c.request.url)]
+    gets = [c.request for c in upstream.calls if c.request.method == "GET" and "?" in str(c.request.url)]
+    probes = [r for r in gets if PROBE in r.url.params]  # does the upstream refuse unknown Binary params?
+    assert len(probes) == 1 and probes[0].headers["Prefer"] == "handling=strict"
+    searches = [r for r in gets if r not in probes]
     pairs = {(r.url.path.rsplit("/", 1)[1], next(k for k in r.url.params if k != "_count")) for r in searches}
     compartment = {(t, p) for t, params in definitions_for("4.0.1").patient_compartment.items() for p in params}
     assert all(r.headers["Prefer"] == "handling=strict" for r in searches)

@@ -15,12 +15,13 @@ from typing import Any
 
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
-from purgeproxy.fhir.references import Key, all_references, references_at
-from purgeproxy.fhir.search import ResolutionError, search_each
+from purgeproxy.fhir.references import Key, all_references, reference_forms, references_at
+from purgeproxy.fhir.search import ResolutionError, next_link, search_each
 
 __all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver", "patients_of"]
 
 Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
+FORMS_PER_SEARCH = 40  # reference forms OR-ed in one search value
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class Resolution:
     members: dict[Key, Member] = field(default_factory=dict)
     ignored: dict[Key, set[str]] = field(default_factory=dict)  # returned, but not referencing
     unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)  # pair -> why
+    values: list[str] = field(default_factory=list)  # the search values that named the patient
 
     @property
     def patient_key(self) -> Key:
@@ -62,6 +64,9 @@ class Resolver:
     limit: asyncio.Semaphore
     searchable: dict[str, frozenset[str]] | None = None  # from the CapabilityStatement
     parts: int = 4  # batch Bundles of first pages sent side by side (the upstream concurrency)
+    normalised_references: bool = False  # the upstream's searches find every form of a reference
+    # patients whose versions could not be read, so versioned references were not searched: why
+    versions_unknown: dict[Key, str] = field(default_factory=dict)
 
     async def resolve(self, patient_id: str) -> Resolution:
         result = Resolution(patient_id, "Patient" in self.compartment)
@@ -74,14 +79,50 @@ class Resolver:
                     result.unsearchable[(rtype, param)] = why
                 else:
                     pairs.append((rtype, param))
-        searches = [(rtype, [(param, f"Patient/{patient_id}")]) for rtype, param in pairs]
+        values = result.values = await self._search_values(result.patient_key)
+        searches = [(rtype, [(param, value)]) for rtype, param in pairs for value in values]
         problems = await search_each(
             self.client, self.limit, searches, self.page_size, self.parts,
-            lambda index, page: self._take(result, *pairs[index], page),
+            lambda index, page: self._take(result, *pairs[index // len(values)], page),
         )
         for index, why in problems.items():
-            result.unsearchable[pairs[index]] = why
+            result.unsearchable[pairs[index // len(values)]] = why
         return result
+
+    async def _search_values(self, patient: Key) -> list[str]:
+        """What each compartment search asks for: every reference form ``check`` counts.
+
+        An upstream that normalises references (HAPI: ``Patient/1/_history/2`` and its own
+        absolute URLs are indexed as ``Patient/1``, and it refuses an OR of forms that name the
+        same resource) is asked for ``Patient/<id>``. Others store references as written and
+        are asked for the OR of the relative, absolute and versioned forms, the versions read
+        from the patient's history, in groups that keep URLs short.
+        """
+        if self.normalised_references:
+            return [f"{patient[0]}/{patient[1]}"]
+        forms = reference_forms(patient, self.client.base_url, await self._versions(patient))
+        return [",".join(forms[start:start + FORMS_PER_SEARCH])
+                for start in range(0, len(forms), FORMS_PER_SEARCH)]
+
+    async def _versions(self, patient: Key) -> list[str]:
+        """The patient's version ids from its ``_history`` (none when the upstream keeps none)."""
+        versions: list[str] = []
+        url: str | None = f"{patient[0]}/{patient[1]}/_history"
+        seen: set[str] = set()
+        while url:
+            async with self.limit:
+                answer = await self.client.request("GET", url)
+            if answer.status in (404, 410):
+                return versions
+            if answer.status != 200 or answer.resource_type != "Bundle":
+                self.versions_unknown[patient] = f"reading its _history answered {answer.status}"
+                return versions
+            for entry in answer.body.get("entry") or []:
+                version = ((entry.get("resource") or {}).get("meta") or {}).get("versionId")
+                if isinstance(version, str) and version not in versions:
+                    versions.append(version)
+            url = next_link(answer.body, self.client.base_url, seen)
+        return versions
 
     async def _read_patient(self, patient_id: str) -> dict[str, Any] | None:
         async with self.limit:

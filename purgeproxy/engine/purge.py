@@ -20,12 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from purgeproxy.engine.attachments import AttachmentFinder, Attachments
 from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
 from purgeproxy.engine.context import Context
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder, EarlierDeleted
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
 from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.verify import history_left, version_of
+from purgeproxy.engine.verify import history_left, still_readable, version_of
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
@@ -60,6 +62,7 @@ class PurgeSettings:
     hard_delete: str  # require | auto | never
     max_without_confirm: int | None = None  # larger purges need PurgeRequest.confirmed
     outside_references: bool = True  # look for resources outside the compartment citing what is deleted
+    attachments: str = "delete"  # delete | keep: Binaries holding the patient's documents
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -108,14 +111,20 @@ class PurgeResult:
         of a round the upstream interrupted (their keys never reached ``deletion``)."""
         this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
         return self.removed_earlier + max(this_run, self.removed_in_interrupted_round)
+    attachments: Attachments = field(default_factory=Attachments)
+    earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
+    versions_unknown: str | None = None  # why versioned references to the patient were not searched
 
     @property
     def complete(self) -> bool:
         """Nothing in scope is left; history counts when a hard delete was promised."""
         history_left = self.history_remaining and self.hard_delete_method is not None
+        earlier = self.earlier_deleted
+        earlier_left = self.hard_delete_method is not None and (earlier.failed or earlier.history_remaining)
         return not (self.remaining or history_left or self.errors or self.interruption
                     or self.deletion.blocked or self.deletion.failed or self.deletion.unexamined
-                    or self.deletion.hard_delete_failed or self.plan.unsearchable)
+                    or self.deletion.hard_delete_failed or self.plan.unsearchable
+                    or self.attachments.unreadable or earlier_left)
 
 
 @dataclass
@@ -127,7 +136,8 @@ class PurgeEngine:
 
     def resolver(self, compartment: Compartment) -> Resolver:
         return Resolver(self.client, self.profile.definitions, compartment,
-                        self.settings.page_size, self.limit, self.profile.searchable)
+                        self.settings.page_size, self.limit, self.profile.searchable,
+                        normalised_references=self.profile.normalised_references)
 
     def deleter(self, hard: bool, resolver: Resolver, patient_id: str) -> Deleter:
         return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard,
@@ -163,12 +173,17 @@ class PurgeEngine:
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
         result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
         result.referrers_searched = searched
+        result.versions_unknown = resolver.versions_unknown.get(resolution.patient_key)
+        result.attachments = await self._attachments(resolution, first)
+        earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
+                                       self.settings.policy)
+        result.earlier_deleted = await earlier.find(resolution)
         if request.dry_run:
             return result
         self.check_confirmed(request, first)
         tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, _versions(resolution),
+            await self._rounds(resolver, first, {**_versions(resolution), **result.attachments.versions},
                                self.deleter(hard, resolver, request.patient_id), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
@@ -179,9 +194,26 @@ class PurgeEngine:
             try:
                 result.history_remaining = await history_left(self.client, self.limit, checked)
                 result.history_checked = len(checked)
+                left = await still_readable(self.client, self.limit, result.attachments.delete)
+                result.remaining += [key for key in left if key not in result.remaining]
+                if hard and result.earlier_deleted.found:
+                    await earlier.remove(result.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         return result
+
+    async def _attachments(self, resolution: Resolution, plan: Plan) -> Attachments:
+        """The Binaries holding the patient's documents join the plan (they go in the first round):
+        before the Patient, after the resources that use them; but a Binary whose securityContext
+        is a resource being deleted references it, so it goes first (HAPI enforces that order)."""
+        finder = AttachmentFinder(self.client, self.limit, self.settings.page_size,
+                                  self.settings.attachments == "keep", self.settings.policy.delete_shared)
+        found = await finder.find(resolution, set(plan.order), resolution.values)
+        new = [key for key in found.delete if key not in plan.order]
+        at = len(plan.order) - 1 if plan.order and plan.order[-1] == resolution.patient_key else len(plan.order)
+        plan.order[at:at] = [key for key in new if key not in found.contexts]
+        plan.order[0:0] = [key for key in new if key in found.contexts]
+        return found
 
     async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> int:
         """Resources outside the compartment that reference what is about to be deleted: the

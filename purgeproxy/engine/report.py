@@ -143,6 +143,55 @@ def _problems(result: PurgeResult) -> list[dict[str, Any]]:
     return texts
 
 
+def _attachments(result: PurgeResult) -> list[dict[str, Any]]:
+    """Binaries holding the patient's documents: kept, shared, unreadable, unsearchable."""
+    found, patient = result.attachments, f"Patient/{result.request.patient_id}"
+    deleting = "would be deleted" if result.request.dry_run else "deleted"
+    texts = [_info(f"kept ({why}): {t}/{i}") for (t, i), why in sorted(found.kept.items())]
+    texts += [_info(f"{deleting if (t, i) in found.delete else 'kept'} (shared): {t}/{i}: {why}")
+              for (t, i), why in sorted(found.shared.items())]
+    texts += [issue("error", "exception", f"{t}/{i} (an attachment) could not be checked: {why}; not deleted")
+              for (t, i), why in sorted(found.unreadable.items())]
+    if result.versions_unknown:
+        texts.append(issue("warning", "not-supported",
+                           f"references to a version of {patient} (Patient/<id>/_history/<version>) could not "
+                           f"be searched ({result.versions_unknown}); resources holding them may remain"))
+    if found.unsearched:
+        texts.append(issue("warning", "not-supported",
+                           f"Binaries whose securityContext is {patient} and that no deleted resource "
+                           f"references could not be searched ({found.unsearched}); they may remain"))
+    return texts
+
+
+def _earlier_deleted(result: PurgeResult) -> list[dict[str, Any]]:
+    """History of the patient's resources deleted before the purge: removed, kept, or unknown."""
+    earlier = result.earlier_deleted
+    what = "history of resource(s) deleted before this purge"
+    texts = [_info(f"kept ({why}): {what}: {t}/{i}") for (t, i), why in sorted(earlier.kept.items())]
+    if earlier.unlisted:
+        texts.append(issue("warning", "not-supported",
+                           f"{what} could not be searched on this upstream ({earlier.unlisted}); "
+                           f"such history of Patient/{result.request.patient_id} may remain"))
+    if not earlier.found:
+        return texts
+    method = result.hard_delete_method
+    if result.request.dry_run or method is None:
+        verb = (f"would be removed with {method}" if method else "would remain: no hard delete") \
+            if result.request.dry_run else "remains readable: no hard delete (or hard_delete is 'never')"
+        severity = "information" if result.request.dry_run else "warning"
+        code = "informational" if result.request.dry_run else "not-supported"
+        return texts + [issue(severity, code, f"{what} {verb}: {_refs(earlier.found)}")]
+    done = [k for k in earlier.hard_deleted if k not in earlier.history_remaining]
+    if done:
+        texts.append(_info(f"{what} removed with {method}: {_refs(done)}"))
+    texts += [issue("error", "incomplete", f"{what}: {t}/{i} was not removed: {why}")
+              for (t, i), why in sorted(earlier.failed.items())]
+    if earlier.history_remaining:
+        texts.append(issue("error", "incomplete", f"{what} still readable after hard delete: "
+                                                  f"{_refs(earlier.history_remaining)}"))
+    return texts
+
+
 def purge_outcome(result: PurgeResult) -> dict[str, Any]:
     return outcome(verdict(result), *_earlier(result), *_counts(result), *_history(result), *_kept(result),
-                   *_problems(result))
+                   *_attachments(result), *_earlier_deleted(result), *_problems(result))

@@ -3,13 +3,20 @@
 The purge deletes only what provably points at ``Patient/<id>``: a reference counts when it is
 relative (``Patient/1``, ``Patient/1/_history/2``) or absolute under the upstream's own base.
 Anything else (another server's URL, ``Group/1``, a contained ``#ref``, a logical identifier)
-does not.
+does not. Whatever counts here is also what the compartment searches ask for
+(``reference_forms``), so that nothing counted as the patient's can escape the searches.
+
+An ``Attachment.url`` naming a Binary on the upstream (``Binary/1`` or absolute on its base) is a
+reference too: the document's bytes are the patient's data as much as the DocumentReference.
+Attachments are recognised by shape, not by the definitions: an object with a string ``url`` and
+no key that an Attachment cannot have (every datatype and resource element holding an Attachment
+in R4/R4B/R5 has this shape); only ``Binary`` targets count, so an extension's ``url`` never does.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from purgeproxy.fhir.definitions import ReferencePath
@@ -18,6 +25,11 @@ ID_RULE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
 
 Key = tuple[str, str]  # (resource type, id)
+
+ATTACHMENT_ELEMENTS = frozenset({
+    "id", "extension", "contentType", "language", "data", "url", "size", "hash", "title", "creation",
+    "height", "width", "frames", "duration", "pages",  # R5 additions
+})
 
 
 def is_valid_id(value: str) -> bool:
@@ -59,9 +71,37 @@ def references_at(resource: dict[str, Any], path: ReferencePath, base_url: str) 
                 yield key
 
 
+def reference_forms(key: Key, base_url: str, versions: Iterable[str] = ()) -> list[str]:
+    """Every literal form ``parse_reference`` reads as ``key``: relative, absolute on the
+    upstream's base, and versioned (relative and absolute) for each known version id.
+
+    Servers that store references as written (Medplum) find each form only when asked for it.
+    """
+    relative = f"{key[0]}/{key[1]}"
+    prefix = base_url.rstrip("/") + "/"
+    forms = [relative, prefix + relative]
+    for version in versions:
+        if ID_RULE.match(version):
+            forms += [f"{relative}/_history/{version}", f"{prefix}{relative}/_history/{version}"]
+    return forms
+
+
+def attachment_binary(node: dict[str, Any], base_url: str) -> Key | None:
+    """The local Binary an Attachment-shaped object's ``url`` points at, or None."""
+    url = node.get("url")
+    if not isinstance(url, str) or not ATTACHMENT_ELEMENTS.issuperset(node):
+        return None
+    key = parse_reference(url, base_url)
+    return key if key and key[0] == "Binary" else None
+
+
 def all_references(node: Any, base_url: str) -> Iterator[Key]:
-    """Every local reference anywhere in a resource, for ordering deletes."""
+    """Every local reference anywhere in a resource (attachment Binaries included), for
+    ordering deletes and for finding what a kept resource still points at."""
     if isinstance(node, dict):
+        binary = attachment_binary(node, base_url)
+        if binary:
+            yield binary
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
                 parsed = parse_reference(value, base_url)

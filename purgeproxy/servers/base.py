@@ -40,6 +40,9 @@ class ServerKind(ABC):
     hard_delete_method: ClassVar[str | None] = None  # a description for outcomes; None: soft only
     expunge_levels: ClassVar[frozenset[str]] = frozenset()  # where its own $expunge exists
     expunge_keeps_current: ClassVar[bool] = False  # instance $expunge can spare the live version
+    # its searches find versioned (Patient/1/_history/2) and absolute references on its own base
+    # as Patient/1; otherwise the proxy searches for every form it counts (checked on real servers)
+    normalises_references: ClassVar[bool] = False
     software_names: ClassVar[tuple[str, ...]] = ()  # any of these in software.name, lower case
     requires_operation: ClassVar[str | None] = None  # ... and the statement declares this one
     detection_order: ClassVar[int] = 50  # lower is tried first; the generic kind comes last

@@ -24,6 +24,7 @@ class UpstreamProfile:
     kind: ServerKind
     definitions: FhirDefinitions
     searchable: dict[str, frozenset[str]] | None  # None: the upstream does not say
+    normalised_references: bool = False  # its searches find versioned and absolute forms too
 
 
 def searchable_pairs(capability: dict[str, Any]) -> dict[str, frozenset[str]] | None:
@@ -87,4 +88,5 @@ class ProfileCache:
             definitions = definitions_for(version)
         except KeyError:
             raise UpstreamError(502, "not-supported", f"FHIR version {version} is not supported") from None
-        return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None)
+        return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None,
+                               kind.normalises_references)

@@ -30,6 +30,7 @@ class Hapi(ServerKind):
     instance_operation = "$expunge"
     expunge_levels = ALL_LEVELS
     expunge_keeps_current = True
+    normalises_references = True
 
     def operation_parameters(self, key: Key) -> dict[str, Any]:
         return _EXPUNGE_BOTH

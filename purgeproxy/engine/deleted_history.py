@@ -1,0 +1,180 @@
+"""History of the patient's resources that were deleted before the purge.
+
+A soft-deleted resource is invisible to search, so the compartment searches never find it, yet on
+HAPI its earlier versions stay readable in ``_history``. They are found in the system history
+since the patient's first version (``_history?_since=``; nothing that references the patient can
+be older than the patient), which lists every resource changed since, deletions included. Each
+resource with a DELETE there is read: it must still be deleted (404/410), and its versions (the
+instance ``_history``) are checked with ``Resolver.check``, the compartment's own test: a version
+that references the patient through a compartment parameter makes it the patient's; one that
+references another patient makes it shared. Policy applies as to live resources (excluded types
+and, by default, shared resources are kept). What is the patient's is hard-deleted with the
+upstream's own mechanism and its history read back.
+
+An upstream that cannot list history since a time (the Medplum engine answers ``not-supported``)
+cannot be searched for them: the outcome says such history may remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from dataclasses import dataclass, field
+from typing import Any
+
+from purgeproxy.engine.compartment import Resolution, Resolver
+from purgeproxy.engine.plan import Policy
+from purgeproxy.engine.verify import GONE, history_left
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.references import Key, is_valid_id
+from purgeproxy.fhir.search import ResolutionError, next_link, outcome_text
+from purgeproxy.servers.base import ServerKind
+
+MAX_PAGES = 100_000
+
+
+@dataclass
+class EarlierDeleted:
+    """Resources of the patient deleted before the purge whose history the upstream still had."""
+
+    found: list[Key] = field(default_factory=list)  # the patient's: to hard-delete
+    kept: dict[Key, str] = field(default_factory=dict)  # excluded or shared: why kept
+    unlisted: str | None = None  # why they could not be listed: such history may remain
+    hard_deleted: list[Key] = field(default_factory=list)
+    failed: dict[Key, str] = field(default_factory=dict)
+    history_remaining: list[Key] = field(default_factory=list)  # read back after the hard delete
+
+
+@dataclass(frozen=True)
+class DeletedHistoryFinder:
+    client: FhirClient
+    limit: asyncio.Semaphore
+    page_size: int
+    resolver: Resolver
+    policy: Policy
+
+    async def find(self, resolution: Resolution) -> EarlierDeleted:
+        """Never raises for the upstream's answers: what could not be listed is said instead."""
+        result = EarlierDeleted()
+        try:
+            await self._find(resolution, result)
+        except ResolutionError as failure:
+            result.found, result.kept, result.unlisted = [], {}, str(failure)
+        return result
+
+    async def _find(self, resolution: Resolution, result: EarlierDeleted) -> None:
+        patient = resolution.patient_key
+        versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
+        if versions is None or not versions:
+            return  # the patient never existed, or nothing of it is left to date from
+        since = _earliest(versions)
+        if since is None:
+            raise ResolutionError("the patient's versions carry no lastUpdated to list history from")
+        deleted = await self._deleted_since(since)
+        wanted = [key for key in deleted if key[0] in self.resolver.compartment
+                  or (key == patient and resolution.patient_in_scope)]
+        judged = await asyncio.gather(*(self._judge(key, patient) for key in wanted))
+        for key, verdict in zip(wanted, judged):
+            if verdict is None:
+                continue
+            if key[0] in self.policy.excluded_types:
+                result.kept[key] = f"excluded type {key[0]}"
+            elif verdict and not self.policy.delete_shared:
+                result.kept[key] = "shared with " + ", ".join(f"Patient/{p}" for p in sorted(verdict))
+            else:
+                result.found.append(key)
+        result.found.sort()
+
+    async def remove(self, result: EarlierDeleted, kind: ServerKind) -> None:
+        """Hard-delete what was found, then read each history back."""
+        async def one(key: Key) -> None:
+            async with self.limit:
+                error = await kind.hard_delete(self.client, key)
+            if error is None:
+                result.hard_deleted.append(key)
+            else:
+                result.failed[key] = error
+
+        await asyncio.gather(*(one(key) for key in result.found))
+        result.history_remaining = await history_left(self.client, self.limit, result.found)
+
+    async def _deleted_since(self, since: str) -> list[Key]:
+        """Every resource with a DELETE in the system history since ``since``."""
+        found: set[Key] = set()
+        url: str | None = "_history"
+        params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return sorted(found)
+            async with self.limit:
+                answer = await self.client.request("GET", url, params=params)
+            if answer.status != 200 or answer.resource_type != "Bundle":
+                raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
+            for entry in answer.body.get("entry") or []:
+                request = entry.get("request") or {}
+                if request.get("method") == "DELETE":
+                    key = _key_of(str(request.get("url", "")), self.client.base_url)
+                    if key:
+                        found.add(key)
+            url, params = next_link(answer.body, self.client.base_url, seen), None
+        raise ResolutionError("the upstream's history paging does not end")
+
+    async def _judge(self, key: Key, patient: Key) -> frozenset[str] | None:
+        """None: not the patient's (or not deleted any more); else the other patients it names."""
+        async with self.limit:
+            answer = await self.client.request("GET", f"{key[0]}/{key[1]}")
+        if answer.status not in GONE:
+            return None  # it exists again: live resources are the compartment searches' business
+        versions = await self._history(f"{key[0]}/{key[1]}/_history") or []
+        if key == patient:
+            return frozenset() if versions else None
+        mine, others = False, set()
+        for body in versions:
+            if body.get("resourceType") != key[0] or body.get("id") != key[1]:
+                continue
+            member = self.resolver.check(body, patient)
+            if member is not None:
+                mine = True
+                others |= member.other_patients
+        return frozenset(others) if mine else None
+
+    async def _history(self, path: str) -> list[dict[str, Any]] | None:
+        """The resources of every version in an instance history (None: 404/410)."""
+        bodies: list[dict[str, Any]] = []
+        url: str | None = path
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return bodies
+            async with self.limit:
+                answer = await self.client.request("GET", url)
+            if answer.status in GONE:
+                return None
+            if answer.status != 200 or answer.resource_type != "Bundle":
+                raise ResolutionError(f"reading {path} answered {answer.status}")
+            bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
+            url = next_link(answer.body, self.client.base_url, seen)
+        raise ResolutionError(f"the paging of {path} does not end")
+
+
+def _earliest(versions: list[dict[str, Any]]) -> str | None:
+    """The earliest ``meta.lastUpdated`` as the server wrote it (compared as instants)."""
+    stamps = []
+    for body in versions:
+        text = (body.get("meta") or {}).get("lastUpdated")
+        try:
+            stamps.append((datetime.fromisoformat(str(text)), str(text)))
+        except ValueError:
+            return None
+    return min(stamps)[1] if stamps else None
+
+
+def _key_of(url: str, base_url: str) -> Key | None:
+    """``Observation/1/_history/2`` or ``Observation/1`` (or either on the base) -> its key."""
+    if url.startswith(base_url + "/"):
+        url = url[len(base_url) + 1:]
+    parts = url.split("/")
+    if len(parts) in (2, 4) and parts[0][:1].isupper() and is_valid_id(parts[1]):
+        return parts[0], parts[1]
+    return None

@@ -1,0 +1,256 @@
+"""Data that used to survive a `success`: document bytes (Binary), history of resources deleted
+before the purge, and reference forms the upstream's search does not normalise.
+
+Each scenario runs against the real Medplum engine and a real HAPI, with a control patient whose
+resources (and their whole `_history`) must stay byte-identical, and guards that the fix cannot
+delete more (`purge.shared: delete`, a custom CompartmentDefinition).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import seed as seeds
+from tests.test_purge import AUTH, TOKEN, purge, texts
+
+
+@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
+def upstream(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param, request.getfixturevalue(f"{request.param}_base")
+
+
+@pytest.fixture
+async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
+    return await make_proxy(upstream[1], auth={"admin_token": TOKEN})
+
+
+def binary(bid: str, context: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"resourceType": "Binary", "id": bid, "contentType": "text/plain", "data": "c2VjcmV0"}
+    if context:
+        body["securityContext"] = {"reference": context}
+    return body
+
+
+def document(did: str, patient: str, url: str) -> dict[str, Any]:
+    return {"resourceType": "DocumentReference", "id": did, "status": "current", "subject": seeds.ref("Patient", patient),
+            "content": [{"attachment": {"contentType": "text/plain", "url": url}}]}
+
+
+def version_of(base: str, rtype: str, rid: str) -> str:
+    return str(httpx.get(f"{base}/{rtype}/{rid}", headers=seeds.FHIR).json()["meta"]["versionId"])
+
+
+def delete_directly(base: str, keys: list[tuple[str, str]]) -> None:
+    """A soft delete on the upstream itself, before any purge (as an application would)."""
+    for rtype, rid in keys:
+        assert httpx.delete(f"{base}/{rtype}/{rid}", headers=seeds.FHIR).status_code in (200, 204)
+
+
+def document_seed(base: str) -> tuple[seeds.Seed, dict[str, list[tuple[str, str]]]]:
+    """The patient's documents point at Binaries in every way FHIR allows; the control's too."""
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    tag, p, c = seed.patient[:-2], seed.patient, seed.control
+    b = lambda n: f"{tag}-{n}"  # noqa: E731
+    mine = [binary(b("b1"), f"Patient/{p}"), binary(b("b2")), binary(b("b3")), binary(b("b4")), binary(b("b5")),
+            binary(b("b6"), f"Patient/{p}")]  # b6: nothing references it, only its securityContext
+    holders = [
+        document(b("doc1"), p, f"Binary/{b('b1')}"),
+        document(b("doc2"), p, f"{base}/Binary/{b('b2')}"),
+        {"resourceType": "DiagnosticReport", "id": b("drf"), "status": "final", "code": {"text": "letter"},
+         "subject": seeds.ref("Patient", p), "presentedForm": [{"contentType": "text/plain", "url": f"Binary/{b('b3')}"}]},
+        {"resourceType": "Media", "id": b("media"), "status": "completed", "subject": seeds.ref("Patient", p),
+         "content": {"contentType": "text/plain", "url": f"Binary/{b('b4')}"}},
+        {"resourceType": "Communication", "id": b("comm"), "status": "completed", "subject": seeds.ref("Patient", p),
+         "payload": [{"contentAttachment": {"contentType": "text/plain", "url": f"Binary/{b('b5')}"}}]},
+        document(b("doc3"), p, f"Binary/{b('bshared')}"),  # a Binary whose securityContext is the control
+        document(b("doc4"), p, f"Binary/{b('b7')}"),  # ... and one whose securityContext is its document
+    ]
+    holders.append(binary(b("b7"), f"DocumentReference/{b('doc4')}"))
+    control = [binary(b("cb1"), f"Patient/{c}"), binary(b("cb2"), f"Patient/{c}"), binary(b("bshared"), f"Patient/{c}"),
+               binary(b("loose")), document(b("cdoc"), c, f"Binary/{b('cb1')}")]
+    for resource in mine + holders:
+        seed.add(resource, True)
+    for resource in control:
+        seed.add(resource, False)
+    groups = {"found by reference": [("Binary", b(n)) for n in ("b1", "b2", "b3", "b4", "b5", "b7")],
+              "by securityContext only": [("Binary", b("b6"))],
+              "shared": [("Binary", b("bshared"))]}
+    return seed, groups
+
+
+async def test_document_bytes_are_purged_with_their_documents(proxy, upstream) -> None:
+    kind, base = upstream
+    seed, binaries = document_seed(base)
+    seeds.write(base, seed.resources)
+    before = seeds.snapshot(base, seed.untouchable)
+
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    assert status == 200 and "Binary: " in texts(plan)
+    assert seeds.present(base, seed.in_scope) == seed.in_scope
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", report
+    assert seeds.present(base, binaries["found by reference"]) == []
+    shared = binaries["shared"][0]
+    assert f"kept (shared): Binary/{shared[1]}: its securityContext is Patient/{seed.control}" in report
+    assert seeds.snapshot(base, seed.untouchable) == before  # control documents and Binaries untouched
+    lone = binaries["by securityContext only"]
+    if kind == "hapi":  # Binary?_security-context works there, strictly: the lone Binary is found
+        assert seeds.present(base, lone) == []
+        assert seeds.present(base, seed.in_scope) == []
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(f"{base}/Binary/{lone[0][1]}/_history")).status_code == 404
+    else:  # the engine answers any Binary search with nothing: it cannot be found, and it says so
+        assert seeds.present(base, lone) == lone
+        assert "could not be searched" in report and f"securityContext is Patient/{seed.patient}" in report
+        assert seeds.present(base, [k for k in seed.in_scope if k not in lone]) == []
+
+
+async def test_attachments_keep_and_guards_never_delete_more(make_proxy, upstream) -> None:
+    kind, base = upstream
+    seed, binaries = document_seed(base)
+    seeds.write(base, seed.resources)
+    found = binaries["found by reference"]
+
+    kept = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"attachments": "keep"})
+    definition = {"resourceType": "CompartmentDefinition", "code": "Patient", "status": "active", "search": True,
+                  "resource": [{"code": "Observation", "param": ["subject"]}]}
+    body = {"resourceType": "Parameters", "parameter": [{"name": "compartmentDefinition", "resource": definition}]}
+    before = seeds.snapshot(base, seed.in_scope + seed.untouchable)
+    plain = await make_proxy(base, auth={"admin_token": TOKEN})
+    status, outcome = await purge(plain, seed.patient, body)  # Observations only: no document is touched
+    assert status == 200 and "Binary" not in texts(outcome), texts(outcome)
+    after = seeds.snapshot(base, seed.in_scope + seed.untouchable)
+    assert {k: v for k, v in after.items() if k[0] != "Observation"} == \
+        {k: v for k, v in before.items() if k[0] != "Observation"}
+
+    before = seeds.snapshot(base, seed.untouchable)
+    status, outcome = await purge(kept, seed.patient)
+    report = texts(outcome)
+    assert all(f"kept (purge.attachments is 'keep'): Binary/{i}" in report for _, i in found), report
+    assert seeds.present(base, found) == found
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+    seed, binaries = document_seed(base)  # afresh: the documents pointing at them are gone now
+    seeds.write(base, seed.resources)
+    found = binaries["found by reference"]
+    greedy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"shared": "delete"})
+    status, outcome = await purge(greedy, seed.patient)
+    report = texts(outcome)
+    assert seeds.present(base, found) == []
+    assert f"deleted (shared): Binary/{binaries['shared'][0][1]}" in report  # the policy said so
+    control = [k for k in seed.untouchable if k != binaries["shared"][0]]
+    assert seeds.present(base, control) == control  # but nothing of the control's own
+
+
+async def test_history_of_resources_deleted_before_the_purge(proxy, upstream) -> None:
+    kind, base = upstream
+    seed = seeds.build(sizes={"Observation": 3, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    mine = [k for k in seed.in_scope if k[0] in ("Observation", "Condition")][:3]
+    theirs = [k for k in seed.untouchable if k[0] == "Condition"][:2]  # nothing references them
+    delete_directly(base, mine + theirs)
+    before = seeds.snapshot(base, seed.untouchable)  # the control's deleted history included
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", report
+    assert seeds.snapshot(base, seed.untouchable) == before
+    if kind == "hapi":
+        assert "history of resource(s) deleted before this purge removed with HAPI $expunge" in report
+        async with httpx.AsyncClient() as http:
+            for rtype, rid in mine:
+                assert (await http.get(f"{base}/{rtype}/{rid}/_history")).status_code == 404
+    else:  # no history since a time to list: said, not silent
+        assert "deleted before this purge could not be searched on this upstream" in report
+        assert f"history of Patient/{seed.patient} may remain" in report
+
+
+@pytest.mark.hapi
+async def test_earlier_deleted_history_guards(make_proxy, hapi_base) -> None:
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
+    tag = seed.patient[:-2]
+    both = {"resourceType": "Observation", "id": f"{tag}-both", "status": "final", "code": {"text": "x"},
+            "subject": seeds.ref("Patient", seed.patient), "performer": [seeds.ref("Patient", seed.control)]}
+    seeds.write(base, seed.resources + [both])
+    conditions = [k for k in seed.in_scope if k[0] == "Condition"]
+    delete_directly(base, conditions + [("Observation", both["id"])])
+    keep = seeds.snapshot(base, conditions + [("Observation", both["id"])] + seed.untouchable)
+
+    definition = {"resourceType": "CompartmentDefinition", "code": "Patient", "status": "active", "search": True,
+                  "resource": [{"code": "Observation", "param": ["subject", "performer"]}]}
+    body = {"resourceType": "Parameters", "parameter": [{"name": "compartmentDefinition", "resource": definition}]}
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+    status, outcome = await purge(proxy, seed.patient, body)
+    report = texts(outcome)
+    assert f"kept (shared with Patient/{seed.control}): history of resource(s) deleted before this purge: " \
+           f"Observation/{both['id']}" in report
+    assert seeds.snapshot(base, list(keep)) == keep  # Conditions are outside this definition; both is shared
+
+
+async def test_every_reference_form_the_proxy_counts_is_searched(proxy, upstream) -> None:
+    kind, base = upstream
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    tag, p, c = seed.patient[:-2], seed.patient, seed.control
+    pv, cv = version_of(base, "Patient", p), version_of(base, "Patient", c)
+
+    def obs(oid: str, reference: str) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": f"{tag}-{oid}", "status": "final", "code": {"text": "f"},
+                "subject": {"reference": reference}}
+
+    extra = [(obs("ver", f"Patient/{p}/_history/{pv}"), True), (obs("cver", f"Patient/{c}/_history/{cv}"), False)]
+    if kind == "medplum":  # HAPI refuses to store absolute references, even to its own base
+        extra += [(obs("abs", f"{base}/Patient/{p}"), True), (obs("absver", f"{base}/Patient/{p}/_history/{pv}"), True),
+                  (obs("cabs", f"{base}/Patient/{c}"), False),
+                  (obs("far", f"http://elsewhere.example/fhir/Patient/{p}"), False)]
+    for resource, in_scope in extra:
+        seed.add(resource, in_scope)
+    seeds.write(base, [r for r, _ in extra])
+    before = seeds.snapshot(base, seed.untouchable)
+
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+
+def test_attachment_urls_are_references_to_local_binaries_only() -> None:
+    from purgeproxy.fhir.references import all_references, reference_forms
+
+    base = "http://up.test/fhir"
+    resource = {"resourceType": "DocumentReference", "id": "d", "content": [
+        {"attachment": {"contentType": "text/plain", "url": "Binary/a"}},
+        {"attachment": {"url": f"{base}/Binary/b/_history/2", "title": "t"}},
+        {"attachment": {"url": "http://elsewhere.test/fhir/Binary/c"}},  # another server's
+        {"attachment": {"url": "Observation/d"}},  # not a Binary
+    ], "extension": [{"url": "Binary/e", "valueString": "x"}]}  # an extension, not an Attachment
+    assert sorted(all_references(resource, base)) == [("Binary", "a"), ("Binary", "b")]
+    assert reference_forms(("Patient", "p"), base, ["1", "bad/id"]) == [
+        "Patient/p", f"{base}/Patient/p", "Patient/p/_history/1", f"{base}/Patient/p/_history/1"]
+
+
+@pytest.mark.hapi
+async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources(make_proxy, hapi_base) -> None:
+    """A half-done manual erasure: every resource and the Patient soft-deleted, history all there."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 1}, shared=False)
+    seeds.write(base, seed.resources)
+    mine = [k for k in seed.in_scope if k[0] != "Patient"]
+    delete_directly(base, mine + [("Patient", seed.patient)])
+    before = seeds.snapshot(base, seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+
+    status, plan = await purge(proxy, seed.patient, query="?dryRun=true")
+    assert "would be removed with HAPI $expunge" in texts(plan) and f"Patient/{seed.patient}" in texts(plan)
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    async with httpx.AsyncClient() as http:
+        for rtype, rid in seed.in_scope:
+            assert (await http.get(f"{base}/{rtype}/{rid}/_history")).status_code == 404, (rtype, rid)
+    assert seeds.snapshot(base, seed.untouchable) == before
