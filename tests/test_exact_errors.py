@@ -142,6 +142,7 @@ def faulty() -> Iterator[respx.MockRouter]:
         router.route(host="127.0.0.1").pass_through()
         router.get(f"{BASE}/metadata").respond(200, json=CAPABILITY)
         router.post(BASE).respond(400, json=OUTCOME)  # no batch: searches are sent one by one
+        router.get(url__regex=rf"{BASE}/(Patient/p1/)?_history.*").respond(404, json=OUTCOME)  # no history
         yield router
 
 
@@ -175,7 +176,7 @@ async def test_paging_that_leaves_the_upstream_is_a_gateway_error(make_proxy, fa
     faulty.get(f"{BASE}/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
     page = {**bundle(observation("o1", "Patient/p1")),
             "link": [{"relation": "next", "url": "http://elsewhere.test/fhir/Observation?page=2"}]}
-    faulty.get(f"{BASE}/Observation", params={"subject": "Patient/p1"}).respond(200, json=page)
+    faulty.get(url__regex=rf"{BASE}/Observation\?.*subject=Patient%2Fp1").respond(200, json=page)
     _empty_searches(faulty)
     proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
     async with httpx.AsyncClient(timeout=60) as http:
