@@ -244,8 +244,11 @@ class Purge(_Strict):
     hard_delete: Literal["require", "auto", "never"] = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
     outside_references: bool = Field(
-        True, description="search for resources outside the compartment that reference what is deleted "
-        "(every resource of plans up to 1000, else the Patient only)"
+        True, description="search for resources outside the compartment that reference the Patient"
+    )
+    outside_references_members: int = Field(
+        0, ge=0, le=100_000, description="plans of at most this many resources also have every member's "
+        "outside referrers searched (about 90 reverse searches per type and 50 ids in R4)"
     )
     attachments: Literal["delete", "keep"] = Field(
         "delete", description="Binaries holding the patient's documents (Attachment.url, securityContext)"

@@ -408,9 +408,13 @@ async def test_other_patients_resources_left_pointing_at_deleted_members_are_lis
               "result": [seeds.ref("Observation", f"{seed.patient}-obs2")]}
     seeds.write(medplum_base, seed.resources + [report])
     before = seeds.snapshot(medplum_base, [*seed.untouchable, ("DiagnosticReport", report["id"])])
-    proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN})
+    proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN}, purge={"outside_references_members": 100})
+    default = await make_proxy(medplum_base, auth={"admin_token": TOKEN})
     async with httpx.AsyncClient(timeout=120) as http:
+        planned = (await http.post(f"{default}/Patient/{seed.patient}/$purge?dryRun=true", headers=AUTH)).json()
         answer = await http.post(f"{proxy}/Patient/{seed.patient}/$purge", headers=AUTH)
+    assert (f"searched for references to Patient/{seed.patient} only: references to the other "
+            f"{len(seed.in_scope) - 1} resource(s) to delete were not searched") in texts(planned)
     outcome = answer.json()
     assert answer.status_code == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
     assert (f"DiagnosticReport/{report['id']} is outside the compartment and still references "

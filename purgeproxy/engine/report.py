@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from purgeproxy.engine.plan import by_type
-from purgeproxy.engine.purge import OUTSIDE_MEMBERS, PurgeResult
+from purgeproxy.engine.purge import PurgeResult
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key
 
@@ -123,9 +123,10 @@ def _referrers_searched(result: PurgeResult) -> list[dict[str, Any]]:
     if searched >= planned:
         return [_info(f"resources outside the compartment referencing any of the {planned} resource(s) "
                       "to delete were searched for; those found are listed")]
-    return [_info(f"resources outside the compartment were searched for references to "
-                  f"Patient/{result.request.patient_id} only: references to the other {planned - searched} "
-                  f"resource(s) to delete were not searched (more than {OUTSIDE_MEMBERS} planned)")]
+    patient = f"Patient/{result.request.patient_id}"
+    what = f"searched for references to {patient} only" if searched else "not searched for references"
+    return [_info(f"resources outside the compartment were {what}: references to the other "
+                  f"{planned - searched} resource(s) to delete were not searched (purge.outside_references_members)")]
 
 
 def _problems(result: PurgeResult) -> list[dict[str, Any]]:

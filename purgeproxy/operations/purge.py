@@ -43,7 +43,7 @@ def settings_from(config: Config) -> PurgeSettings:
     purge = config.purge
     policy = Policy(frozenset(purge.excluded_types), purge.shared == "delete")
     return PurgeSettings(policy, purge.batch_size, purge.page_size, purge.max_rounds, purge.hard_delete,
-                         purge.max_without_confirm, purge.outside_references,
+                         purge.max_without_confirm, purge.outside_references, purge.outside_references_members,
                          attachments=purge.attachments)
 
 

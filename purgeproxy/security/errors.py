@@ -21,7 +21,6 @@ class Denied(OutcomeError):
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         super().__init__(status, code, text, headers=headers)
-        self.challenge, self.retry_after = challenge, retry_after
 
 
 def invalid_token(text: str) -> Denied:
