@@ -292,7 +292,7 @@ def _rewritten_bundle(
         return None
     try:
         document = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON is not ours to rewrite
         return None
     if not (
         isinstance(document, dict)

@@ -97,3 +97,15 @@ async def test_a_soft_deleting_upstream_is_reported_not_faked(make_proxy, upstre
     outcome = answer.json()
     assert answer.status_code == 200 and outcome["issue"][0]["code"] == "incomplete", outcome
     assert any(i["code"] == "not-supported" and "history was not removed" in i["diagnostics"] for i in outcome["issue"])
+
+
+async def test_a_cascade_whose_target_cannot_be_read_deletes_nothing(make_proxy, upstream) -> None:
+    """A 500 on the target is an unknown state, not "already gone": its referrers stay."""
+    upstream.get(f"{BASE}/Patient/p1").respond(500, json={"resourceType": "OperationOutcome", "issue": []})
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient() as http:
+        answer = await http.delete(f"{proxy}/Patient/p1?_cascade=delete&_confirm=true", headers=AUTH)
+    outcome = answer.json()
+    assert answer.status_code == 502, outcome
+    assert "reading Patient/p1 answered 500" in outcome["issue"][0]["diagnostics"]
+    assert writes(upstream) == []

@@ -23,6 +23,8 @@ from typing import Any
 from purgeproxy.engine.compartment import patients_of
 from purgeproxy.engine.references import find_referrers, references_among
 from purgeproxy.engine.removal import Context, Recheck, Refused, Removal, order_resources, remove, versions_of
+from purgeproxy.engine.verify import GONE
+from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.references import Key
 
 
@@ -42,6 +44,9 @@ async def plan_cascade(ctx: Context, target: Key, max_rounds: int) -> CascadePla
     answer = await ctx.get(f"{target[0]}/{target[1]}")
     if answer.status == 200 and answer.resource_type == target[0]:
         plan.resources[target] = answer.body
+    elif answer.status not in GONE:  # unknown state: never cascade from a guess
+        raise UpstreamError(502, "exception", f"reading {target[0]}/{target[1]} answered {answer.status}; "
+                            "nothing was deleted")
     frontier = [target]
     while frontier:
         found = await find_referrers(ctx, frontier)

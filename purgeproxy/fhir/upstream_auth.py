@@ -82,7 +82,7 @@ class ClientCredentialsAuth(_UpstreamOnly):
                                           auth=(self.settings.client_id or "", secret),
                                           headers={"Accept": "application/json"})
             body = answer.json() if answer.status_code == 200 else {}
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, RecursionError):
             body = {}
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:

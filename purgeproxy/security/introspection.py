@@ -45,7 +45,7 @@ class Introspector:
                 auth=(self.settings.client_id, secret), headers={"Accept": "application/json"},
             )
             body = response.json() if response.status_code == 200 else None
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, ValueError, RecursionError):
             body = None
         if not isinstance(body, dict):
             raise Denied(503, "the token introspection endpoint did not give a usable answer", code="transient")

@@ -88,7 +88,7 @@ class JwtVerifier:
                 answer = await self.http.get(self.settings.jwks_url or "", headers={"Accept": "application/json"})
                 answer.raise_for_status()
                 self._fetched = _key_set(answer.json().get("keys", []))
-            except (httpx.HTTPError, ValueError, AttributeError):
+            except (httpx.HTTPError, ValueError, RecursionError, AttributeError):
                 raise Denied(503, "the token issuer's keys (jwks_url) cannot be fetched", code="transient") from None
 
 
