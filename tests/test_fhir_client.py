@@ -76,3 +76,30 @@ async def test_a_write_is_never_repeated(client: FhirClient) -> None:
     with pytest.raises(UpstreamError):
         await client.request("POST", "", json={"resourceType": "Bundle"})
     assert route.call_count == 1
+
+
+DROPPED = httpx.RemoteProtocolError("Server disconnected without sending a response.")
+
+
+@respx.mock
+@pytest.mark.parametrize(("bundle", "repeated"), [
+    ({"type": "batch", "entry": [{"request": {"method": "GET", "url": "Observation?subject=Patient/1"}}]}, True),
+    ({"type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Observation/1"}}]}, True),
+    ({"type": "transaction", "entry": [{"request": {"method": "DELETE", "url": "Observation/1"}},
+                                       {"request": {"method": "POST", "url": "Observation"},
+                                        "resource": {"resourceType": "Observation"}}]}, False),
+    ({"type": "transaction", "entry": [{"request": {"method": "PUT", "url": "Observation/1"},
+                                        "resource": {"resourceType": "Observation", "id": "1"}}]}, False),
+], ids=["batch-of-searches", "deletes", "deletes-and-a-create", "an-update"])
+async def test_only_bundles_of_reads_and_deletes_are_sent_again(client: FhirClient, bundle: dict,
+                                                                repeated: bool) -> None:
+    """A DELETE sent twice finds the resource gone; a create or update sent twice is two writes."""
+    route = respx.post(BASE)
+    route.side_effect = [DROPPED, httpx.Response(200, json={"resourceType": "Bundle"})]
+    if repeated:
+        answer = await client.request("POST", "", json={"resourceType": "Bundle", **bundle})
+        assert answer.status == 200 and route.call_count == 2
+    else:
+        with pytest.raises(UpstreamError):
+            await client.request("POST", "", json={"resourceType": "Bundle", **bundle})
+        assert route.call_count == 1

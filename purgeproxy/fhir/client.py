@@ -90,19 +90,32 @@ class FhirClient:
 
     async def _send(self, method: str, url: str, params: Any, json: Any, headers: dict[str, str],
                     auth: Any) -> httpx.Response:
-        """Send once; a read that failed on a pooled connection the upstream had just closed is
-        sent once more (idempotent GETs only: a write is never repeated behind the caller's back).
-        Measured: Node closes idle keep-alive connections after 5 s, racing httpx's pool."""
+        """Send once; an idempotent request that failed on a pooled connection the upstream had
+        just closed is sent once more. Measured: Node closes idle keep-alive connections after
+        5 s, racing httpx's pool, and under load the race is lost often enough to fail a purge.
+        Idempotent: a GET or DELETE, or a batch/transaction Bundle of GETs and DELETEs only (a DELETE
+        repeated finds the resource gone, which every caller counts as gone). Anything that
+        creates or changes a resource is never repeated behind the caller's back."""
         try:
             return await self.http.request(method, url, params=params, json=json, headers=headers, auth=auth)
         except (httpx.ReadError, httpx.RemoteProtocolError):
-            if method != "GET":
+            if not _idempotent(method, json):
                 raise
         return await self.http.request(method, url, params=params, json=json, headers=headers, auth=auth)
 
     async def capabilities(self, headers: Mapping[str, str] | None = None) -> FhirResponse:
         """The CapabilityStatement; with ``headers`` it is fetched for a client, as the client."""
         return await self.request("GET", "metadata", headers=headers, for_client=headers is not None)
+
+
+def _idempotent(method: str, body: Any) -> bool:
+    if method in ("GET", "DELETE"):
+        return True
+    if method != "POST" or not isinstance(body, dict) or body.get("type") not in ("batch", "transaction"):
+        return False
+    entries = body.get("entry") or []
+    return all(isinstance(e, dict) and "resource" not in e
+               and (e.get("request") or {}).get("method") in ("GET", "DELETE") for e in entries)
 
 
 def _json_body(response: httpx.Response) -> Any:
