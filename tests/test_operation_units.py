@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
-from typing import get_args
+from typing import Any, get_args
 
 import httpx
 import pytest
@@ -31,6 +31,7 @@ FLAGS = {("DELETE", "/{type}/{id}"): "_cascade=delete", ("DELETE", "/{type}"): "
 STATEMENT = {"resourceType": "CapabilityStatement", "status": "active", "kind": "instance", "fhirVersion": "4.0.1",
              "format": ["json"], "rest": [{"mode": "server", "resource": [{"type": "Patient"}]}]}
 SEEN = web.AppKey("seen", list)
+Upstream = tuple[str, list[tuple[str, str]]]  # its FHIR base, and the requests it received
 
 
 def declared() -> list[tuple[OperationUnit, Route]]:
@@ -92,7 +93,7 @@ def test_the_app_routes_exactly_the_declared_operations() -> None:
     assert served == [(route.method, "/fhir" + route.path, route.handler) for _, route in declared()]
 
 
-async def test_the_worker_pool_runs_the_declared_job_runners(make_proxy, upstream) -> None:
+async def test_the_worker_pool_runs_the_declared_job_runners(upstream: Upstream) -> None:
     """The running app's workers hold one runner per declared ``job_runner``, under the unit's
     name, which is what its handler stores jobs as (``$purge``; ``$expunge everything`` too)."""
     app = create_app(config_for(upstream[0]))
@@ -106,7 +107,7 @@ async def test_the_worker_pool_runs_the_declared_job_runners(make_proxy, upstrea
 
 
 @pytest.fixture
-async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
+async def upstream() -> AsyncIterator[Upstream]:
     """Answers ``metadata`` with a small CapabilityStatement and records every other request."""
     async def handler(request: web.Request) -> web.Response:
         if request.path == "/fhir/metadata":
@@ -124,7 +125,7 @@ async def upstream() -> AsyncIterator[tuple[str, list[tuple[str, str]]]]:
 
 
 async def test_every_declared_route_answers_itself_and_every_advertised_operation_is_listed(
-        make_proxy, upstream) -> None:
+        make_proxy: Any, upstream: Upstream) -> None:
     upstream_url, seen = upstream
     proxy = await make_proxy(upstream_url, auth={"admin_token": TOKEN})
     async with httpx.AsyncClient(timeout=30) as http:

@@ -41,8 +41,9 @@ class OperationUnit:
     ``name`` names it in jobs and in this list; ``auth`` is what the Authorizer is asked for (the
     names of ``config.Operation`` and the default scopes); ``parameters`` is the spec its handler
     validates input with (``vendor.Spec``'s kinds, and ``resource`` for ``$purge``'s
-    ``compartmentDefinition``, which ``params.parse_purge`` reads); ``advertised`` its CapabilityStatement entry, if it has one; and
-    ``job_runner`` runs its stored jobs (``Prefer: respond-async``), if it has any.
+    ``compartmentDefinition``, which ``params.parse_purge`` reads); ``advertised`` is its
+    CapabilityStatement entry, if it has one; ``job_runner`` runs its stored jobs
+    (``Prefer: respond-async``), if it has any.
     """
 
     name: str
