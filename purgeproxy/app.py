@@ -30,6 +30,7 @@ from purgeproxy.errors import outcome_errors
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
+from purgeproxy.operations.unit import advertised
 from purgeproxy.passthrough import Passthrough
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
@@ -85,7 +86,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[access_log, outcome_errors])  # errors inside: logged as answered
     app[CONFIG] = config
-    app[OPERATIONS] = list(operations.ADVERTISED)
+    app[OPERATIONS] = advertised(operations.OPERATIONS)
     app.cleanup_ctx.append(_upstream_clients)
     app.cleanup_ctx.append(jobs_context)  # after the clients: its workers stop before they close
     base = config.server.base_path

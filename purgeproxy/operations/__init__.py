@@ -1,4 +1,9 @@
-"""The proxy's own destructive operations: HTTP handlers that parse, validate and call the engine."""
+"""The proxy's own destructive operations: HTTP handlers that parse, validate and call the engine.
+
+Each operation is declared once, as an :class:`~purgeproxy.operations.unit.OperationUnit` in its
+module; :data:`OPERATIONS` is the list the routes, the CapabilityStatement entries and the job
+runners are generated from. A new operation adds its unit here.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,13 @@ from purgeproxy.operations import (
     erase,
     expunge,
     purge,
+    unit,
 )
 
-ADVERTISED = [purge.ADVERTISED, erase.ADVERTISED, expunge.ADVERTISED, delete_expunge.ADVERTISED]
+OPERATIONS = [purge.PURGE, erase.ERASE, expunge.EXPUNGE, delete_expunge.DELETE_EXPUNGE, cascade.CASCADE_DELETE]
 
 
 def add_routes(app: web.Application, base: str) -> None:
     """Register before the pass-through catch-all: the first matching route wins."""
-    purge.add_routes(app, base)
-    for module in (erase, expunge, delete_expunge, cascade):
-        module.add_routes(app, base)
+    unit.add_routes(app, base, OPERATIONS)
     async_status.add_routes(app, base)

@@ -21,10 +21,12 @@ from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_cri
 from purgeproxy.engine.removal import Context, Refused
 from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
+from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import answer, check_type, resource_key, run
 
 OPERATION = "cascade-delete"
-CONTROL = frozenset({"_cascade", "_expunge", "_dryRun", "_confirm"})
+PARAMETERS = {"_cascade": "string", "_expunge": "boolean", "_dryRun": "boolean", "_confirm": "boolean"}
+CONTROL = frozenset(PARAMETERS)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -125,6 +127,5 @@ async def _delete_expunge(request: web.Request, ctx: Context, caller: Caller, se
     return answer(caller, await delete_expunge(ctx, searches, dry_run, confirmed))
 
 
-def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_delete(f"{base}/{{type}}/{{id}}", instance)
-    app.router.add_delete(f"{base}/{{type}}", conditional)
+# ``DELETE <Type>`` (:func:`conditional`) is part of ``$delete-expunge``'s declaration.
+CASCADE_DELETE = OperationUnit(OPERATION, OPERATION, (Route("DELETE", "/{type}/{id}", instance),), PARAMETERS)

@@ -16,13 +16,12 @@ from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.delete_expunge import delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context
+from purgeproxy.operations import cascade
 from purgeproxy.operations.params import BadRequest
+from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import answer, check_type, operation_input, run
 
 OPERATION = "$delete-expunge"
-ADVERTISED = AdvertisedOperation(
-    "delete-expunge", "http://hapifhir.io/fhir/OperationDefinition/delete-expunge", None
-)
 SPEC = {"url": "strings", "batchSize": "integer", "dryRun": "boolean", "confirm": "boolean"}
 
 
@@ -44,5 +43,11 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return await run(request, OPERATION, work)
 
 
-def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_post(f"{base}/$delete-expunge", handle)
+# The conditional ``DELETE Type?criteria&_expunge=true`` is authorized and carried out as this
+# operation too; its handler lives with the DELETE interception.
+DELETE_EXPUNGE = OperationUnit(
+    OPERATION, OPERATION,
+    (Route("POST", "/$delete-expunge", handle), Route("DELETE", "/{type}", cascade.conditional)),
+    SPEC,
+    AdvertisedOperation("delete-expunge", "http://hapifhir.io/fhir/OperationDefinition/delete-expunge", None),
+)

@@ -10,6 +10,7 @@ from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.erase import erase_resource, erase_versions
 from purgeproxy.engine.removal import Context
+from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import (
     answer,
     operation_input,
@@ -35,10 +36,10 @@ async def handle(request: web.Request) -> web.StreamResponse:
     return await run(request, OPERATION, work)
 
 
-# Instance- and version-level on every type: listed once at system level rather than per type.
-ADVERTISED = AdvertisedOperation("erase", DEFINITION, None)
-
-
-def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_post(f"{base}/{{type}}/{{id}}/$erase", handle)
-    app.router.add_post(f"{base}/{{type}}/{{id}}/_history/{{vid}}/$erase", handle)
+ERASE = OperationUnit(
+    OPERATION, OPERATION,
+    (Route("POST", "/{type}/{id}/$erase", handle), Route("POST", "/{type}/{id}/_history/{vid}/$erase", handle)),
+    SPEC,
+    # Instance- and version-level on every type: listed once at system level rather than per type.
+    AdvertisedOperation("erase", DEFINITION, None),
+)

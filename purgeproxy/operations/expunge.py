@@ -28,6 +28,7 @@ from purgeproxy.engine.removal import Context, Refused
 from purgeproxy.engine.removal_report import expunge_parameters
 from purgeproxy.operations.async_status import kick_off
 from purgeproxy.operations.common import caller_of
+from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import (
     answer,
     check_type,
@@ -39,7 +40,6 @@ from purgeproxy.operations.vendor import (
 from purgeproxy.servers.expunge import ExpungeOptions
 
 OPERATION = "$expunge"
-ADVERTISED = AdvertisedOperation("expunge", "http://hapifhir.io/fhir/OperationDefinition/expunge", None)
 SPEC = {"dryRun": "boolean", "everything": "boolean", "limit": "integer",
         "expungeDeletedResources": "boolean", "expungePreviousVersions": "boolean",
         "expungeEverything": "boolean"}
@@ -114,8 +114,11 @@ async def bulk(request: web.Request) -> web.StreamResponse:
     return await run(request, OPERATION, work)
 
 
-def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_post(f"{base}/$expunge", bulk)
-    app.router.add_post(f"{base}/{{type}}/$expunge", bulk)
-    app.router.add_post(f"{base}/{{type}}/{{id}}/$expunge", instance)
-    app.router.add_post(f"{base}/{{type}}/{{id}}/_history/{{vid}}/$expunge", version)
+EXPUNGE = OperationUnit(
+    OPERATION, OPERATION,
+    (Route("POST", "/$expunge", bulk), Route("POST", "/{type}/$expunge", bulk),
+     Route("POST", "/{type}/{id}/$expunge", instance),
+     Route("POST", "/{type}/{id}/_history/{vid}/$expunge", version)),
+    SPEC,
+    AdvertisedOperation("expunge", "http://hapifhir.io/fhir/OperationDefinition/expunge", None),
+)

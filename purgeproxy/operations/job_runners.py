@@ -2,28 +2,24 @@
 
 Registered after the upstream clients, so it is torn down before them: on shutdown the workers
 stop claiming, let the batch in flight finish and checkpoint, and give their leases back while
-the upstream client still works. New asynchronous operations add their runner to ``runners``.
+the upstream client still works. The runners are the declared operations' ``job_runner``s.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from functools import partial
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS
 from purgeproxy.config import Config
 from purgeproxy.jobs.store import open_store
-from purgeproxy.jobs.worker import Runner, WorkerPool, WorkerSettings
+from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
-from purgeproxy.operations import purge_job
+from purgeproxy.operations import OPERATIONS
+from purgeproxy.operations.unit import job_runners
 
 log = get_logger("purgeproxy.jobs")
-
-
-def runners(app: web.Application) -> dict[str, Runner]:
-    return {"$purge": partial(purge_job.run, app)}
 
 
 def worker_count(config: Config) -> int:
@@ -37,7 +33,7 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     store = app[JOB_STORE] = open_store(settings.store)
     await store.open()
     size = worker_count(app[CONFIG])
-    workers = app[JOB_WORKERS] = WorkerPool(store, runners(app), WorkerSettings(
+    workers = app[JOB_WORKERS] = WorkerPool(store, job_runners(app, OPERATIONS), WorkerSettings(
         size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
     workers.start()
     log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,

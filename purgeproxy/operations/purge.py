@@ -29,14 +29,13 @@ from purgeproxy.engine.report import purge_outcome
 from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import is_valid_id
+from purgeproxy.jobs.store import Job
+from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.async_status import kick_off, wants_async
 from purgeproxy.operations.common import bounded_body, caller_of
-from purgeproxy.operations.params import BadRequest, compartment_from, parse_purge
+from purgeproxy.operations.params import BOOLEAN_PARAMETERS, BadRequest, compartment_from, parse_purge
+from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.servers.profile import UpstreamProfile
-
-ADVERTISED = AdvertisedOperation(
-    "purge", "http://hl7.org/fhir/build/OperationDefinition/Patient-purge", "Patient"
-)
 
 
 def settings_from(config: Config) -> PurgeSettings:
@@ -113,7 +112,18 @@ async def _rail_before_kick_off(engine: PurgeEngine, purge_request: PurgeRequest
     engine.check_confirmed(purge_request, await engine.plan(purge_request))
 
 
-def add_routes(app: web.Application, base: str) -> None:
-    path = f"{base}/Patient/{{id}}/$purge"
-    app.router.add_route("POST", path, handle)
-    app.router.add_route("GET", path, handle)
+async def _run_job(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:
+    """The stored-job twin of :func:`handle`; imported when a job runs, as ``purge_job`` builds
+    on this module (its settings and audit)."""
+    from purgeproxy.operations import purge_job
+
+    return await purge_job.run(app, job, checkpoint)
+
+
+PURGE = OperationUnit(
+    "$purge", "$purge",
+    (Route("POST", "/Patient/{id}/$purge", handle), Route("GET", "/Patient/{id}/$purge", handle)),
+    dict.fromkeys(BOOLEAN_PARAMETERS, "boolean") | {"compartmentDefinition": "resource"},
+    AdvertisedOperation("purge", "http://hl7.org/fhir/build/OperationDefinition/Patient-purge", "Patient"),
+    _run_job,
+)
