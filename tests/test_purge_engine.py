@@ -60,7 +60,7 @@ async def test_delete_order_puts_referencing_resources_first(engine, upstream) -
     seed = seeds.build(sizes={"Encounter": 2, "Observation": 4, "DiagnosticReport": 1}, shared=False)
     seeds.write(upstream, seed.resources)
     result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment), dry_run=True))
-    order = result.plan.order
+    order = result.planned
     position = {key: index for index, key in enumerate(order)}
     assert order[-1] == ("Patient", seed.patient)
     report = ("DiagnosticReport", f"{seed.patient}-dr0")

@@ -17,37 +17,22 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from purgeproxy.engine.attachments import AttachmentFinder, Attachments
 from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
 from purgeproxy.engine.context import Context
-from purgeproxy.engine.deleted_history import DeletedHistoryFinder, EarlierDeleted
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
 from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.references import find_referrers
+from purgeproxy.engine.result import PurgeDetails, Result
 from purgeproxy.engine.verify import history_left, still_readable, version_of
 from purgeproxy.fhir.client import FhirClient, UpstreamError
-from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
-
-
-class ConfirmationRequired(OutcomeError):
-    """The operation would delete more than ``max_without_confirm`` resources; nothing was deleted.
-
-    The text names the parameters exactly as the form the caller used spells them (``confirm``
-    in ``$purge``'s query or Parameters, ``_confirm`` on a conditional DELETE): followed
-    literally, it must work.
-    """
-
-    def __init__(self, planned: int, limit: int, what: str = "this purge", confirm: str = "confirm",
-                 dry_run: str = "dryRun") -> None:
-        super().__init__(422, "business-rule", f"{what} would delete {planned} resources, more than {limit} "
-                         f"without confirmation (purge.max_without_confirm): nothing was deleted; see the plan with {dry_run}=true, "
-                         f"then repeat with {confirm}=true", expression=confirm)
-        self.planned, self.limit = planned, limit
 
 
 @dataclass(frozen=True)
@@ -88,44 +73,6 @@ class PurgeRequest:
 
 
 @dataclass
-class PurgeResult:
-    request: PurgeRequest
-    plan: Plan
-    hard_delete_method: str | None
-    deletion: DeletionReport = field(default_factory=DeletionReport)
-    remaining: list[Key] = field(default_factory=list)  # in scope, still there at the end
-    history_remaining: list[Key] = field(default_factory=list)
-    history_checked: int = 0  # how many deleted resources had their history read back
-    errors: list[str] = field(default_factory=list)
-    # the upstream failed mid-purge: what remains is unknown, and ``removed`` is a lower bound
-    interruption: OutcomeError | None = None
-    removed_in_interrupted_round: int = 0  # removed in batches of the round that failed
-    removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
-    referrers_searched: int | None = None  # planned resources whose outside referrers were searched
-
-    @property
-    def removed(self) -> int:
-        """Resources this purge removed, measured: over every attempt, and counting the batches
-        of a round the upstream interrupted (their keys never reached ``deletion``)."""
-        this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
-        return self.removed_earlier + max(this_run, self.removed_in_interrupted_round)
-    attachments: Attachments = field(default_factory=Attachments)
-    earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
-    versions_unknown: str | None = None  # why versioned references to the patient were not searched
-
-    @property
-    def complete(self) -> bool:
-        """Nothing in scope is left; history counts when a hard delete was promised."""
-        history_left = self.history_remaining and self.hard_delete_method is not None
-        earlier = self.earlier_deleted
-        earlier_left = self.hard_delete_method is not None and (earlier.failed or earlier.history_remaining)
-        return not (self.remaining or history_left or self.errors or self.interruption
-                    or self.deletion.blocked or self.deletion.failed or self.deletion.unexamined
-                    or self.deletion.hard_delete_failed or self.plan.unsearchable
-                    or self.attachments.unreadable or earlier_left)
-
-
-@dataclass
 class PurgeEngine:
     client: FhirClient
     profile: UpstreamProfile
@@ -163,39 +110,42 @@ class PurgeEngine:
         resolution = await self.resolver(request.compartment).resolve(request.patient_id)
         return make_plan(resolution, self.settings.policy)
 
-    async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
+    async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> Result:
         resolver = self.resolver(request.compartment)
         resolution = await resolver.resolve(request.patient_id)
         first = make_plan(resolution, self.settings.policy)
         searched = await self._find_outside_references(request, first) if self.settings.outside_references else None
         hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
-        result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
-        result.referrers_searched = searched
-        result.versions_unknown = resolver.versions_unknown.get(resolution.patient_key)
-        result.attachments = await self._attachments(resolution, first)
+        details = PurgeDetails(request.patient_id, first, referrers_searched=searched,
+                               versions_unknown=resolver.versions_unknown.get(resolution.patient_key))
+        result = Result("$purge", f"Patient/{request.patient_id}", request.dry_run,
+                        hard_delete_method=self.profile.kind.hard_delete_method if hard else None,
+                        permanent=False, purge=details)
+        details.attachments = await self._attachments(resolution, first)
+        result.planned = first.order
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
                                        self.settings.policy)
-        result.earlier_deleted = await earlier.find(resolution)
+        details.earlier_deleted = await earlier.find(resolution)
         if request.dry_run:
             return result
-        self.check_confirmed(request, first)
+        check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
         tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, {**_versions(resolution), **result.attachments.versions},
+            await self._rounds(resolver, first, {**_versions(resolution), **details.attachments.versions},
                                self.deleter(hard, resolver, request.patient_id), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
             result.interruption = failure
-            result.removed_in_interrupted_round = tally.removed
+            result.removed_before_failure = tally.removed
         if not result.errors:
             checked = _history_sample(result.deletion.deleted, all_of_them=hard)
             try:
                 result.history_remaining = await history_left(self.client, self.limit, checked)
                 result.history_checked = len(checked)
-                left = await still_readable(self.client, self.limit, result.attachments.delete)
+                left = await still_readable(self.client, self.limit, details.attachments.delete)
                 result.remaining += [key for key in left if key not in result.remaining]
-                if hard and result.earlier_deleted.found:
-                    await earlier.remove(result.earlier_deleted, self.profile.kind)
+                if hard and details.earlier_deleted.found:
+                    await earlier.remove(details.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         return result
@@ -254,14 +204,9 @@ class PurgeEngine:
                         if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
         return frozenset(covered)
 
-    def check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
-        """The safety rail, after planning and before the first delete of the same run."""
-        limit = self.settings.max_without_confirm
-        if limit is not None and not request.confirmed and len(plan.order) > limit:
-            raise ConfirmationRequired(len(plan.order), limit)
-
-    async def _rounds(self, resolver: Resolver, plan: Plan, versions: Versions, deleter: Deleter,
-                      result: PurgeResult, progress: PurgeProgress | None) -> None:
+    async def _rounds(self, resolver: Resolver, first: Plan, versions: Versions, deleter: Deleter,
+                      result: Result, progress: PurgeProgress | None) -> None:
+        plan = first
         gone: set[Key] = set()
         progressed = True
         for _ in range(self.settings.max_rounds):
@@ -283,7 +228,7 @@ class PurgeEngine:
             progressed = bool(report.deleted or report.already_gone)
             resolution = await resolver.resolve(plan.patient_id)
             plan, versions = make_plan(resolution, self.settings.policy), _versions(resolution)
-            _carry_over(result.plan, plan)
+            _carry_over(first, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
 
