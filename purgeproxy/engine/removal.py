@@ -1,9 +1,11 @@
-"""What every vendor-shaped operation ($erase, $expunge, cascade, delete-expunge) shares.
+"""The single-pass composition of the shared stages, for the operations other than the purge
+($erase, $expunge, cascade, delete-expunge).
 
-Each operation first proves a list of resources in scope, then hands it here: delete in
-transaction Bundles with the purge's ``Deleter`` (409s resolved or reported, the scope never
-widens), hard-delete with the upstream's own mechanism where it has one, and verify afterwards by
-reading every resource and its history back. The result says what was and was not removed.
+Each operation first proves a list of resources in scope (its scope finder), then hands it here:
+ordered, confirmed (``engine.rail``), deleted in transaction Bundles with the purge's ``Deleter``
+(409s resolved or reported, the scope never widens) with the upstream's own hard delete where it
+has one, and verified by reading every resource and its history back (``engine.execute``). The
+``Result`` says what was and was not removed.
 
 Each operation passes the version it read every resource in and its own scope check: the
 ``Deleter`` deletes a resource only in that version, or, when it changed since, after the check
@@ -18,10 +20,10 @@ __all__ = ["Context", "Recheck", "Refused", "Result", "SearchResult", "history_l
 from collections.abc import Mapping
 from typing import Any
 
-from purgeproxy.engine import verify
+from purgeproxy.engine import execute, verify
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
-from purgeproxy.engine.deletion import Deleter, Recheck
+from purgeproxy.engine.deletion import Recheck
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.result import Result
@@ -55,8 +57,6 @@ async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: boo
         return removal
     check_confirmed(len(order), ctx.max_without_confirm, confirmed, f"this {removal.operation}",
                     ctx.confirm_param, ctx.dry_run_param)
-    deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
-                      recheck)
     removed = 0
 
     async def count(so_far: int) -> None:
@@ -64,13 +64,12 @@ async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: boo
         removed = so_far
 
     try:
-        removal.deletion = await deleter.delete(list(order), count, versions=versions)
-        removal.remaining = await still_readable(ctx, [k for k in order if k not in removal.deletion.changed])
-        done = removal.deletion.deleted + removal.deletion.already_gone
-        removal.history_remaining = await history_left(ctx, done)
+        removal.deletion = await execute.delete(ctx, execute.deleter(ctx, recheck), list(order), count, versions)
+        deletion = removal.deletion
+        await execute.verify(ctx, removal, [k for k in order if k not in deletion.changed],
+                             deletion.deleted + deletion.already_gone)
     except UpstreamError as failure:  # deletes were made: report them, never a bare 502
-        removal.interruption = failure
-        removal.removed_before_failure = max(removed, len(removal.deletion.deleted))
+        execute.interrupted(removal, failure, max(removed, len(removal.deletion.deleted)))
         removal.errors.append(f"the upstream failed ({failure.text}) after at least {removal.removed_before_failure} "
                               f"of {len(order)} planned resource(s) were removed; what remains could not be verified")
     return removal
