@@ -268,42 +268,30 @@ def _script(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     return {**measured, "deleted": deleted, "complete": deleted == job["expected"]}
 
 
-def _timed(phases: dict[str, float], name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-    if asyncio.iscoroutinefunction(fn):
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return await fn(*args, **kwargs)
-            finally:
-                phases[name] += time.perf_counter() - started
-        return wrapper
+class _Phases:
+    """The engine's observer (``purgeproxy.engine.observer``): seconds spent in each phase. The
+    hard delete ("expunge") runs inside "delete"; the caller subtracts it."""
 
-    def plain(*args: Any, **kwargs: Any) -> Any:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
         try:
-            return fn(*args, **kwargs)
+            yield
         finally:
-            phases[name] += time.perf_counter() - started
-    return plain
+            self.seconds[name] += time.perf_counter() - started
 
 
 async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
-    from purgeproxy.engine import compartment, deletion
-    from purgeproxy.engine import purge as purge_module
     from purgeproxy.engine.plan import Policy
     from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
     from purgeproxy.fhir.client import FhirClient, make_http_client
     from purgeproxy.servers.profile import ProfileCache
 
-    phases: dict[str, float] = defaultdict(float)
-    compartment.Resolver.resolve = _timed(phases, "resolve", compartment.Resolver.resolve)
-    deletion.Deleter.delete = _timed(phases, "delete", deletion.Deleter.delete)
-    deletion.Deleter._hard_delete = _timed(phases, "expunge", deletion.Deleter._hard_delete)
-    purge_module.history_left = _timed(phases, "verify", purge_module.history_left)
-    purge_module.make_plan = _timed(phases, "plan", purge_module.make_plan)
-    if hasattr(PurgeEngine, "_find_outside_references"):  # since 7a28d2e
-        PurgeEngine._find_outside_references = _timed(phases, "outside",
-                                                      PurgeEngine._find_outside_references)
+    observer = _Phases()
+    phases = observer.seconds
 
     async def hook(request: httpx.Request) -> None:
         counts.update([_kind(request)])
@@ -314,7 +302,7 @@ async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     profile = await ProfileCache(client, "auto", "auto").get()
     counts.clear()  # the CapabilityStatement is read once per process, not per purge
     settings = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False), job["batch"],
-                             job["page"], 5, job["hard"])
+                             job["page"], 5, job["hard"], observer=observer)
     engine = PurgeEngine(client, profile, settings, asyncio.Semaphore(job["concurrency"]))
     request = PurgeRequest(job["patient"], dict(profile.definitions.patient_compartment), confirmed=True)
     _reset_peak()

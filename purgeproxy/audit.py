@@ -1,20 +1,46 @@
 """The audit trail of destructive operations: always a structured log line, optionally an
-AuditEvent on the upstream.
+AuditEvent on the upstream. One call, :func:`audit_result`, for the purge and every other
+destructive operation.
 
-The AuditEvent names the patient by identifier, not by reference: a reference to a purged
-Patient would dangle, and on servers with referential integrity it would block the purge itself.
+The AuditEvent names the patient (or the operation's target) by identifier, not by reference: a
+reference to a purged Patient would dangle, and on servers with referential integrity it would
+block the purge itself.
 """
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
+from purgeproxy.engine.result import Result
+from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.logs import get_logger
 
 log = get_logger("purgeproxy.audit")
 
 PATIENT_ID_SYSTEM = "urn:purgeproxy:purged-patient-id"
+TARGET_SYSTEM = "urn:purgeproxy:erased-target"  # the other operations' target, e.g. Observation/1
+
+
+async def audit_result(result: Result, caller: str, client: FhirClient, limit: asyncio.Semaphore,
+                       write_event: bool) -> None:
+    """Log what ``result`` says was done and, with ``write_event`` (``purge.audit_event``) and not
+    a dry run, write an AuditEvent; a failure to write it joins the result's errors, so that the
+    report of what was deleted is not lost with it."""
+    subject = result.purge.patient_id if result.purge is not None else result.target
+    counts = result.counts()
+    state = "dry-run" if result.dry_run else ("success" if result.complete else "incomplete")
+    record(result.operation, subject, caller, state, counts, result.dry_run)
+    if not write_event or result.dry_run:
+        return
+    system = PATIENT_ID_SYSTEM if result.purge is not None else TARGET_SYSTEM
+    event = audit_event(result.operation, subject, caller, result.complete, counts, system)
+    try:
+        async with limit:
+            await client.request("POST", "AuditEvent", json=event)
+    except UpstreamError as failure:
+        result.errors.append(f"the AuditEvent could not be written: {failure.text}")
 
 
 def record(operation: str, patient_id: str, caller: str, outcome: str, counts: dict[str, int],
@@ -24,7 +50,7 @@ def record(operation: str, patient_id: str, caller: str, outcome: str, counts: d
 
 
 def audit_event(operation: str, patient_id: str, caller: str, success: bool,
-                counts: dict[str, int]) -> dict[str, Any]:
+                counts: dict[str, int], system: str = PATIENT_ID_SYSTEM) -> dict[str, Any]:
     """An R4 AuditEvent: action E (execute), subtype the operation, counts per type."""
     return {
         "resourceType": "AuditEvent",
@@ -33,12 +59,12 @@ def audit_event(operation: str, patient_id: str, caller: str, success: bool,
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": operation,
                      "display": operation}],
         "action": "E",
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         "outcome": "0" if success else "4",
         "agent": [{"who": {"display": caller}, "requestor": True}],
         "source": {"observer": {"display": "purgeproxy"}},
         "entity": [
-            {"what": {"identifier": {"system": PATIENT_ID_SYSTEM, "value": patient_id}},
+            {"what": {"identifier": {"system": system, "value": patient_id}},
              "detail": [{"type": rtype, "valueString": str(count)}
                         for rtype, count in counts.items()]}
         ],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -60,13 +63,45 @@ async def test_delete_order_puts_referencing_resources_first(engine, upstream) -
     seed = seeds.build(sizes={"Encounter": 2, "Observation": 4, "DiagnosticReport": 1}, shared=False)
     seeds.write(upstream, seed.resources)
     result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment), dry_run=True))
-    order = result.plan.order
+    order = result.planned
     position = {key: index for index, key in enumerate(order)}
     assert order[-1] == ("Patient", seed.patient)
     report = ("DiagnosticReport", f"{seed.patient}-dr0")
     assert all(position[report] < position[("Observation", f"{seed.patient}-obs{i}")] for i in range(3))
     assert all(position[("Observation", f"{seed.patient}-obs{i}")] < position[("Encounter", f"{seed.patient}-enc{i % 2}")]
                for i in range(4))
+
+
+class Phases:
+    """An engine observer recording each phase entered, in order."""
+
+    def __init__(self) -> None:
+        self.entered: list[str] = []
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.entered.append(name)
+        yield
+
+
+async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:
+    """The benchmark times phases through this hook, not by patching the engine's methods."""
+    seed = seeds.build(sizes={"Observation": 3}, shared=False)
+    seeds.write(upstream, seed.resources)
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    client = FhirClient(upstream, http)
+    observer = Phases()
+    settings = replace(SETTINGS, observer=observer)
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
+    try:
+        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)))
+    finally:
+        await http.aclose()
+    assert result.complete, result
+    seen = observer.entered
+    assert seen[:3] == ["resolve", "plan", "outside"] and seen[-1] == "verify"
+    assert {"delete", "verify"} <= set(seen) and seen.count("resolve") >= 2  # the last round proves it empty
+    assert ("expunge" in seen) == (engine.profile.kind.hard_delete_method is not None)
 
 
 @pytest.mark.hapi

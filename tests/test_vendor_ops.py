@@ -86,6 +86,22 @@ async def test_erase_removes_the_resource_and_its_history(proxy, upstream) -> No
     assert status_of(base, f"Observation/{tag}-keep") == 200 and status_of(base, f"Patient/{tag}-p") == 200
 
 
+async def test_an_erase_is_audited_as_a_purge_is(make_proxy, upstream) -> None:
+    """With ``purge.audit_event`` every destructive operation, not only ``$purge``, writes an
+    AuditEvent through the same audit call: subtype the operation, the target by identifier."""
+    base, tag = upstream[1], seeds.new_tag()
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"audit_event": True})
+    put(base, observation(f"{tag}-o", None))
+    status, outcome = await call("POST", f"{proxy}/Observation/{tag}-o/$erase")
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    found = httpx.get(f"{base}/AuditEvent", params={"subtype": "$erase", "_count": "1000"}, headers=FHIR).json()
+    named = {"system": "urn:purgeproxy:erased-target", "value": f"Observation/{tag}-o"}
+    events = [e["resource"] for e in found.get("entry") or []
+              if any(entity.get("what", {}).get("identifier") == named for entity in e["resource"].get("entity", []))]
+    assert len(events) == 1, found
+    assert events[0]["subtype"][0]["code"] == "$erase" and events[0]["outcome"] == "0"
+    assert events[0]["entity"][0]["detail"] == [{"type": "Observation", "valueString": "1"}]
+
 async def test_erase_of_an_audit_event_is_refused(proxy, upstream) -> None:
     base, tag = upstream[1], seeds.new_tag()
     event = {"resourceType": "AuditEvent", "id": f"{tag}-ae", "recorded": "2024-01-01T00:00:00Z",

@@ -22,7 +22,7 @@ from typing import Any
 
 from purgeproxy.engine.compartment import patients_of
 from purgeproxy.engine.references import find_referrers, references_among
-from purgeproxy.engine.removal import Context, Recheck, Refused, Removal, order_resources, remove, versions_of
+from purgeproxy.engine.removal import Context, Recheck, Refused, Result, order_resources, remove, versions_of
 from purgeproxy.engine.verify import GONE
 from purgeproxy.fhir.client import UpstreamError
 from purgeproxy.fhir.references import Key
@@ -108,10 +108,10 @@ def _too_deep(target: Key, max_rounds: int, new: dict[Key, Any], points_at: dict
 
 
 async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bool,
-                         hard: bool, confirmed: bool = False) -> Removal:
+                         hard: bool, confirmed: bool = False) -> Result:
     """Plan, then delete referencing resources first and the target last, then verify."""
     plan = await plan_cascade(ctx, target, max_rounds)
-    removal = Removal("cascade-delete", f"{target[0]}/{target[1]}", dry_run, permanent=hard)
+    removal = Result("cascade-delete", f"{target[0]}/{target[1]}", dry_run, permanent=hard)
     removal.kept = {**plan.kept, **plan.ignored}
     removal.notes.append(f"{len(plan.resources)} resource(s) found in {plan.rounds} round(s) of "
                          "reverse reference searches")

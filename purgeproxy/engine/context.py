@@ -10,6 +10,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from purgeproxy.engine.observer import NO_OBSERVER, Observer
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
@@ -36,6 +37,7 @@ class Context:
     # how the caller's form spells its control parameters, for refusals that tell how to proceed
     confirm_param: str = "confirm"
     dry_run_param: str = "dryRun"
+    observer: Observer = NO_OBSERVER  # told when each stage starts and ends (the benchmark's timing)
 
     @property
     def hard_method(self) -> str | None:

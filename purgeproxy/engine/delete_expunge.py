@@ -24,7 +24,7 @@ from purgeproxy.engine.removal import (
     Context,
     Recheck,
     Refused,
-    Removal,
+    Result,
     order_resources,
     remove,
     search_all,
@@ -67,7 +67,7 @@ def parse_criteria(url: str, resource_types: frozenset[str]) -> Criteria:
     return Criteria(parts.path, params)
 
 
-async def find_matches(ctx: Context, criteria: Criteria, removal: Removal) -> dict[Key, dict]:
+async def find_matches(ctx: Context, criteria: Criteria, removal: Result) -> dict[Key, dict[str, Any]]:
     """The strict search's matches that pass the reference check."""
     found = await search_all(ctx, criteria.rtype, criteria.params)
     if found.problem:
@@ -93,7 +93,7 @@ def _reference_checks(ctx: Context, criteria: Criteria) -> list[tuple[str, Key]]
     return checks
 
 
-def _references(ctx: Context, resource: dict, param: str, target: Key) -> bool:
+def _references(ctx: Context, resource: dict[str, Any], param: str, target: Key) -> bool:
     paths = ctx.profile.definitions.reference_paths(resource["resourceType"], param) or ()
     return any(key == target for path in paths for key in references_at(resource, path, ctx.client.base_url))
 
@@ -124,11 +124,11 @@ def _still_matching(ctx: Context, searches: list[Criteria], found_by: dict[Key, 
     return recheck
 
 
-async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool) -> Removal:
+async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool) -> Result:
     """Find every match, refuse an over-broad request, then delete, expunge and verify."""
     ctx.require_hard_delete_possible()
-    removal = Removal("$delete-expunge", ", ".join(c.shown for c in searches), dry_run)
-    matches: dict[Key, dict] = {}
+    removal = Result("$delete-expunge", ", ".join(c.shown for c in searches), dry_run)
+    matches: dict[Key, dict[str, Any]] = {}
     found_by: dict[Key, int] = {}
     for index, criteria in enumerate(searches):
         if not criteria.params and not confirmed:
@@ -145,7 +145,7 @@ async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, 
     return removal
 
 
-async def _measure_remaining(ctx: Context, searches: list[Criteria], removal: Removal) -> None:
+async def _measure_remaining(ctx: Context, searches: list[Criteria], removal: Result) -> None:
     """What still matches after the deletes, found by searching again: it remains."""
     left = set(removal.remaining)
     for criteria in searches:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from purgeproxy.engine.observer import NO_OBSERVER, Observer
 from purgeproxy.engine.verify import GONE, read_current, version_of
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
@@ -101,6 +102,7 @@ class Deleter:
     hard_delete: bool
     recheck: Recheck | None = None  # None: every resource stays in scope whatever changed (named ones)
     max_attempts: int = 50
+    observer: Observer = NO_OBSERVER  # times the hard delete ("expunge")
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
                      versions: Versions | None = None) -> DeletionReport:
@@ -113,7 +115,8 @@ class Deleter:
             batch, pending = pending[: self.batch_size], pending[self.batch_size:]
             done = await self._batch(batch, pending, pinned, report)
             if self.hard_delete and done:
-                await self._hard_delete(done, report)
+                with self.observer.phase("expunge"):
+                    await self._hard_delete(done, report)
             if progress:
                 await progress(len(report.deleted) + len(report.already_gone))
         return report

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from purgeproxy.engine.removal import Context, Refused, Removal, history_left, remove
+from purgeproxy.engine.removal import Context, Refused, Result, history_left, remove
 from purgeproxy.engine.verify import GONE
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.expunge import (
@@ -33,11 +33,11 @@ def refuse_protected(rtype: str, operation: str) -> None:
                       "is never erased; nothing was deleted")
 
 
-async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) -> Removal:
+async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) -> Result:
     """The resource and all its versions: delete, hard delete, verify."""
     refuse_protected(key[0], operation)
     ctx.require_hard_delete_possible()
-    removal = Removal(operation, f"{key[0]}/{key[1]}", dry_run)
+    removal = Result(operation, f"{key[0]}/{key[1]}", dry_run)
     answer = await ctx.get(f"{key[0]}/{key[1]}")
     if answer.status in GONE:
         removal.notes.append(f"{key[0]}/{key[1]} is not current (answered {answer.status}); its "
@@ -74,7 +74,7 @@ def _version_of(entry: dict[str, Any]) -> str | None:
     return None
 
 
-async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, operation: str) -> Removal:
+async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, operation: str) -> Result:
     """Version ``version`` and all older ones (Firely's version-level ``$erase``)."""
     refuse_protected(key[0], operation)
     versions = await history_versions(ctx, key)
@@ -87,7 +87,7 @@ async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, op
     if not has_native_expunge(ctx.profile.kind, VERSION):
         raise Refused(422, "not-supported", _no_versions(ctx, operation))
     older = ids[ids.index(version):]
-    removal = Removal(operation, f"{key[0]}/{key[1]}/_history/{version}", dry_run)
+    removal = Result(operation, f"{key[0]}/{key[1]}/_history/{version}", dry_run)
     removal.notes.append(f"versions {', '.join(older)} of {key[0]}/{key[1]} "
                          f"{'would be' if dry_run else 'are'} removed; newer versions stay")
     removal.hard_delete_method = ctx.profile.kind.hard_delete_method
@@ -97,7 +97,7 @@ async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, op
     return removal
 
 
-async def expunge_version(ctx: Context, key: Key, version: str, dry_run: bool) -> Removal:
+async def expunge_version(ctx: Context, key: Key, version: str, dry_run: bool) -> Result:
     """HAPI's version-level ``$expunge``: one old version; the current one cannot go this way."""
     refuse_protected(key[0], "$expunge")
     versions = await history_versions(ctx, key)
@@ -108,7 +108,7 @@ async def expunge_version(ctx: Context, key: Key, version: str, dry_run: bool) -
                       "delete the resource first, or use $erase; nothing was deleted")
     if not has_native_expunge(ctx.profile.kind, VERSION):
         raise Refused(422, "not-supported", _no_versions(ctx, "$expunge"))
-    removal = Removal("$expunge", f"{key[0]}/{key[1]}/_history/{version}", dry_run)
+    removal = Result("$expunge", f"{key[0]}/{key[1]}/_history/{version}", dry_run)
     removal.hard_delete_method = ctx.profile.kind.hard_delete_method
     if not dry_run:
         await _expunge_versions(ctx, key, [version], removal)
@@ -120,7 +120,7 @@ def _no_versions(ctx: Context, operation: str) -> str:
             "it has no way to remove one version of a resource through its API; nothing was deleted")
 
 
-async def _expunge_versions(ctx: Context, key: Key, versions: list[str], removal: Removal) -> None:
+async def _expunge_versions(ctx: Context, key: Key, versions: list[str], removal: Result) -> None:
     options = ExpungeOptions(previous_versions=True, given=True)
     count = 0
     for version in versions:
@@ -135,10 +135,10 @@ async def _expunge_versions(ctx: Context, key: Key, versions: list[str], removal
         removal.errors.append(f"still readable after expunge: versions {', '.join(left)}")
 
 
-async def expunge_instance_history(ctx: Context, key: Key, options: ExpungeOptions, dry_run: bool) -> Removal:
+async def expunge_instance_history(ctx: Context, key: Key, options: ExpungeOptions, dry_run: bool) -> Result:
     """HAPI-shaped instance ``$expunge``: remove history only, never the current version."""
     refuse_protected(key[0], "$expunge")
-    removal = Removal("$expunge", f"{key[0]}/{key[1]}", dry_run)
+    removal = Result("$expunge", f"{key[0]}/{key[1]}", dry_run)
     versions = await history_versions(ctx, key)
     current_live = bool(versions) and not versions[0][1]
     removable = versions[1:] if current_live else versions
@@ -174,7 +174,7 @@ def _why_not(ctx: Context, key: Key, count: int, current_live: bool) -> str:
             "its history and cannot be removed through its API; nothing was deleted")
 
 
-async def _verify_history(ctx: Context, key: Key, current_live: bool, removal: Removal) -> None:
+async def _verify_history(ctx: Context, key: Key, current_live: bool, removal: Result) -> None:
     after = await history_versions(ctx, key)
     expected = 1 if current_live else 0
     if len(after) > expected:

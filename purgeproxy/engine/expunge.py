@@ -9,7 +9,7 @@ refused unless ``expunge.allow_everything`` is switched on.
 from __future__ import annotations
 
 from purgeproxy.engine.erase import PROTECTED_TYPES
-from purgeproxy.engine.removal import Context, Refused, Removal
+from purgeproxy.engine.removal import Context, Refused, Result
 from purgeproxy.servers.expunge import (
     SYSTEM,
     TYPE,
@@ -40,10 +40,10 @@ def check_bulk(ctx: Context, rtype: str | None, options: ExpungeOptions, allow_e
 
 
 async def expunge_bulk(ctx: Context, rtype: str | None, options: ExpungeOptions, dry_run: bool,
-                       allow_everything: bool) -> Removal:
+                       allow_everything: bool) -> Result:
     """Call the upstream's type/system ``$expunge`` and check what its history shows afterwards."""
     check_bulk(ctx, rtype, options, allow_everything)
-    removal = Removal("$expunge", rtype or "(system)", dry_run)
+    removal = Result("$expunge", rtype or "(system)", dry_run)
     removal.hard_delete_method = ctx.profile.kind.hard_delete_method
     if dry_run:
         removal.notes.append(f"would call the upstream's $expunge on {rtype or 'the whole server'}; "
@@ -60,7 +60,7 @@ async def expunge_bulk(ctx: Context, rtype: str | None, options: ExpungeOptions,
     return removal
 
 
-async def _verify(ctx: Context, rtype: str | None, options: ExpungeOptions, removal: Removal) -> None:
+async def _verify(ctx: Context, rtype: str | None, options: ExpungeOptions, removal: Result) -> None:
     """Deleted resources must be gone from the type's (or server's) history afterwards."""
     if not (options.deleted_resources or options.everything):
         return

@@ -17,37 +17,24 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from purgeproxy.engine import execute
 from purgeproxy.engine.attachments import AttachmentFinder, Attachments
 from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
 from purgeproxy.engine.context import Context
-from purgeproxy.engine.deleted_history import DeletedHistoryFinder, EarlierDeleted
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
+from purgeproxy.engine.observer import NO_OBSERVER, Observer
 from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.references import find_referrers
-from purgeproxy.engine.verify import history_left, still_readable, version_of
+from purgeproxy.engine.result import PurgeDetails, Result
+from purgeproxy.engine.verify import version_of
 from purgeproxy.fhir.client import FhirClient, UpstreamError
-from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
-
-
-class ConfirmationRequired(OutcomeError):
-    """The operation would delete more than ``max_without_confirm`` resources; nothing was deleted.
-
-    The text names the parameters exactly as the form the caller used spells them (``confirm``
-    in ``$purge``'s query or Parameters, ``_confirm`` on a conditional DELETE): followed
-    literally, it must work.
-    """
-
-    def __init__(self, planned: int, limit: int, what: str = "this purge", confirm: str = "confirm",
-                 dry_run: str = "dryRun") -> None:
-        super().__init__(422, "business-rule", f"{what} would delete {planned} resources, more than {limit} "
-                         f"without confirmation (purge.max_without_confirm): nothing was deleted; see the plan with {dry_run}=true, "
-                         f"then repeat with {confirm}=true", expression=confirm)
-        self.planned, self.limit = planned, limit
 
 
 @dataclass(frozen=True)
@@ -61,6 +48,7 @@ class PurgeSettings:
     outside_references: bool = True  # look for resources outside the compartment citing the Patient
     outside_references_members: int = 0  # plans up to this size: citing any member (purge.outside_references_members)
     attachments: str = "delete"  # delete | keep: Binaries holding the patient's documents
+    observer: Observer = NO_OBSERVER  # told when each stage starts and ends (the benchmark's timing)
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -88,44 +76,6 @@ class PurgeRequest:
 
 
 @dataclass
-class PurgeResult:
-    request: PurgeRequest
-    plan: Plan
-    hard_delete_method: str | None
-    deletion: DeletionReport = field(default_factory=DeletionReport)
-    remaining: list[Key] = field(default_factory=list)  # in scope, still there at the end
-    history_remaining: list[Key] = field(default_factory=list)
-    history_checked: int = 0  # how many deleted resources had their history read back
-    errors: list[str] = field(default_factory=list)
-    # the upstream failed mid-purge: what remains is unknown, and ``removed`` is a lower bound
-    interruption: OutcomeError | None = None
-    removed_in_interrupted_round: int = 0  # removed in batches of the round that failed
-    removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
-    referrers_searched: int | None = None  # planned resources whose outside referrers were searched
-
-    @property
-    def removed(self) -> int:
-        """Resources this purge removed, measured: over every attempt, and counting the batches
-        of a round the upstream interrupted (their keys never reached ``deletion``)."""
-        this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
-        return self.removed_earlier + max(this_run, self.removed_in_interrupted_round)
-    attachments: Attachments = field(default_factory=Attachments)
-    earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
-    versions_unknown: str | None = None  # why versioned references to the patient were not searched
-
-    @property
-    def complete(self) -> bool:
-        """Nothing in scope is left; history counts when a hard delete was promised."""
-        history_left = self.history_remaining and self.hard_delete_method is not None
-        earlier = self.earlier_deleted
-        earlier_left = self.hard_delete_method is not None and (earlier.failed or earlier.history_remaining)
-        return not (self.remaining or history_left or self.errors or self.interruption
-                    or self.deletion.blocked or self.deletion.failed or self.deletion.unexamined
-                    or self.deletion.hard_delete_failed or self.plan.unsearchable
-                    or self.attachments.unreadable or earlier_left)
-
-
-@dataclass
 class PurgeEngine:
     client: FhirClient
     profile: UpstreamProfile
@@ -137,9 +87,21 @@ class PurgeEngine:
                         self.settings.page_size, self.limit, self.profile.searchable,
                         normalised_references=self.profile.normalised_references)
 
-    def deleter(self, hard: bool, resolver: Resolver, patient_id: str) -> Deleter:
-        return Deleter(self.client, self.profile.kind, self.settings.batch_size, self.limit, hard,
-                       self._recheck(resolver, patient_id))
+    @property
+    def context(self) -> Context:
+        """The purge's settings as the shared stages (and the reverse reference search) take them."""
+        settings = self.settings
+        return Context(self.client, self.profile, self.limit, settings.batch_size, settings.page_size,
+                       settings.hard_delete, max_without_confirm=settings.max_without_confirm,
+                       observer=settings.observer)
+
+    async def _resolve(self, resolver: Resolver, patient_id: str) -> Resolution:
+        with self.settings.observer.phase("resolve"):
+            return await resolver.resolve(patient_id)
+
+    def _plan(self, resolution: Resolution) -> Plan:
+        with self.settings.observer.phase("plan"):
+            return make_plan(resolution, self.settings.policy)
 
     def _recheck(self, resolver: Resolver, patient_id: str) -> Recheck:
         """A resource changed since planning stays in scope only if the resolver's check and the
@@ -154,48 +116,50 @@ class PurgeEngine:
                     in_scope.add(patient)  # the patient's own record, whatever it now says
                 elif (member := resolver.check(resource, patient)) is not None:
                     resolution.members[member.key] = member
-            return in_scope | set(make_plan(resolution, self.settings.policy).order)
+            return in_scope | set(self._plan(resolution).order)
 
         return still_in_scope
 
     async def plan(self, request: PurgeRequest) -> Plan:
         """The compartment resolved and planned, as the purge's first round sees it."""
-        resolution = await self.resolver(request.compartment).resolve(request.patient_id)
-        return make_plan(resolution, self.settings.policy)
+        return self._plan(await self._resolve(self.resolver(request.compartment), request.patient_id))
 
-    async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> PurgeResult:
+    async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> Result:
         resolver = self.resolver(request.compartment)
-        resolution = await resolver.resolve(request.patient_id)
-        first = make_plan(resolution, self.settings.policy)
-        searched = await self._find_outside_references(request, first) if self.settings.outside_references else None
-        hard = self.settings.hard_delete != "never" and self.profile.kind.hard_delete_method is not None
-        result = PurgeResult(request, first, self.profile.kind.hard_delete_method if hard else None)
-        result.referrers_searched = searched
-        result.versions_unknown = resolver.versions_unknown.get(resolution.patient_key)
-        result.attachments = await self._attachments(resolution, first)
+        resolution = await self._resolve(resolver, request.patient_id)
+        first = self._plan(resolution)
+        searched = None
+        if self.settings.outside_references:
+            with self.settings.observer.phase("outside"):
+                searched = await self._find_outside_references(request, first)
+        ctx = self.context
+        hard = ctx.hard_method is not None
+        details = PurgeDetails(request.patient_id, first, referrers_searched=searched,
+                               versions_unknown=resolver.versions_unknown.get(resolution.patient_key))
+        result = Result("$purge", f"Patient/{request.patient_id}", request.dry_run,
+                        hard_delete_method=ctx.hard_method,
+                        permanent=False, purge=details)
+        details.attachments = await self._attachments(resolution, first)
+        result.planned = first.order
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
                                        self.settings.policy)
-        result.earlier_deleted = await earlier.find(resolution)
+        details.earlier_deleted = await earlier.find(resolution)
         if request.dry_run:
             return result
-        self.check_confirmed(request, first)
+        check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
         tally = _Tally(progress)
         try:
-            await self._rounds(resolver, first, {**_versions(resolution), **result.attachments.versions},
-                               self.deleter(hard, resolver, request.patient_id), result, tally)
+            await self._rounds(resolver, first, {**_versions(resolution), **details.attachments.versions},
+                               execute.deleter(ctx, self._recheck(resolver, request.patient_id)), result, tally)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
-            result.interruption = failure
-            result.removed_in_interrupted_round = tally.removed
+            execute.interrupted(result, failure, tally.removed)
         if not result.errors:
             checked = _history_sample(result.deletion.deleted, all_of_them=hard)
             try:
-                result.history_remaining = await history_left(self.client, self.limit, checked)
-                result.history_checked = len(checked)
-                left = await still_readable(self.client, self.limit, result.attachments.delete)
-                result.remaining += [key for key in left if key not in result.remaining]
-                if hard and result.earlier_deleted.found:
-                    await earlier.remove(result.earlier_deleted, self.profile.kind)
+                await execute.verify(ctx, result, details.attachments.delete, checked)
+                if hard and details.earlier_deleted.found:
+                    await earlier.remove(details.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         return result
@@ -228,8 +192,7 @@ class PurgeEngine:
         patient = ("Patient", request.patient_id)
         members = ([key for key in plan.order if key != patient]
                    if len(plan.order) <= self.settings.outside_references_members else [])
-        context = Context(self.client, self.profile, self.limit, self.settings.batch_size,
-                          self.settings.page_size, self.settings.hard_delete)
+        context = self.context
         searches = [find_referrers(context, members)] if members else []
         if patient in plan.order:
             searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
@@ -254,14 +217,9 @@ class PurgeEngine:
                         if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
         return frozenset(covered)
 
-    def check_confirmed(self, request: PurgeRequest, plan: Plan) -> None:
-        """The safety rail, after planning and before the first delete of the same run."""
-        limit = self.settings.max_without_confirm
-        if limit is not None and not request.confirmed and len(plan.order) > limit:
-            raise ConfirmationRequired(len(plan.order), limit)
-
-    async def _rounds(self, resolver: Resolver, plan: Plan, versions: Versions, deleter: Deleter,
-                      result: PurgeResult, progress: PurgeProgress | None) -> None:
+    async def _rounds(self, resolver: Resolver, first: Plan, versions: Versions, deleter: Deleter,
+                      result: Result, progress: PurgeProgress | None) -> None:
+        plan = first
         gone: set[Key] = set()
         progressed = True
         for _ in range(self.settings.max_rounds):
@@ -277,13 +235,14 @@ class PurgeEngine:
                     f"the upstream still returns {len(back)} resource(s) after deleting them"
                 )
             _forget(result.deletion, todo)  # tried again: this round says what became of them
-            report = await deleter.delete(todo, await _overall(progress, result.deletion, len(todo)), versions)
+            report = await execute.delete(self.context, deleter, todo,
+                                          await _overall(progress, result.deletion, len(todo)), versions)
             result.deletion.merge(report)
             gone.update(report.deleted, report.already_gone)
             progressed = bool(report.deleted or report.already_gone)
-            resolution = await resolver.resolve(plan.patient_id)
-            plan, versions = make_plan(resolution, self.settings.policy), _versions(resolution)
-            _carry_over(result.plan, plan)
+            resolution = await self._resolve(resolver, plan.patient_id)
+            plan, versions = self._plan(resolution), _versions(resolution)
+            _carry_over(first, plan)
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
 

@@ -1,9 +1,11 @@
-"""What every vendor-shaped operation ($erase, $expunge, cascade, delete-expunge) shares.
+"""The single-pass composition of the shared stages, for the operations other than the purge
+($erase, $expunge, cascade, delete-expunge).
 
-Each operation first proves a list of resources in scope, then hands it here: delete in
-transaction Bundles with the purge's ``Deleter`` (409s resolved or reported, the scope never
-widens), hard-delete with the upstream's own mechanism where it has one, and verify afterwards by
-reading every resource and its history back. The result says what was and was not removed.
+Each operation first proves a list of resources in scope (its scope finder), then hands it here:
+ordered, confirmed (``engine.rail``), deleted in transaction Bundles with the purge's ``Deleter``
+(409s resolved or reported, the scope never widens) with the upstream's own hard delete where it
+has one, and verified by reading every resource and its history back (``engine.execute``). The
+``Result`` says what was and was not removed.
 
 Each operation passes the version it read every resource in and its own scope check: the
 ``Deleter`` deletes a resource only in that version, or, when it changed since, after the check
@@ -12,67 +14,21 @@ finds it still in scope (otherwise it is kept and reported as changed since plan
 
 from __future__ import annotations
 
-__all__ = ["Context", "Recheck", "Refused", "Removal", "SearchResult", "history_left",
+__all__ = ["Context", "Recheck", "Refused", "Result", "SearchResult", "history_left",
            "order_resources", "remove", "search_all", "still_readable", "versions_of"]
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.engine import verify
+from purgeproxy.engine import execute, verify
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
-from purgeproxy.engine.deletion import Deleter, DeletionReport, Recheck
+from purgeproxy.engine.deletion import Recheck
 from purgeproxy.engine.plan import delete_order
-from purgeproxy.engine.purge import ConfirmationRequired
+from purgeproxy.engine.rail import check_confirmed
+from purgeproxy.engine.result import Result
 from purgeproxy.fhir.client import UpstreamError
-from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key, all_references
-
-
-class ConfirmationNeeded(ConfirmationRequired):
-    """The purge's confirmation rail (``purge.max_without_confirm``), worded for any operation."""
-
-    def __init__(self, operation: str, planned: int, limit: int, confirm: str = "confirm",
-                 dry_run: str = "dryRun") -> None:
-        super().__init__(planned, limit, f"this {operation}", confirm, dry_run)
-
-
-@dataclass
-class Removal:
-    """What one operation removed, kept and could not remove, for its outcome and audit."""
-
-    operation: str
-    target: str  # what was asked for, e.g. "Observation/1" (never a query value)
-    dry_run: bool
-    planned: list[Key] = field(default_factory=list)
-    hard_delete_method: str | None = None
-    deletion: DeletionReport = field(default_factory=DeletionReport)
-    kept: dict[Key, str] = field(default_factory=dict)  # reached but not deleted, and why
-    remaining: list[Key] = field(default_factory=list)  # planned, still readable afterwards
-    history_remaining: list[Key] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    expunged: int | None = None  # versions an upstream's own $expunge says it removed
-    permanent: bool = True  # the caller asked for history to go too (all but a plain cascade)
-    interruption: OutcomeError | None = None  # the upstream failed mid-way: what remains is unknown
-    removed_before_failure: int = 0  # measured: batches the upstream confirmed before it failed
-
-    @property
-    def complete(self) -> bool:
-        """Everything planned is gone; its history too when the operation promises that."""
-        promised = self.permanent or self.hard_delete_method is not None
-        history_left = bool(self.history_remaining) and promised
-        return not (self.remaining or history_left or self.errors or self.interruption or self.deletion.blocked
-                    or self.deletion.unexamined
-                    or self.deletion.failed or self.deletion.hard_delete_failed)
-
-    def counts(self) -> dict[str, int]:
-        keys = self.planned if self.dry_run else self.deletion.deleted
-        counts: dict[str, int] = {}
-        for rtype, _ in keys:
-            counts[rtype] = counts.get(rtype, 0) + 1
-        return dict(sorted(counts.items()))
 
 
 def order_resources(resources: dict[Key, dict[str, Any]], base_url: str) -> list[Key]:
@@ -87,8 +43,8 @@ def versions_of(resources: Mapping[Key, dict[str, Any]]) -> dict[Key, str | None
     return {key: verify.version_of(body) for key, body in resources.items()}
 
 
-async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bool = False,
-                 versions: Mapping[Key, str | None] | None = None, recheck: Recheck | None = None) -> Removal:
+async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: bool = False,
+                 versions: Mapping[Key, str | None] | None = None, recheck: Recheck | None = None) -> Result:
     """Delete ``order`` (already proven in scope), hard-delete, then verify; fills ``removal``.
 
     ``versions``: the version each was examined in; ``recheck``: the operation's scope check for
@@ -99,11 +55,8 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
     removal.hard_delete_method = ctx.hard_method
     if removal.dry_run or not order:
         return removal
-    limit = ctx.max_without_confirm
-    if limit is not None and not confirmed and len(order) > limit:
-        raise ConfirmationNeeded(removal.operation, len(order), limit, ctx.confirm_param, ctx.dry_run_param)
-    deleter = Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
-                      recheck)
+    check_confirmed(len(order), ctx.max_without_confirm, confirmed, f"this {removal.operation}",
+                    ctx.confirm_param, ctx.dry_run_param)
     removed = 0
 
     async def count(so_far: int) -> None:
@@ -111,13 +64,12 @@ async def remove(ctx: Context, removal: Removal, order: list[Key], confirmed: bo
         removed = so_far
 
     try:
-        removal.deletion = await deleter.delete(list(order), count, versions=versions)
-        removal.remaining = await still_readable(ctx, [k for k in order if k not in removal.deletion.changed])
-        done = removal.deletion.deleted + removal.deletion.already_gone
-        removal.history_remaining = await history_left(ctx, done)
+        removal.deletion = await execute.delete(ctx, execute.deleter(ctx, recheck), list(order), count, versions)
+        deletion = removal.deletion
+        await execute.verify(ctx, removal, [k for k in order if k not in deletion.changed],
+                             deletion.deleted + deletion.already_gone)
     except UpstreamError as failure:  # deletes were made: report them, never a bare 502
-        removal.interruption = failure
-        removal.removed_before_failure = max(removed, len(removal.deletion.deleted))
+        execute.interrupted(removal, failure, max(removed, len(removal.deletion.deleted)))
         removal.errors.append(f"the upstream failed ({failure.text}) after at least {removal.removed_before_failure} "
                               f"of {len(order)} planned resource(s) were removed; what remains could not be verified")
     return removal

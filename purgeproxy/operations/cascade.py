@@ -81,7 +81,7 @@ async def instance(request: web.Request) -> web.StreamResponse:
         rounds = request.app[CONFIG].cascade.max_rounds
         removal = await cascade_delete(ctx, key, rounds, _flag(request, "_dryRun"), hard,
                                        _flag(request, "_confirm"))
-        return answer(caller, removal)
+        return await answer(request, caller, removal)
 
     return await run(request, OPERATION, work)
 
@@ -124,7 +124,7 @@ def _as_url(rtype: str, criteria: list[tuple[str, str]]) -> str:
 
 async def _delete_expunge(request: web.Request, ctx: Context, caller: Caller, searches: list[Criteria],
                           dry_run: bool, confirmed: bool) -> web.StreamResponse:
-    return answer(caller, await delete_expunge(ctx, searches, dry_run, confirmed))
+    return await answer(request, caller, await delete_expunge(ctx, searches, dry_run, confirmed))
 
 
 # ``DELETE <Type>`` (:func:`conditional`) is part of ``$delete-expunge``'s declaration.

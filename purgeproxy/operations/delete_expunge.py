@@ -38,7 +38,7 @@ async def handle(request: web.Request) -> web.StreamResponse:
         if values.get("batchSize"):
             ctx = replace(ctx, batch_size=min(values["batchSize"], config.purge.batch_size))
         removal = await delete_expunge(ctx, searches, bool(values.get("dryRun")), bool(values.get("confirm")))
-        return answer(caller, removal)
+        return await answer(request, caller, removal)
 
     return await run(request, OPERATION, work)
 

@@ -30,8 +30,8 @@ async def handle(request: web.Request) -> web.StreamResponse:
         version = version_of(request) if "vid" in request.match_info else None
         dry_run = bool((await operation_input(request, SPEC)).get("dryRun"))
         if version is None:
-            return answer(caller, await erase_resource(ctx, key, dry_run, OPERATION))
-        return answer(caller, await erase_versions(ctx, key, version, dry_run, OPERATION))
+            return await answer(request, caller, await erase_resource(ctx, key, dry_run, OPERATION))
+        return await answer(request, caller, await erase_versions(ctx, key, version, dry_run, OPERATION))
 
     return await run(request, OPERATION, work)
 

@@ -25,7 +25,7 @@ from purgeproxy.engine.erase import (
 from purgeproxy.engine.expunge import expunge_bulk
 from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.removal import Context, Refused
-from purgeproxy.engine.removal_report import expunge_parameters
+from purgeproxy.engine.report import expunge_parameters
 from purgeproxy.operations.async_status import kick_off
 from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.unit import OperationUnit, Route
@@ -62,9 +62,9 @@ async def instance(request: web.Request) -> web.StreamResponse:
         if options.everything:
             raise Refused(400, "invalid", "expungeEverything is only valid at system level")
         if not options.given:  # Medplum's shape: the resource and all its history
-            return answer(caller, await erase_resource(ctx, key, dry_run, OPERATION))
+            return await answer(request, caller, await erase_resource(ctx, key, dry_run, OPERATION))
         removal = await expunge_instance_history(ctx, key, options, dry_run)
-        return answer(caller, removal, expunge_parameters(removal))
+        return await answer(request, caller, removal, expunge_parameters)
 
     return await run(request, OPERATION, work)
 
@@ -95,7 +95,7 @@ async def version(request: web.Request) -> web.StreamResponse:
         vid = version_of(request)
         values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI[1:3])})
         removal = await expunge_version(ctx, key, vid, bool(values.get("dryRun")))
-        return answer(caller, removal, expunge_parameters(removal))
+        return await answer(request, caller, removal, expunge_parameters)
 
     return await run(request, OPERATION, work)
 
@@ -109,7 +109,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
         values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI)})
         allow = request.app[CONFIG].expunge.allow_everything
         removal = await expunge_bulk(ctx, rtype, options_from(values), bool(values.get("dryRun")), allow)
-        return answer(caller, removal, expunge_parameters(removal))
+        return await answer(request, caller, removal, expunge_parameters)
 
     return await run(request, OPERATION, work)
 

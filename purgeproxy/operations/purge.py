@@ -19,14 +19,10 @@ from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.purge import (
-    PurgeEngine,
-    PurgeRequest,
-    PurgeResult,
-    PurgeSettings,
-)
-from purgeproxy.engine.report import purge_outcome
-from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
+from purgeproxy.engine.rail import check_confirmed
+from purgeproxy.engine.report import result_outcome
+from purgeproxy.engine.result import Result
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import is_valid_id
 from purgeproxy.jobs.store import Job
@@ -64,25 +60,9 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile
 
 
-async def audit_result(app: web.Application, caller: Caller, result: PurgeResult) -> None:
+async def audit_result(app: web.Application, caller: Caller, result: Result) -> None:
     """Shared by the synchronous path and the asynchronous job runner."""
-    counts = result.plan.counts() if result.request.dry_run else _deleted_counts(result)
-    state = "dry-run" if result.request.dry_run else ("success" if result.complete else "incomplete")
-    audit.record("$purge", result.request.patient_id, caller.name, state, counts, result.request.dry_run)
-    if app[CONFIG].purge.audit_event and not result.request.dry_run:
-        event = audit.audit_event("$purge", result.request.patient_id, caller.name, result.complete, counts)
-        try:
-            async with app[UPSTREAM_LIMIT]:
-                await app[FHIR_CLIENT].request("POST", "AuditEvent", json=event)
-        except UpstreamError as failure:  # the report of what was deleted must not be lost with it
-            result.errors.append(f"the AuditEvent could not be written: {failure.text}")
-
-
-def _deleted_counts(result: PurgeResult) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for rtype, _ in result.deletion.deleted:
-        counts[rtype] = counts.get(rtype, 0) + 1
-    return counts
+    await audit.audit_result(result, caller.name, app[FHIR_CLIENT], app[UPSTREAM_LIMIT], app[CONFIG].purge.audit_event)
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -99,7 +79,7 @@ async def handle(request: web.Request) -> web.Response:
         result = await engine.run(purge_request)
     await audit_result(request.app, caller, result)
     status = result.interruption.status if result.interruption else 200
-    return web.Response(status=status, text=json.dumps(purge_outcome(result)), content_type=FHIR_JSON)
+    return web.Response(status=status, text=json.dumps(result_outcome(result)), content_type=FHIR_JSON)
 
 
 async def _rail_before_kick_off(engine: PurgeEngine, purge_request: PurgeRequest) -> None:
@@ -109,7 +89,8 @@ async def _rail_before_kick_off(engine: PurgeEngine, purge_request: PurgeRequest
     ``confirm=true`` and start at once; the job checks the rail again on its own plan."""
     if engine.settings.max_without_confirm is None or purge_request.confirmed or purge_request.dry_run:
         return
-    engine.check_confirmed(purge_request, await engine.plan(purge_request))
+    plan = await engine.plan(purge_request)
+    check_confirmed(len(plan.order), engine.settings.max_without_confirm, purge_request.confirmed)
 
 
 async def _run_job(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:

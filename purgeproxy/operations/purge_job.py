@@ -15,7 +15,7 @@ from aiohttp import web
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.auth import Caller
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
-from purgeproxy.engine.report import purge_outcome
+from purgeproxy.engine.report import result_outcome
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.purge import audit_result, settings_from
@@ -30,4 +30,4 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     await audit_result(app, Caller(job.payload["caller"]), result)
     done = result.complete or request.dry_run
     status = result.interruption.status if result.interruption else 200
-    return JobOutcome(COMPLETED if done else ERROR, status, purge_outcome(result))
+    return JobOutcome(COMPLETED if done else ERROR, status, result_outcome(result))

@@ -23,8 +23,8 @@ from purgeproxy.app_keys import (
     UPSTREAM_LIMIT,
 )
 from purgeproxy.auth import Caller
-from purgeproxy.engine.removal import Context, Refused, Removal
-from purgeproxy.engine.removal_report import removal_outcome
+from purgeproxy.engine.removal import Context, Refused, Result
+from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.operations.common import bounded_body, caller_of
@@ -52,12 +52,14 @@ async def run(request: web.Request, operation: str, work: Work) -> web.StreamRes
         return await work(await context_of(request), caller)
 
 
-def answer(caller: Caller, removal: Removal, body: dict[str, Any] | None = None) -> web.Response:
-    """Audit what was done, then answer with ``body`` (default: the removal's OperationOutcome)."""
-    state = "dry-run" if removal.dry_run else ("success" if removal.complete else "incomplete")
-    audit.record(removal.operation, removal.target, caller.name, state, removal.counts(), removal.dry_run)
+async def answer(request: web.Request, caller: Caller, removal: Result,
+                 body: Callable[[Result], dict[str, Any]] = result_outcome) -> web.Response:
+    """Audit what was done (as ``$purge`` is audited), then answer with ``body(removal)`` (default:
+    the OperationOutcome)."""
+    app = request.app
+    await audit.audit_result(removal, caller.name, app[FHIR_CLIENT], app[UPSTREAM_LIMIT], app[CONFIG].purge.audit_event)
     status = removal.interruption.status if removal.interruption else 200
-    return web.Response(status=status, text=json.dumps(body or removal_outcome(removal)), content_type=FHIR_JSON)
+    return web.Response(status=status, text=json.dumps(body(removal)), content_type=FHIR_JSON)
 
 
 AUDIT_TYPES = frozenset({"AuditEvent"})  # protected whatever purge.excluded_types says
