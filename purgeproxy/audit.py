@@ -7,7 +7,7 @@ Patient would dangle, and on servers with referential integrity it would block t
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from purgeproxy.logs import get_logger
@@ -33,7 +33,7 @@ def audit_event(operation: str, patient_id: str, caller: str, success: bool,
         "subtype": [{"system": "http://hl7.org/fhir/restful-interaction", "code": operation,
                      "display": operation}],
         "action": "E",
-        "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recorded": datetime.now(UTC).isoformat(timespec="seconds"),
         "outcome": "0" if success else "4",
         "agent": [{"who": {"display": caller}, "requestor": True}],
         "source": {"observer": {"display": "purgeproxy"}},
