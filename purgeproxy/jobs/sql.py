@@ -16,10 +16,10 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from purgeproxy.jobs.store import FinalStatus, Job, JobStore, Quota, QuotaExceeded, job_from_row
+from purgeproxy.jobs.store import ACTIVE, FinalStatus, Job, JobStore, Quota, QuotaExceeded, job_from_row
 
 TABLE = "purgeproxy_jobs"
-_ACTIVE = "('new', 'processing')"
+_ACTIVE = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"  # ('new', 'processing')
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
