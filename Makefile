@@ -6,7 +6,7 @@ MEDPLUM := upstreams/medplum
 HAPI := upstreams/hapi
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install upstreams medplum hapi postgresql test run bench bench-tools clean
+.PHONY: install upstreams medplum hapi postgresql lint test run bench bench-tools clean
 
 install: $(BIN)/purgeproxy
 
@@ -31,6 +31,11 @@ upstreams: medplum hapi
 postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
+
+# Style and static types (settings in pyproject.toml: mypy is strict on engine, fhir and servers).
+lint: install
+	$(BIN)/ruff check purgeproxy tests bench
+	$(BIN)/mypy purgeproxy
 
 test: install upstreams postgresql
 	$(BIN)/pytest -ra

@@ -242,7 +242,7 @@ def _script_search(http: httpx.Client, base: str, rtype: str, param: str, patien
         found = [e["resource"]["id"] for e in bundle.get("entry") or []
                  if (e.get("search") or {}).get("mode", "match") == "match" and "resource" in e]
         ids += found
-        link = next((l["url"] for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+        link = next((each["url"] for each in bundle.get("link", []) if each.get("relation") == "next"), None)
         if link:
             url, params = link, None
         elif found and isinstance(bundle.get("total"), int) and bundle["total"] > len(ids):

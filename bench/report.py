@@ -14,7 +14,7 @@ import platform
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,7 +60,7 @@ def machine_info(repo: Path) -> dict[str, str]:
     dirty = _run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"])
     return {
         "commit": commit + (" (working tree has uncommitted changes)" if dirty not in ("", "n/a") else ""),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "nproc": str(os.cpu_count()),
         "cpu": _cpu_model(),
         "memory": _mem_total(),

@@ -13,6 +13,7 @@ import os
 import time
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from purgeproxy.fhir.outcome import FHIR_JSON, error
 from purgeproxy.logs import get_logger
@@ -42,7 +43,7 @@ def _request_id(request: web.Request) -> str:
 
 
 @web.middleware
-async def access_log(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Tag the request with an id and log the outcome."""
     request[REQUEST_ID] = rid = _request_id(request)
     started = time.perf_counter()

@@ -7,13 +7,13 @@ import asyncio
 import aiohttp
 from aiohttp import web
 
-from purgeproxy.auth import Authorizer
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.jobs.store import JobStore
 from purgeproxy.jobs.worker import WorkerPool
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.security.authorizer import Authorizer
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.servers.profile import ProfileCache
 

@@ -40,7 +40,7 @@ def advertise(statement: dict[str, Any], operations: list[AdvertisedOperation]) 
 
 
 def _resource(server: dict[str, Any], resource_type: str) -> dict[str, Any]:
-    resources = server.setdefault("resource", [])
+    resources: list[dict[str, Any]] = server.setdefault("resource", [])
     for resource in resources:
         if resource.get("type") == resource_type:
             return resource

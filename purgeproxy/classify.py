@@ -210,7 +210,7 @@ def _operation(method: str, effective: str, levels: list[str], segments: list[st
         return Refused(400, "invalid", f"{name} is carried out by purgeproxy at {_forms(name)} only"
                        + _NOT_FORWARDED)
     canonical = "/".join(name if part == "$" else seg if part in ("T", "I") else part
-                         for part, seg in zip(shape, segments))
+                         for part, seg in zip(shape, segments, strict=True))
     if effective not in methods or method.upper() != effective:
         return Refused(405, "not-supported", f"{name} accepts {' or '.join(sorted(methods))} "
                        f"[base]/{canonical} only" + _NOT_FORWARDED)
@@ -223,7 +223,7 @@ def _operation(method: str, effective: str, levels: list[str], segments: list[st
 def _fits(shape: tuple[str, ...], segments: list[str], name: str) -> bool:
     if len(shape) != len(segments):
         return False
-    for part, segment in zip(shape, segments):
+    for part, segment in zip(shape, segments, strict=True):
         if part == "$":
             if _BY_LETTERS.get(_letters(segment)) != name:
                 return False

@@ -14,6 +14,7 @@ import multiprocessing.process
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,7 @@ def serve(config: Config) -> None:
         _stop(workers)
 
 
-def _stop(workers: list[multiprocessing.process.BaseProcess]) -> None:
+def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
     for worker in workers:
         if worker.is_alive() and worker.pid is not None:
             os.kill(worker.pid, signal.SIGTERM)

@@ -23,8 +23,8 @@ from pydantic import (
     model_validator,
 )
 
-from purgeproxy.servers.registry import KIND_NAMES
 from purgeproxy.fhir.definitions import known_resource_types, type_name_problem
+from purgeproxy.servers.registry import KIND_NAMES
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -122,7 +122,7 @@ class SecretSource(_Strict):
     file: Path | None = Field(None, description="file holding it; surrounding whitespace dropped")
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "SecretSource":
+    def _exactly_one(self) -> SecretSource:
         if (self.env is None) == (self.file is None):
             raise ValueError("give exactly one of env or file")
         if self.env is not None and not os.environ.get(self.env):
@@ -144,7 +144,7 @@ class StaticToken(_Strict):
     operations: list[Operation | Literal["*"]] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "StaticToken":
+    def _one_source(self) -> StaticToken:
         if (self.sha256 is None) == (self.token is None):
             raise ValueError("give exactly one of sha256 or token")
         return self
@@ -163,7 +163,7 @@ class Jwt(_Strict):
     jwks_cache_seconds: int = Field(300, ge=0)
 
     @model_validator(mode="after")
-    def _some_key(self) -> "Jwt":
+    def _some_key(self) -> Jwt:
         if not self.jwks_url and not self.keys:
             raise ValueError("give jwks_url or keys")
         return self
@@ -217,7 +217,7 @@ class UpstreamAuth(_Strict):
     scope: str | None = Field(None, description="client_credentials: the scope to ask for")
 
     @model_validator(mode="after")
-    def _complete(self) -> "UpstreamAuth":
+    def _complete(self) -> UpstreamAuth:
         needed = {"none": (), "bearer": ("token",), "basic": ("username", "password"),
                   "client_credentials": ("token_url", "client_id", "client_secret")}[self.type]
         missing = [name for name in needed if getattr(self, name) is None]
@@ -230,18 +230,23 @@ class Safety(_Strict):
     read_only: bool = Field(False, description="refuse every destructive operation (403)")
 
 
+HardDelete = Literal["require", "auto", "never"]  # refuse without one | use one if offered | never
+SharedPolicy = Literal["keep", "delete"]  # resources also in another patient's compartment
+AttachmentsPolicy = Literal["delete", "keep"]  # the Binaries of the patient's documents
+
+
 class Purge(_Strict):
     excluded_types: list[str] = Field(
         ["AuditEvent", "Provenance"], description="kept and listed, never deleted"
     )
-    shared: Literal["keep", "delete"] = Field(
+    shared: SharedPolicy = Field(
         "keep", description="resources also in another patient's compartment"
     )
     batch_size: int = Field(100, ge=1, le=5000, description="DELETE entries per transaction")
     page_size: int = Field(200, ge=1, le=5000, description="_count of compartment searches")
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
     max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
-    hard_delete: Literal["require", "auto", "never"] = "auto"
+    hard_delete: HardDelete = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")
     outside_references: bool = Field(
         True, description="search for resources outside the compartment that reference the Patient"
@@ -250,7 +255,7 @@ class Purge(_Strict):
         0, ge=0, le=100_000, description="plans of at most this many resources also have every member's "
         "outside referrers searched (about 90 reverse searches per type and 50 ids in R4)"
     )
-    attachments: Literal["delete", "keep"] = Field(
+    attachments: AttachmentsPolicy = Field(
         "delete", description="Binaries holding the patient's documents (Attachment.url, securityContext)"
     )
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="operation request bodies")

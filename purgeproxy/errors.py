@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from purgeproxy.access_log import REQUEST_ID, outcome_response
 from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError
@@ -27,7 +28,7 @@ def error_response(failure: OutcomeError) -> web.Response:
 
 
 @web.middleware
-async def outcome_errors(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def outcome_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except OutcomeError as failure:

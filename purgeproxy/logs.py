@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 import traceback
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -75,7 +76,7 @@ def exception_frames(_logger: Any, _method: str, event: dict[str, Any]) -> dict[
     return event
 
 
-def redact(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Credentials and queries cut out of the free text of other libraries' log lines. The
     proxy's own lines pass none (the test suite fails any that does), so they are left as they
     are: redacting them too would hide such a mistake from the tests."""

@@ -12,7 +12,6 @@ The upstream client is aiohttp's ``ClientSession``: measured in front of a 10 ms
 
 from __future__ import annotations
 
-import asyncio
 import json
 from dataclasses import dataclass
 
@@ -178,7 +177,7 @@ class Passthrough:
                 allow_redirects=False,
                 compress=None,
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
         except aiohttp.ClientConnectorError:
             return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
@@ -225,7 +224,7 @@ class Passthrough:
         """
         try:
             head = await _read_at_most(upstream, self.rewrite_max + 1)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         if len(head) <= self.rewrite_max:
             body = _rewritten_bundle(head, self.rewrite_types, rewriter)
@@ -255,7 +254,7 @@ class Passthrough:
                 await response.write(already_read)
             async for chunk in upstream.content.iter_chunked(CHUNK):
                 await response.write(chunk)
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+        except (TimeoutError, aiohttp.ClientError):
             log.warning("upstream_body_failed", path=request.rel_url.raw_path, status=upstream.status)
             response.force_close()
             if request.transport is not None:

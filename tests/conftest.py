@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import atexit
-import shutil
-import tempfile
-import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from purgeproxy import logs
 from purgeproxy.app import create_app
-from purgeproxy.config import parse_config
 from purgeproxy.serving import ProxyRunner
 from tests import log_capture
+from tests.helpers import TOKEN, config_for
+from tests.jwt_tokens import BASIC, SIGNING_KEY, public_jwk
 from tests.upstreams.medplum import ensure_installed, running_medplum
 
 ProxyFactory = Callable[..., Awaitable[str]]
@@ -62,22 +60,6 @@ def postgres_url() -> Iterator[str]:
         yield url
 
 
-_JOBS_DIR = tempfile.mkdtemp(prefix="purgeproxy-test-jobs-")
-atexit.register(shutil.rmtree, _JOBS_DIR, True)
-
-
-def config_for(upstream_url: str, **sections: dict[str, Any]) -> Any:
-    """A validated config for ``upstream_url``, with ``sections`` merged over the defaults.
-
-    Each config gets a job store of its own, so that no test resumes another test's jobs.
-    """
-    document: dict[str, Any] = {"upstream": {"url": upstream_url},
-                                "jobs": {"store": f"{_JOBS_DIR}/{uuid.uuid4().hex}.sqlite3"}}
-    for name, values in sections.items():
-        document[name] = {**document.get(name, {}), **values}
-    return parse_config(document)
-
-
 class ProxyTestServer(TestServer):
     """aiohttp's test server on the runner ``purgeproxy serve`` uses (its own parser errors)."""
 
@@ -99,6 +81,43 @@ async def make_proxy() -> Any:
     yield start
     for server in servers:
         await server.close()
+
+
+@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
+def upstream(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """Each real upstream in turn: ``(kind, base URL)``. Modules scripting a fake upstream override it."""
+    return request.param, request.getfixturevalue(f"{request.param}_base")
+
+
+@pytest.fixture
+async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
+    """A proxy in front of ``upstream`` that accepts the operator token ``tests.helpers.TOKEN``."""
+    return await make_proxy(upstream[1], auth={"admin_token": TOKEN})
+
+
+@pytest.fixture
+async def issuer() -> AsyncIterator[dict[str, Any]]:
+    """The issuer's JWKS and introspection endpoint on 127.0.0.1; records what was asked."""
+    state: dict[str, Any] = {"jwks_calls": 0, "active": {}}
+
+    async def jwks(_request: web.Request) -> web.Response:
+        state["jwks_calls"] += 1
+        return web.json_response({"keys": [public_jwk(SIGNING_KEY, "k1")]})
+
+    async def introspect(request: web.Request) -> web.Response:
+        form = await request.post()
+        if request.headers.get("Authorization") != BASIC:
+            return web.json_response({"error": "invalid_client"}, status=401)
+        return web.json_response(state["active"].get(form.get("token"), {"active": False}))
+
+    app = web.Application()
+    app.router.add_get("/jwks.json", jwks)
+    app.router.add_post("/introspect", introspect)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    state["url"] = str(server.make_url(""))
+    yield state
+    await server.close()
 
 
 @pytest.fixture

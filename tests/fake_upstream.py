@@ -78,7 +78,8 @@ def scripted_upstream() -> Iterator[respx.MockRouter]:
             side_effect=store.observations)
         router.get(url__regex=rf"{BASE}/Observation/[^/?]+$").mock(side_effect=store.read)
         router.get(url__regex=rf"{BASE}/[A-Za-z]+\?.*").respond(200, json=bundle())
-        router.get(url__regex=rf"{BASE}/[A-Za-z]+/[^/]+/_history").respond(404, json={"resourceType": "OperationOutcome", "issue": []})
+        router.get(url__regex=rf"{BASE}/[A-Za-z]+/[^/]+/_history").respond(
+            404, json={"resourceType": "OperationOutcome", "issue": []})
         router.post(BASE).mock(side_effect=store.transaction)
         yield router
 

@@ -5,17 +5,9 @@ surviving replica with PostgreSQL) with nothing in scope left and nothing else t
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
@@ -23,29 +15,12 @@ import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.test_purge import AUTH, TOKEN, texts
+from tests.helpers import AUTH, TOKEN, texts
+from tests.served import Proxy, serving
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 10
 OBSERVATIONS = 3000
 LEASE = 2.0
-
-
-@dataclass
-class Proxy:
-    process: subprocess.Popen[bytes]
-    base: str  # the FHIR base, e.g. http://127.0.0.1:1234/fhir
-    log: Path
-
-    def kill(self) -> None:
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _config(tmp_path: Path, upstream: str, store: str, lease: float = LEASE) -> Path:
@@ -55,36 +30,6 @@ def _config(tmp_path: Path, upstream: str, store: str, lease: float = LEASE) -> 
         f"purge: {{batch_size: {BATCH}, max_rounds: 40}}\nlogging: {{level: info}}\n"
         f"jobs: {{store: '{store}', lease_seconds: {lease}, poll_seconds: 0.2}}\n")
     return path
-
-
-@contextmanager
-def serving(config: Path, tmp_path: Path) -> Iterator[Proxy]:
-    """``purgeproxy serve`` as a child process; stopped (if still alive) at the end."""
-    port = _free_port()
-    log = tmp_path / f"proxy-{port}.log"
-    with open(log, "wb") as sink:
-        process = subprocess.Popen([sys.executable, "-m", "purgeproxy", "serve", "--config", str(config),
-                                    "--port", str(port)], cwd=ROOT, stdout=sink, stderr=sink,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    proxy = Proxy(process, f"http://127.0.0.1:{port}/fhir", log)
-    try:
-        _wait_healthy(proxy)
-        yield proxy
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            process.wait(30)
-
-
-def _wait_healthy(proxy: Proxy) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(proxy.base.rsplit("/", 1)[0] + "/healthz", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise AssertionError(f"the proxy did not start:\n{proxy.log.read_text()[-3000:]}")
 
 
 def _big_patient(upstream: str) -> tuple[seeds.Seed, dict[seeds.Key, bytes]]:
@@ -113,7 +58,8 @@ def _wait_for_progress(proxy: Proxy, job_id: str, at_least: int) -> int:
         if purged >= at_least:
             return purged
         time.sleep(0.05)
-    raise AssertionError(f"no progress ({_status(proxy, job_id)}):\n" + "\n".join(l for l in proxy.log.read_text().splitlines() if "job_" in l)[-4000:])
+    lines = "\n".join(line for line in proxy.log.read_text().splitlines() if "job_" in line)
+    raise AssertionError(f"no progress ({_status(proxy, job_id)}):\n" + lines[-4000:])
 
 
 def _result(proxy: Proxy, job_id: str, timeout: float = 180) -> dict:

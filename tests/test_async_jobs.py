@@ -11,20 +11,13 @@ import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.test_purge import AUTH, TOKEN, texts
-
-ASYNC = {**AUTH, "Prefer": "respond-async"}
+from tests.helpers import ASYNC, AUTH, TOKEN, kick_off, texts
 
 
 @pytest.fixture
 async def proxy(make_proxy: Any, medplum_base: str) -> str:
     return await make_proxy(medplum_base, auth={"admin_token": TOKEN}, purge={"batch_size": 5},
                             jobs={"poll_seconds": 0.2, "retry_after_seconds": 1})
-
-
-async def kick_off(proxy: str, patient: str, query: str = "", headers: dict[str, str] = ASYNC) -> httpx.Response:
-    async with httpx.AsyncClient(timeout=60) as http:
-        return await http.post(f"{proxy}/Patient/{patient}/$purge{query}", headers=headers)
 
 
 async def poll(url: str, progress: list[str] | None = None, timeout: float = 120) -> httpx.Response:

@@ -3,97 +3,34 @@ static tokens, the default-deny and insecure switches. Every refusal leaves the 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from collections.abc import Iterator
 
-import httpx
 import jwt
 import pytest
 import respx
-from aiohttp import web
-from aiohttp.test_utils import TestServer
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from tests import log_capture
 from tests.fake_upstream import BASE, scripted_upstream, upstream_calls, writes
-
-ISSUER = "https://issuer.test"
-AUDIENCE = "https://proxy.test/fhir"
-BASIC = "Basic " + base64.b64encode(b"proxy:introspection-secret").decode()
+from tests.jwt_tokens import (
+    AUDIENCE,
+    ISSUER,
+    OTHER_KEY,
+    SIGNING_KEY,
+    introspection_policy,
+    jwt_policy,
+    public_jwk,
+    purge,
+    token,
+    unsigned,
+)
 
 
 @pytest.fixture
 def upstream() -> Iterator[respx.MockRouter]:
     yield from scripted_upstream()
-
-
-def _rsa() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-SIGNING_KEY, OTHER_KEY = _rsa(), _rsa()
-
-
-def public_jwk(key: rsa.RSAPrivateKey, kid: str) -> dict[str, Any]:
-    return {**json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key())), "kid": kid, "use": "sig"}
-
-
-def token(key: rsa.RSAPrivateKey = SIGNING_KEY, kid: str = "k1", alg: str = "RS256", **claims: Any) -> str:
-    now = int(time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-42", "exp": now + 300, "iat": now,
-            "scope": "system/Patient.$purge", **claims}
-    signed = jwt.encode({k: v for k, v in body.items() if v is not None}, key, algorithm=alg, headers={"kid": kid})
-    log_capture.register_secret(signed)
-    return signed
-
-
-def unsigned(**claims: Any) -> str:
-    """``alg: none``, made by hand: PyJWT refuses to verify it, as it should."""
-    def part(data: dict[str, Any]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-    now = int(time.time())
-    body = {"iss": ISSUER, "aud": AUDIENCE, "sub": "svc-42", "exp": now + 300, "scope": "system/Patient.$purge", **claims}
-    return f"{part({'alg': 'none', 'typ': 'JWT', 'kid': 'k1'})}.{part(body)}."
-
-
-@pytest.fixture
-async def issuer() -> AsyncIterator[dict[str, Any]]:
-    """The issuer's JWKS and introspection endpoint on 127.0.0.1; records what was asked."""
-    state: dict[str, Any] = {"jwks_calls": 0, "active": {}}
-
-    async def jwks(_request: web.Request) -> web.Response:
-        state["jwks_calls"] += 1
-        return web.json_response({"keys": [public_jwk(SIGNING_KEY, "k1")]})
-
-    async def introspect(request: web.Request) -> web.Response:
-        form = await request.post()
-        if request.headers.get("Authorization") != BASIC:
-            return web.json_response({"error": "invalid_client"}, status=401)
-        return web.json_response(state["active"].get(form.get("token"), {"active": False}))
-
-    app = web.Application()
-    app.router.add_get("/jwks.json", jwks)
-    app.router.add_post("/introspect", introspect)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    state["url"] = str(server.make_url(""))
-    yield state
-    await server.close()
-
-
-def jwt_policy(issuer: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"jwt": {"issuer": ISSUER, "audience": AUDIENCE, "jwks_url": f"{issuer['url']}/jwks.json", **extra}}
-
-
-async def purge(proxy: str, bearer: str | None, query: str = "?dryRun=true") -> httpx.Response:
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer is not None else {}
-    async with httpx.AsyncClient() as http:
-        return await http.post(f"{proxy}/Patient/p1/$purge{query}", headers=headers)
 
 
 async def test_a_valid_jwt_may_purge_and_is_named_in_the_audit_log(make_proxy, upstream, issuer) -> None:
@@ -170,13 +107,6 @@ async def test_an_unreachable_jwks_is_a_503_not_a_pass(make_proxy, upstream) -> 
                                                  "jwks_url": "http://127.0.0.1:9/jwks.json"}})
     answer = await purge(proxy, token())
     assert answer.status_code == 503 and upstream_calls(upstream) == []
-
-
-def introspection_policy(issuer: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    monkeypatch.setenv("TEST_INTROSPECTION_SECRET", "introspection-secret")
-    log_capture.register_secret("introspection-secret")
-    return {"introspection": {"url": f"{issuer['url']}/introspect", "client_id": "proxy",
-                              "client_secret": {"env": "TEST_INTROSPECTION_SECRET"}, "audience": AUDIENCE}}
 
 
 async def test_introspection_accepts_active_tokens_with_the_scope(make_proxy, upstream, issuer, monkeypatch) -> None:

@@ -56,7 +56,7 @@ class Upstream:
         keys = [tuple(e["url"].split("/")) for e in entries]
         if self.honours_if_match and any(
                 e.get("ifMatch") and self.store.get(k) and e["ifMatch"] != f'W/"{self.store[k]["meta"]["versionId"]}"'
-                for e, k in zip(entries, keys)):
+                for e, k in zip(entries, keys, strict=True)):
             return httpx.Response(412, json={"resourceType": "OperationOutcome"})
         wrote = [str(int(self.store[k]["meta"]["versionId"]) + 1) if k in self.store else "" for k in keys]
         for key in keys:

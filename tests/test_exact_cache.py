@@ -9,15 +9,14 @@ scope is deleted, and ``success`` is said only when a fresh search finds nothing
 from __future__ import annotations
 
 import asyncio
-import itertools
 from typing import Any
 
 import httpx
 import pytest
 
 from tests import seed as seeds
+from tests.helpers import AUTH, TOKEN, purge, texts
 from tests.seed import ref
-from tests.test_purge import AUTH, TOKEN, proxy, purge, texts, upstream  # noqa: F401  (fixtures)
 
 FHIR = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 FRESH = {**FHIR, "Cache-Control": "no-cache"}  # the test's own searches bypass HAPI's cache
@@ -45,8 +44,9 @@ def fresh_search(base: str, query: str) -> list[str]:
         params["_count"] = "500"
         while url:
             bundle = http.get(url, params=params, headers=FRESH).json()
-            found += [e["resource"]["id"] for e in bundle.get("entry") or [] if (e.get("search") or {}).get("mode", "match") == "match"]
-            url, params = next((l["url"] for l in bundle.get("link") or [] if l["relation"] == "next"), ""), None
+            found += [e["resource"]["id"] for e in bundle.get("entry") or []
+                      if (e.get("search") or {}).get("mode", "match") == "match"]
+            url, params = next((each["url"] for each in bundle.get("link") or [] if each["relation"] == "next"), ""), None
     return found
 
 

@@ -14,17 +14,7 @@ import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.test_purge import AUTH, TOKEN, purge, texts
-
-
-@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
-def upstream(request: pytest.FixtureRequest) -> tuple[str, str]:
-    return request.param, request.getfixturevalue(f"{request.param}_base")
-
-
-@pytest.fixture
-async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
-    return await make_proxy(upstream[1], auth={"admin_token": TOKEN})
+from tests.helpers import TOKEN, purge, texts
 
 
 def binary(bid: str, context: str | None = None) -> dict[str, Any]:

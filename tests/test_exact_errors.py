@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -22,16 +22,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
-from purgeproxy.engine.deletion import Deleter, DeletionReport
+from purgeproxy.engine.deletion import Deleter
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.jobs.store import Job
 from purgeproxy.operations import purge_job
-from purgeproxy.servers.registry import kind_named
 from purgeproxy.servers.profile import ProfileCache
+from purgeproxy.servers.registry import kind_named
 from tests import seed as seeds
-from tests.conftest import config_for
 from tests.fake_upstream import BASE, CAPABILITY, bundle, observation, writes
-from tests.test_purge import AUTH, TOKEN, texts
+from tests.helpers import AUTH, TOKEN, config_for, texts
 
 OUTCOME = {"resourceType": "OperationOutcome", "issue": []}
 NESTED = b"[" * 100_000  # 100 kB: well under purge.max_body_bytes, far deeper than json parses
@@ -312,7 +311,7 @@ async def test_a_resumed_job_reports_the_count_of_every_attempt(medplum_base) ->
     request = {"patient_id": seed.patient, "dry_run": False, "confirmed": True,
                "compartment": {k: list(v) for k, v in (await app[PROFILE].get()).definitions.patient_compartment.items()}}
     job = Job("j1", "$purge", "t", {"request": request, "caller": "test"}, "processing", 50, 40, None, "w", 2,
-              datetime.now(timezone.utc))
+              datetime.now(UTC))
     try:
         outcome = await purge_job.run(app, job, _Resumed(40))  # type: ignore[arg-type]
     finally:

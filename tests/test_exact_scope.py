@@ -14,8 +14,8 @@ import pytest
 
 from purgeproxy.config import ConfigError, parse_config
 from tests import seed as seeds
+from tests.helpers import AUTH, TOKEN, purge, texts
 from tests.seed import ref
-from tests.test_purge import AUTH, TOKEN, purge, texts, upstream  # noqa: F401  (fixture: real upstreams)
 
 
 def definition(*entries: tuple[str, list[str]]) -> dict[str, Any]:

@@ -11,8 +11,7 @@ from typing import Any
 import httpx
 
 from tests import seed as seeds
-from tests.test_async_jobs import ASYNC, kick_off
-from tests.test_purge import AUTH, TOKEN
+from tests.helpers import ASYNC, AUTH, TOKEN, kick_off
 
 OTHER = "second-caller-token"
 OTHER_ASYNC = {"Authorization": f"Bearer {OTHER}", "Prefer": "respond-async"}

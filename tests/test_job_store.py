@@ -10,6 +10,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from purgeproxy.jobs.backends import open_store
 from purgeproxy.jobs.sql import SCHEMA, numbered
 from purgeproxy.jobs.store import (
     CANCELLED,
@@ -19,7 +20,6 @@ from purgeproxy.jobs.store import (
     JobStore,
     Quota,
     QuotaExceeded,
-    open_store,
 )
 
 
@@ -88,7 +88,7 @@ async def test_release_and_cancel(store: JobStore) -> None:
 
 async def test_quotas_hold_when_replicas_submit_at_once(store: JobStore) -> None:
     """Two connections (two replicas) race six submits of one caller: exactly the quota wins."""
-    twin = open_store(getattr(store, "path", None) or getattr(store, "url"))
+    twin = open_store(getattr(store, "path", None) or store.url)
     await twin.open()
     try:
         quota = Quota("alice", per_caller=2, total=100)

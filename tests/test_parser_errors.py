@@ -13,7 +13,7 @@ from typing import Any
 from yarl import URL
 
 from tests import log_capture
-from tests.test_async_crash import serving
+from tests.served import serving
 
 NAME, IDENTIFIER, TOKEN = "Zebulonsecretname", "urn:oid:1.2|SECRETID4711", "parser-test-token-0815"
 QUERY = f"name={NAME}&identifier={IDENTIFIER}"

@@ -77,7 +77,7 @@ async def test_search_pages_through_the_proxy(http, proxy) -> None:
     assert response.status == 200 and page["type"] == "searchset"
     seen = [e["resource"]["id"] for e in page["entry"]]
     assert all(e["fullUrl"].startswith(proxy) for e in page["entry"] if "fullUrl" in e)
-    next_url = next((l["url"] for l in page.get("link", []) if l["relation"] == "next"), None)
+    next_url = next((each["url"] for each in page.get("link", []) if each["relation"] == "next"), None)
     if next_url is None:  # the Medplum engine pages by offset and gives no next link
         assert page["total"] == 5
         _, rest = await send(http, "GET", f"{proxy}/Patient?family={family}&_count=2&_offset=2")
@@ -86,7 +86,7 @@ async def test_search_pages_through_the_proxy(http, proxy) -> None:
         assert next_url.startswith(proxy)
         _, page = await send(http, "GET", next_url)
         seen += [e["resource"]["id"] for e in page["entry"]]
-        next_url = next((l["url"] for l in page.get("link", []) if l["relation"] == "next"), None)
+        next_url = next((each["url"] for each in page.get("link", []) if each["relation"] == "next"), None)
     assert len(set(seen)) >= 4
 
 

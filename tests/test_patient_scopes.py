@@ -5,27 +5,25 @@ cannot be configured. Real signed JWTs, a real upstream."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+import respx
 
 from purgeproxy.config import ConfigError, parse_config
 from tests import log_capture
 from tests import seed as seeds
-from tests.fake_upstream import BASE, writes
-from tests.test_auth import (  # noqa: F401  (issuer, upstream: fixtures)
-    AUDIENCE,
-    ISSUER,
-    SIGNING_KEY,
-    introspection_policy,
-    issuer,
-    public_jwk,
-    purge,
-    token,
-    upstream,
-)
-from tests.test_purge import AUTH, TOKEN
+from tests.fake_upstream import BASE, scripted_upstream, writes
+from tests.helpers import AUTH, TOKEN
+from tests.jwt_tokens import AUDIENCE, ISSUER, SIGNING_KEY, introspection_policy, public_jwk, purge, token
+
+
+@pytest.fixture
+def upstream() -> Iterator[respx.MockRouter]:
+    yield from scripted_upstream()
+
 
 SCOPE = "patient/Patient.$purge"
 

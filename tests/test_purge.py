@@ -2,35 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
-import pytest
 
 from tests import seed as seeds
-
-TOKEN = "test-operator-token"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture(params=["medplum", pytest.param("hapi", marks=pytest.mark.hapi)])
-def upstream(request: pytest.FixtureRequest) -> tuple[str, str]:
-    return request.param, request.getfixturevalue(f"{request.param}_base")
-
-
-@pytest.fixture
-async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
-    return await make_proxy(upstream[1], auth={"admin_token": TOKEN})
-
-
-async def purge(proxy: str, patient: str, body: Any = None, query: str = "") -> tuple[int, dict[str, Any]]:
-    async with httpx.AsyncClient(timeout=300) as http:
-        answer = await http.post(f"{proxy}/Patient/{patient}/$purge{query}", json=body, headers=AUTH)
-    return answer.status_code, answer.json()
-
-
-def texts(outcome: dict[str, Any]) -> str:
-    return "\n".join(issue["diagnostics"] for issue in outcome["issue"])
+from tests.helpers import TOKEN, purge, texts
 
 
 async def test_purge_removes_the_compartment_and_nothing_else(proxy, upstream) -> None:
@@ -54,7 +29,8 @@ async def test_purge_removes_the_compartment_and_nothing_else(proxy, upstream) -
     if upstream[0] == "medplum":  # no hard delete: a sample of histories is read back
         assert f"serves no history for a sample of 25 of the {len(seed.in_scope)} deleted" in texts(outcome)
     if upstream[0] == "hapi":  # a hard delete: history is gone too, and every one is checked
-        assert f"history removed with HAPI $expunge (expungeDeletedResources, expungePreviousVersions) for {len(seed.in_scope)}" in texts(outcome)
+        method = "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)"
+        assert f"history removed with {method} for {len(seed.in_scope)}" in texts(outcome)
         async with httpx.AsyncClient() as http:
             history = await http.get(f"{base}/Patient/{seed.patient}/_history")
         assert history.status_code == 404

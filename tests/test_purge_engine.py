@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
-import httpx
 import pytest
 
 from purgeproxy.engine.plan import Policy

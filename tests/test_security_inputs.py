@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from multidict import MultiDict
 
+from purgeproxy.fhir.definitions import definitions_for
 from purgeproxy.fhir.references import ID_RULE
 from purgeproxy.operations.params import BadRequest, compartment_from, parse_purge
-from purgeproxy.fhir.definitions import definitions_for
 from tests import log_capture
 from tests.fake_upstream import BASE, scripted_upstream, upstream_calls, writes
 
@@ -40,7 +40,8 @@ def upstream() -> Iterator[respx.MockRouter]:
         yield router
 
 
-async def post_raw(proxy: str, tail: str, headers: dict[str, str] | None = None, body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
+async def post_raw(proxy: str, tail: str, headers: dict[str, str] | None = None,
+                   body: bytes | None = None) -> tuple[int, dict[str, str], Any]:
     """POST with the path exactly as given: no client-side normalisation of dots or escapes."""
     async with aiohttp.ClientSession() as session:
         url = yarl.URL(f"{proxy}/{tail}", encoded=True)
@@ -77,10 +78,13 @@ async def test_path_and_query_tricks_never_reach_the_upstream(make_proxy, upstre
 
 
 BODIES = [
-    ("confirm-wrong-type", {"resourceType": "Parameters", "parameter": [{"name": "confirm", "valueString": "true"}]}, 400, "wrong type"),
-    ("confirm-conflict", {"resourceType": "Parameters", "parameter": [{"name": "confirm", "valueBoolean": False}]}, 400, "different values"),
+    ("confirm-wrong-type", {"resourceType": "Parameters", "parameter": [{"name": "confirm", "valueString": "true"}]},
+     400, "wrong type"),
+    ("confirm-conflict", {"resourceType": "Parameters", "parameter": [{"name": "confirm", "valueBoolean": False}]},
+     400, "different values"),
     ("huge-parameter-name", {"resourceType": "Parameters", "parameter": [{"name": "x" * 5000}]}, 400, "unknown parameter"),
-    ("parameter-name-not-text", {"resourceType": "Parameters", "parameter": [{"name": {"nested": 1}}]}, 400, "unknown parameter 'dict'"),
+    ("parameter-name-not-text", {"resourceType": "Parameters", "parameter": [{"name": {"nested": 1}}]},
+     400, "unknown parameter 'dict'"),
     ("array-body", [1, 2], 422, "Parameters"),
 ]
 
@@ -173,7 +177,8 @@ UPSTREAM_SHAPE = re.compile(r"^/fhir(/metadata|/[A-Z][A-Za-z]+(/(?P<id>[^/]+)(/_
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(segment=SEGMENT, query=QUERY, document=DOCUMENT, content_type=CONTENT_TYPES)
-async def test_no_input_crashes_hangs_or_escapes_the_validated_shape(make_proxy, upstream, segment, query, document, content_type) -> None:
+async def test_no_input_crashes_hangs_or_escapes_the_validated_shape(make_proxy, upstream, segment, query, document,
+                                                                     content_type) -> None:
     proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
     upstream.calls.clear()
     tail = f"Patient/{segment}/$purge?" + "&".join(f"{k}={v}" for k, v in query)

@@ -11,7 +11,7 @@ import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from purgeproxy.forwarding import forwarded_origin, is_trusted
-from tests.test_purge import AUTH, TOKEN
+from tests.helpers import AUTH, TOKEN
 
 SPOOF = {"Host": "evil.example", "X-Forwarded-Host": "evil.example", "X-Forwarded-Proto": "https",
          "Forwarded": 'host="evil.example";proto=https'}

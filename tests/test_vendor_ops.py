@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from tests import seed as seeds
+from tests.helpers import AUTH, TOKEN
 from tests.seed import ref
-from tests.test_purge import AUTH, TOKEN, proxy, upstream  # noqa: F401  (fixtures: real upstreams)
 
 FHIR = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
 

@@ -14,8 +14,9 @@ search or verification read can forget it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 import httpx
 
@@ -26,7 +27,6 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_UNREACHABLE,
     OutcomeError,
 )
-
 
 FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -49,7 +49,7 @@ class FhirDefinitions:
                       for param, targets in params.items() if target_type in targets)
 
 
-@lru_cache(maxsize=None)
+@cache
 def known_resource_types() -> frozenset[str]:
     """The resource types of every shipped FHIR version: what a type name in the configuration
     may be before the upstream's version is known."""
@@ -69,7 +69,7 @@ def type_name_problem(names: Iterable[str], known: frozenset[str], kind: str) ->
     return None
 
 
-@lru_cache(maxsize=None)
+@cache
 def definitions_for(fhir_version: str) -> FhirDefinitions:
     """Definitions for a ``fhirVersion`` such as ``4.0.1``; ``KeyError`` when not shipped."""
     key = ".".join(fhir_version.split(".")[:2])

@@ -57,9 +57,11 @@ def outcome_text(body: Any, status: int) -> str:
 
 def next_link(bundle: dict[str, Any], base_url: str, seen: set[str]) -> str | None:
     """The next page, only on the upstream itself, and never the same page twice."""
-    link = next((l.get("url") for l in bundle.get("link", []) if l.get("relation") == "next"), None)
+    link = next((each.get("url") for each in bundle.get("link", []) if each.get("relation") == "next"), None)
     if not link:
         return None
+    if not isinstance(link, str):
+        raise ResolutionError("the upstream's next link is not a URL")
     if not link.startswith((base_url + "/", base_url + "?")):
         raise ResolutionError("the upstream's next link points outside its own base")
     if link in seen:
@@ -80,7 +82,8 @@ async def search_pages(client: FhirClient, limit: asyncio.Semaphore, rtype: str,
     ``first_page``: the first answer, when it was already fetched (in a batch Bundle).
     """
     first = params + [("_count", str(page_size))]
-    url, query = rtype, first
+    url = rtype
+    query: list[tuple[str, str]] | None = first  # None on later pages: the next link carries it
     seen_links: set[str] = set()
     seen: set[tuple[Any, Any]] = set()
     for _ in range(MAX_PAGES):
@@ -123,7 +126,7 @@ async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Se
 
     async def run(indices: list[int]) -> None:
         firsts = await _first_pages(client, limit, [searches[i] for i in indices], page_size)
-        for index, first in zip(indices, firsts):
+        for index, first in zip(indices, firsts, strict=True):
             rtype, params = searches[index]
             try:
                 async for page in search_pages(client, limit, rtype, params, page_size, first):

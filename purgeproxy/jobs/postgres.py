@@ -40,7 +40,7 @@ class PostgresJobStore(SqlJobStore):
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
         assert self._pool is not None, "the job store is not open"
         text, values = self._numbered(sql, params)
-        return await self._pool.fetch(text, *values)
+        return list(await self._pool.fetch(text, *values))
 
     def _numbered(self, sql: str, params: Mapping[str, Any]) -> tuple[str, list[Any]]:
         if sql not in self._sql:
@@ -55,7 +55,7 @@ class PostgresJobStore(SqlJobStore):
         text, values = self._numbered(sql, params)
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", SUBMIT_LOCK)
-            return await connection.fetch(text, *values)
+            return list(await connection.fetch(text, *values))
 
     async def close(self) -> None:
         if self._pool is not None:

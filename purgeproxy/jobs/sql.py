@@ -16,10 +16,10 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from purgeproxy.jobs.store import Job, JobStore, Quota, QuotaExceeded, job_from_row
+from purgeproxy.jobs.store import ACTIVE, FinalStatus, Job, JobStore, Quota, QuotaExceeded, job_from_row
 
 TABLE = "purgeproxy_jobs"
-_ACTIVE = "('new', 'processing')"
+_ACTIVE = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"  # ('new', 'processing')
 
 SCHEMA = (
     f"""CREATE TABLE IF NOT EXISTS {TABLE} (
@@ -141,7 +141,7 @@ class SqlJobStore(JobStore):
         return bool(await self.rows(CHECKPOINT, id=job_id, owner=owner, lease=float(lease_seconds),
                                     done=done, total=total))
 
-    async def finish(self, job_id: str, owner: str, status: str, result: dict[str, Any],
+    async def finish(self, job_id: str, owner: str, status: FinalStatus, result: dict[str, Any],
                      done: int | None = None) -> bool:
         return bool(await self.rows(FINISH, id=job_id, owner=owner, status=status,
                                     result=json.dumps(result), done=done))

@@ -56,7 +56,8 @@ class SqliteJobStore(SqlJobStore):
         await self._call(self._connect)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
-        return await self._call(self._fetch, sql, params)
+        rows: Sequence[Mapping[str, Any]] = await self._call(self._fetch, sql, params)
+        return rows
 
     async def close(self) -> None:
         if self._connection is not None:

@@ -13,11 +13,18 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
 
-NEW, PROCESSING, COMPLETED, ERROR, CANCELLED = "new", "processing", "completed", "error", "cancelled"
-ACTIVE = (NEW, PROCESSING)  # a job in one of these still has work to do
+JobStatus = Literal["new", "processing", "completed", "error", "cancelled"]  # stored as these strings
+FinalStatus = Literal["completed", "error", "cancelled"]  # what ``finish`` records
+
+NEW: Final = "new"
+PROCESSING: Final = "processing"
+COMPLETED: Final = "completed"
+ERROR: Final = "error"
+CANCELLED: Final = "cancelled"
+ACTIVE: Final[tuple[JobStatus, ...]] = (NEW, PROCESSING)  # a job in one of these still has work to do
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class Job:
     operation: str  # e.g. "purge"
     target: str  # what it acts on ("purge:Patient/123"): one active job per target
     payload: dict[str, Any]
-    status: str
+    status: JobStatus
     total: int | None  # resources in scope as far as known; None before the first plan
     done: int  # resources removed so far, over every attempt
     result: dict[str, Any] | None  # {"status": <http status>, "outcome": <OperationOutcome>}
@@ -61,7 +68,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     """One row of either backend as a Job; JSON columns may arrive as text or as objects."""
     updated = row["updated_at"]
     if not isinstance(updated, datetime):
-        updated = datetime.fromtimestamp(float(updated), timezone.utc)
+        updated = datetime.fromtimestamp(float(updated), UTC)
     return Job(
         id=row["id"], operation=row["operation"], target=row["target"], payload=_json(row["payload"]),
         status=row["status"], total=row["total"], done=row["done"], result=_json(row["result"]),
@@ -108,7 +115,7 @@ class JobStore(ABC):
         to run: cancelled, or its lease expired and another worker took it."""
 
     @abstractmethod
-    async def finish(self, job_id: str, owner: str, status: str, result: dict[str, Any],
+    async def finish(self, job_id: str, owner: str, status: FinalStatus, result: dict[str, Any],
                      done: int | None = None) -> bool:
         """Record the final answer (and the final count, which includes the batch that was in
         flight when a cancel came); a cancelled job stays cancelled. False when not our job."""
@@ -120,14 +127,3 @@ class JobStore(ABC):
     @abstractmethod
     async def cancel(self, job_id: str) -> Job | None:
         """Mark an active job cancelled; returns the job as it now is, None when unknown."""
-
-
-def open_store(location: str) -> JobStore:
-    """The backend a ``jobs.store`` value names: a PostgreSQL URL, else an SQLite file path."""
-    if location.startswith(("postgresql://", "postgres://")):
-        from purgeproxy.jobs.postgres import PostgresJobStore
-
-        return PostgresJobStore(location)
-    from purgeproxy.jobs.sqlite import SqliteJobStore
-
-    return SqliteJobStore(location)

@@ -18,7 +18,7 @@ import socket
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from purgeproxy.fhir.outcome import OutcomeError, error, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, ERROR, Job, JobStore
@@ -47,7 +47,7 @@ class ShuttingDown(JobStopped):
 class JobOutcome:
     """What a runner answers: the job's final status and the synchronous path's HTTP answer."""
 
-    status: str  # completed | error
+    status: Literal["completed", "error"]
     http_status: int
     outcome: dict[str, Any]
 

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS
 from purgeproxy.config import Config
-from purgeproxy.jobs.store import open_store
+from purgeproxy.jobs.backends import open_store
 from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
 from purgeproxy.operations import OPERATIONS

@@ -27,7 +27,7 @@ DEFAULT_SCOPES: dict[str, tuple[str, ...]] = {
 }
 
 
-def required_scopes(operation: str, configured: Mapping[str, Sequence[str]]) -> tuple[str, ...]:
+def required_scopes(operation: str, configured: Mapping[Any, Sequence[str]]) -> tuple[str, ...]:
     """The scopes of which a caller needs one: the configured list, else the default."""
     if operation in configured:
         return tuple(configured[operation])

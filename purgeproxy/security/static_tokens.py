@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from purgeproxy.config import Auth, SecretSource
+from purgeproxy.config import StaticToken as TokenEntry
 
 ALL = "*"
 
@@ -41,9 +42,17 @@ def static_tokens(settings: Auth) -> list[StaticToken]:
     if admin:
         tokens.append(StaticToken("operator (admin token)", lambda: _hash(admin), frozenset({ALL})))
     for entry in settings.tokens:
-        digest = (lambda fixed=bytes.fromhex(entry.sha256): fixed) if entry.sha256 else _from_source(entry.token)  # type: ignore[arg-type]
-        tokens.append(StaticToken(entry.name, digest, frozenset(entry.operations)))
+        tokens.append(StaticToken(entry.name, _digest_of(entry), frozenset(entry.operations)))
     return tokens
+
+
+def _digest_of(entry: TokenEntry) -> Callable[[], bytes]:
+    """A hash given in the config is fixed; a token from env or file is read when compared."""
+    if entry.sha256:
+        fixed = bytes.fromhex(entry.sha256)
+        return lambda: fixed
+    assert entry.token is not None, "the config requires sha256 or token"
+    return _from_source(entry.token)
 
 
 def match(tokens: list[StaticToken], presented: str) -> StaticToken | None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import httpx
 
-from purgeproxy.auth import Authorizer
 from purgeproxy.config import Config
 from purgeproxy.logs import get_logger
+from purgeproxy.security.authorizer import Authorizer
 
 log = get_logger("purgeproxy.auth")
 

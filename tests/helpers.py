@@ -1,0 +1,50 @@
+"""Constants and plain helpers shared by the test modules (fixtures live in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import uuid
+from typing import Any
+
+import httpx
+
+from purgeproxy.config import parse_config
+
+TOKEN = "test-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ASYNC = {**AUTH, "Prefer": "respond-async"}
+
+_JOBS_DIR = tempfile.mkdtemp(prefix="purgeproxy-test-jobs-")
+atexit.register(shutil.rmtree, _JOBS_DIR, True)
+
+
+def config_for(upstream_url: str, **sections: dict[str, Any]) -> Any:
+    """A validated config for ``upstream_url``, with ``sections`` merged over the defaults.
+
+    Each config gets a job store of its own, so that no test resumes another test's jobs.
+    """
+    document: dict[str, Any] = {"upstream": {"url": upstream_url},
+                                "jobs": {"store": f"{_JOBS_DIR}/{uuid.uuid4().hex}.sqlite3"}}
+    for name, values in sections.items():
+        document[name] = {**document.get(name, {}), **values}
+    return parse_config(document)
+
+
+async def purge(proxy: str, patient: str, body: Any = None, query: str = "") -> tuple[int, dict[str, Any]]:
+    """A synchronous ``$purge`` of ``patient`` as the operator; the status and the OperationOutcome."""
+    async with httpx.AsyncClient(timeout=300) as http:
+        answer = await http.post(f"{proxy}/Patient/{patient}/$purge{query}", json=body, headers=AUTH)
+    return answer.status_code, answer.json()
+
+
+async def kick_off(proxy: str, patient: str, query: str = "", headers: dict[str, str] = ASYNC) -> httpx.Response:
+    """An asynchronous ``$purge`` kick-off (``Prefer: respond-async`` by default)."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        return await http.post(f"{proxy}/Patient/{patient}/$purge{query}", headers=headers)
+
+
+def texts(outcome: dict[str, Any]) -> str:
+    """Every issue's diagnostics of an OperationOutcome, one per line."""
+    return "\n".join(issue["diagnostics"] for issue in outcome["issue"])
