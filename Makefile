@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff check purgeproxy tests bench
 	$(BIN)/mypy purgeproxy
 
-test: install upstreams postgresql
+test: install lint upstreams postgresql
 	$(BIN)/pytest -ra
 
 run: install medplum

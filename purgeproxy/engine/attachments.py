@@ -72,7 +72,7 @@ class AttachmentFinder:
         if resolution.patient_in_scope:
             candidates |= await self._by_security_context(values, result)
         bodies = await asyncio.gather(*(self._read(key, result) for key in sorted(candidates)))
-        for key, body in zip(sorted(candidates), bodies):
+        for key, body in zip(sorted(candidates), bodies, strict=True):
             if body is not None:
                 self._judge(result, key, body, patient, doomed, key in referenced, kept_refs.get(key, set()))
         result.delete.sort()
@@ -104,7 +104,8 @@ class AttachmentFinder:
         async with self.limit:
             answer = await self.client.request("GET", f"Binary/{key[1]}")
         if answer.status == 200 and answer.resource_type == "Binary" and answer.body.get("id") == key[1]:
-            return answer.body
+            binary: dict[str, Any] = answer.body
+            return binary
         if answer.status not in (404, 410):  # already gone is fine: nothing left to remove
             result.unreadable[key] = f"reading it answered {answer.status}"
         return None

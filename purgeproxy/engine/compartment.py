@@ -128,7 +128,8 @@ class Resolver:
         async with self.limit:
             answer = await self.client.request("GET", f"Patient/{patient_id}")
         if answer.status == 200 and answer.resource_type == "Patient":
-            return answer.body
+            patient: dict[str, Any] = answer.body
+            return patient
         if answer.status in (404, 410):
             return None
         raise ResolutionError(f"reading Patient/{patient_id} answered {answer.status}")

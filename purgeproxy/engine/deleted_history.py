@@ -18,8 +18,8 @@ cannot be searched for them: the outcome says such history may remain.
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from purgeproxy.engine.compartment import Resolution, Resolver
@@ -74,7 +74,7 @@ class DeletedHistoryFinder:
         wanted = [key for key in deleted if key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)]
         judged = await asyncio.gather(*(self._judge(key, patient) for key in wanted))
-        for key, verdict in zip(wanted, judged):
+        for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
                 continue
             if key[0] in self.policy.excluded_types:
@@ -129,7 +129,7 @@ class DeletedHistoryFinder:
         versions = await self._history(f"{key[0]}/{key[1]}/_history") or []
         if key == patient:
             return frozenset() if versions else None
-        mine, others = False, set()
+        mine, others = False, set[str]()
         for body in versions:
             if body.get("resourceType") != key[0] or body.get("id") != key[1]:
                 continue

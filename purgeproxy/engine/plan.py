@@ -66,7 +66,7 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
     for member in kept:
         hit = member.references & gone
         if hit:
-            plan.outside_references[member.key] = hit
+            plan.outside_references[member.key] = set(hit)
     return plan
 
 

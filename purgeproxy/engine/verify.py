@@ -37,7 +37,7 @@ async def read_current(client: FhirClient, limit: asyncio.Semaphore, keys: list[
     if answers is None:
         answers = await asyncio.gather(*(_read_one(client, limit, key) for key in keys))
     reading = Reading()
-    for key, (status, body) in zip(keys, answers):
+    for key, (status, body) in zip(keys, answers, strict=True):
         if status == 200 and isinstance(body, dict) and (body.get("resourceType"), body.get("id")) == key:
             reading.current[key] = body
         elif status in GONE:
@@ -81,7 +81,7 @@ def _entry(entry: Any) -> tuple[int, Any]:
 
 async def _flags(keys: list[Key], check) -> list[Key]:  # type: ignore[no-untyped-def]
     flags = await asyncio.gather(*(check(key) for key in keys))
-    return [key for key, flag in zip(keys, flags) if flag]
+    return [key for key, flag in zip(keys, flags, strict=True) if flag]
 
 
 async def still_readable(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[Key]:

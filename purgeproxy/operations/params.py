@@ -129,9 +129,11 @@ def compartment_from(definition: dict[str, Any], fhir: FhirDefinitions) -> Compa
             raise BadRequest(422, "invalid", f"{where}.param must be a list of search parameter names", where)
         for param in params:
             if fhir.reference_paths(rtype, param) is None:
-                raise BadRequest(422, "invalid", f"{where}.param: '{param}' is not a reference search parameter of {rtype}", where)
+                raise BadRequest(422, "invalid",
+                                 f"{where}.param: '{param}' is not a reference search parameter of {rtype}", where)
         if params:  # entries repeating a type add to it: none may silently replace another
             compartment[rtype] = tuple(dict.fromkeys((*compartment.get(rtype, ()), *params)))
     if not compartment:
-        raise BadRequest(422, "invalid", "the CompartmentDefinition needs at least one resource with a non-empty param list", f"{root}.resource")
+        raise BadRequest(422, "invalid", "the CompartmentDefinition needs at least one resource with a "
+                         "non-empty param list", f"{root}.resource")
     return compartment
