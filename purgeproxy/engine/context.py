@@ -15,11 +15,19 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import SearchFailed, search_pages
+from purgeproxy.servers.base import ServerKind
 from purgeproxy.servers.profile import UpstreamProfile
 
 
 class Refused(OutcomeError):
     """The request cannot be carried out as asked; raised before any upstream write."""
+
+
+def require_hard_delete_possible(hard_delete: str, kind: ServerKind) -> None:
+    """``purge.hard_delete: require`` on an upstream without one: refuse before deleting."""
+    if hard_delete == "require" and kind.hard_delete_method is None:
+        raise Refused(422, "not-supported", f"hard_delete is 'require' but this upstream "
+                      f"({kind.name}) offers no hard delete; nothing was deleted")
 
 
 @dataclass(frozen=True)
@@ -47,10 +55,7 @@ class Context:
         return self.profile.kind.hard_delete_method
 
     def require_hard_delete_possible(self) -> None:
-        """``purge.hard_delete: require`` on an upstream without one: refuse before deleting."""
-        if self.hard_delete == "require" and self.profile.kind.hard_delete_method is None:
-            raise Refused(422, "not-supported", f"hard_delete is 'require' but this upstream "
-                          f"({self.profile.kind.name}) offers no hard delete; nothing was deleted")
+        require_hard_delete_possible(self.hard_delete, self.profile.kind)
 
     async def get(self, path: str, params: dict[str, str] | None = None,
                   headers: dict[str, str] | None = None) -> Any:

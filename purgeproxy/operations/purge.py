@@ -7,17 +7,11 @@ import json
 from aiohttp import web
 
 from purgeproxy import audit
-from purgeproxy.app_keys import (
-    CALLER_LIMITS,
-    CONFIG,
-    FHIR_CLIENT,
-    JOB_STORE,
-    PROFILE,
-    UPSTREAM_LIMIT,
-)
+from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
+from purgeproxy.engine.context import require_hard_delete_possible
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.engine.rail import check_confirmed
@@ -54,9 +48,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
     compartment = (compartment_from(given.compartment_definition, profile.definitions)
                    if given.compartment_definition is not None
                    else dict(profile.definitions.patient_compartment))
-    if request.app[CONFIG].purge.hard_delete == "require" and profile.kind.hard_delete_method is None:
-        raise BadRequest(422, "not-supported", f"hard_delete is 'require' but this upstream "
-                         f"({profile.kind.name}) offers no hard delete; nothing was deleted")
+    require_hard_delete_possible(request.app[CONFIG].purge.hard_delete, profile.kind)
     return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile
 
 
