@@ -125,3 +125,28 @@ async def test_a_reference_from_outside_the_compartment_is_named(hapi_base: str)
     assert result.deletion.blocked[patient] == f"still referenced by Observation/{seed.patient}-obs1 (itself kept)"
     others = [k for k in seed.in_scope if k not in (blocked, patient)]
     assert seeds.present(hapi_base, others) == []  # everything else still went
+
+
+async def test_a_document_written_during_the_purge_goes_with_its_bytes(engine, upstream) -> None:
+    """A later round finds a DocumentReference written mid-purge: its Binary is the patient's too."""
+    seed = seeds.build(sizes={"Observation": 60}, shared=False)
+    seeds.write(upstream, seed.resources)
+    before = seeds.snapshot(upstream, seed.untouchable)
+    binary = {"resourceType": "Binary", "id": f"{seed.patient}-late-bin", "contentType": "text/plain", "data": "c2VjcmV0"}
+    document = {"resourceType": "DocumentReference", "id": f"{seed.patient}-late-doc", "status": "current",
+                "subject": seeds.ref("Patient", seed.patient),
+                "content": [{"attachment": {"contentType": "text/plain", "url": f"Binary/{binary['id']}"}}]}
+    written: list[bool] = []
+
+    async def write_after_the_first_batch(done: int, planned: int) -> None:
+        if done >= SETTINGS.batch_size and not written:
+            written.append(True)
+            await asyncio.to_thread(seeds.write, upstream, [binary, document])
+
+    request = PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment))
+    result = await engine.run(request, write_after_the_first_batch)
+    late = [("DocumentReference", document["id"]), ("Binary", binary["id"])]
+    assert written and seeds.present(upstream, late) == []
+    assert result.complete, result.errors
+    assert seeds.present(upstream, seed.in_scope) == []
+    assert seeds.snapshot(upstream, seed.untouchable) == before

@@ -49,6 +49,16 @@ class Attachments:
     unreadable: dict[Key, str] = field(default_factory=dict)  # could not be read: not judged
     unsearched: str | None = None  # why Binaries by securityContext were not searched
 
+    def merge(self, later: Attachments) -> None:
+        """What a later round found joins the purge's report (and its read-back)."""
+        self.delete += [key for key in later.delete if key not in self.delete]
+        self.versions.update(later.versions)
+        self.contexts.update(later.contexts)
+        self.kept.update(later.kept)
+        self.shared.update(later.shared)
+        self.unreadable.update(later.unreadable)
+        self.unsearched = self.unsearched or later.unsearched
+
 
 @dataclass(frozen=True)
 class AttachmentFinder:

@@ -243,6 +243,10 @@ class PurgeEngine:
             resolution = await self._resolve(resolver, plan.patient_id)
             plan, versions = self._plan(resolution), _versions(resolution)
             _carry_over(first, plan)
+            if plan.order and result.purge is not None:  # new members: their documents are the patient's
+                later = await self._attachments(resolution, plan)
+                result.purge.attachments.merge(later)
+                versions = {**versions, **later.versions}
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
 
