@@ -23,6 +23,20 @@ class Refused(OutcomeError):
     """The request cannot be carried out as asked; raised before any upstream write."""
 
 
+AUDIT_TYPES = frozenset({"AuditEvent"})  # the audit trail: never a target, whatever the config says
+
+
+def refuse_protected(rtype: str, excluded_types: frozenset[str] = frozenset()) -> None:
+    """The one protected-target rule of every destructive operation: the audit trail, and the
+    types ``purge.excluded_types`` keeps, are never what an operation deletes."""
+    if rtype in AUDIT_TYPES:
+        raise Refused(422, "business-rule", f"{rtype} is never a target of a destructive operation: "
+                      "the audit trail is never erased; nothing was deleted")
+    if rtype in excluded_types:
+        raise Refused(422, "business-rule", f"{rtype} is an excluded type (purge.excluded_types) and is "
+                      "never a target of a destructive operation; nothing was deleted")
+
+
 def require_hard_delete_possible(hard_delete: str, kind: ServerKind) -> None:
     """``purge.hard_delete: require`` on an upstream without one: refuse before deleting."""
     if hard_delete == "require" and kind.hard_delete_method is None:
@@ -56,6 +70,9 @@ class Context:
 
     def require_hard_delete_possible(self) -> None:
         require_hard_delete_possible(self.hard_delete, self.profile.kind)
+
+    def refuse_protected(self, rtype: str) -> None:
+        refuse_protected(rtype, self.excluded_types)
 
     async def get(self, path: str, params: dict[str, str] | None = None,
                   headers: dict[str, str] | None = None) -> Any:

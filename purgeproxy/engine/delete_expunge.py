@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from purgeproxy.engine.erase import PROTECTED_TYPES
+from purgeproxy.engine.context import refuse_protected
 from purgeproxy.engine.removal import (
     Context,
     Recheck,
@@ -56,8 +56,7 @@ def parse_criteria(url: str, resource_types: frozenset[str]) -> Criteria:
         raise Refused(400, "invalid", "url must be a relative search: Type?criteria")
     if parts.path not in resource_types:
         raise Refused(400, "invalid", f"url: '{parts.path}' is not a resource type of this server's FHIR version")
-    if parts.path in PROTECTED_TYPES:
-        raise Refused(422, "business-rule", f"delete-expunge is not allowed on {parts.path}: the audit trail is never erased")
+    refuse_protected(parts.path)
     params = parse_qsl(parts.query, keep_blank_values=True)
     for name, value in params:
         if name.split(":")[0] in RESULT_PARAMS:

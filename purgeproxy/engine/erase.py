@@ -23,19 +23,12 @@ from purgeproxy.servers.expunge import (
     native_expunge,
 )
 
-PROTECTED_TYPES = frozenset({"AuditEvent"})  # the audit trail is never erased (as on Firely, Medplum)
 _VERSION_IN_URL = re.compile(r"/_history/([A-Za-z0-9\-.]{1,64})")
-
-
-def refuse_protected(rtype: str, operation: str) -> None:
-    if rtype in PROTECTED_TYPES:
-        raise Refused(422, "business-rule", f"{operation} is not allowed on {rtype}: the audit trail "
-                      "is never erased; nothing was deleted")
 
 
 async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) -> Result:
     """The resource and all its versions: delete, hard delete, verify."""
-    refuse_protected(key[0], operation)
+    ctx.refuse_protected(key[0])
     ctx.require_hard_delete_possible()
     removal = Result(operation, f"{key[0]}/{key[1]}", dry_run)
     answer = await ctx.get(f"{key[0]}/{key[1]}")
@@ -76,7 +69,7 @@ def _version_of(entry: dict[str, Any]) -> str | None:
 
 async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, operation: str) -> Result:
     """Version ``version`` and all older ones (Firely's version-level ``$erase``)."""
-    refuse_protected(key[0], operation)
+    ctx.refuse_protected(key[0])
     versions = await history_versions(ctx, key)
     ids = [v for v, _ in versions]
     if version not in ids:
@@ -99,7 +92,7 @@ async def erase_versions(ctx: Context, key: Key, version: str, dry_run: bool, op
 
 async def expunge_version(ctx: Context, key: Key, version: str, dry_run: bool) -> Result:
     """HAPI's version-level ``$expunge``: one old version; the current one cannot go this way."""
-    refuse_protected(key[0], "$expunge")
+    ctx.refuse_protected(key[0])
     versions = await history_versions(ctx, key)
     if version not in [v for v, _ in versions]:
         raise Refused(404, "not-found", f"{key[0]}/{key[1]} has no version {version} in its history")
@@ -137,7 +130,7 @@ async def _expunge_versions(ctx: Context, key: Key, versions: list[str], removal
 
 async def expunge_instance_history(ctx: Context, key: Key, options: ExpungeOptions, dry_run: bool) -> Result:
     """HAPI-shaped instance ``$expunge``: remove history only, never the current version."""
-    refuse_protected(key[0], "$expunge")
+    ctx.refuse_protected(key[0])
     removal = Result("$expunge", f"{key[0]}/{key[1]}", dry_run)
     versions = await history_versions(ctx, key)
     current_live = bool(versions) and not versions[0][1]

@@ -8,7 +8,6 @@ refused unless ``expunge.allow_everything`` is switched on.
 
 from __future__ import annotations
 
-from purgeproxy.engine.erase import PROTECTED_TYPES
 from purgeproxy.engine.removal import Context, Refused, Result
 from purgeproxy.servers.expunge import (
     SYSTEM,
@@ -23,8 +22,8 @@ def check_bulk(ctx: Context, rtype: str | None, options: ExpungeOptions, allow_e
     """Everything that refuses a type/system ``$expunge`` before it reaches the upstream."""
     level = SYSTEM if rtype is None else TYPE
     where = "[base]/$expunge" if rtype is None else f"{rtype}/$expunge"
-    if rtype in PROTECTED_TYPES:
-        raise Refused(422, "business-rule", f"$expunge is not allowed on {rtype}: the audit trail is never erased")
+    if rtype is not None:
+        ctx.refuse_protected(rtype)
     if options.everything and rtype is not None:
         raise Refused(400, "invalid", "expungeEverything is only valid at system level")
     if options.everything and not allow_everything:

@@ -23,7 +23,7 @@ from purgeproxy.app_keys import (
     UPSTREAM_LIMIT,
 )
 from purgeproxy.auth import Caller
-from purgeproxy.engine.removal import Context, Refused, Result
+from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
@@ -62,9 +62,6 @@ async def answer(request: web.Request, caller: Caller, removal: Result,
     return web.Response(status=status, text=json.dumps(body(removal)), content_type=FHIR_JSON)
 
 
-AUDIT_TYPES = frozenset({"AuditEvent"})  # protected whatever purge.excluded_types says
-
-
 def resource_key(request: web.Request, ctx: Context) -> Key:
     """The (type, id) of an instance-level URL, refused when either is not valid or the type is
     protected."""
@@ -76,16 +73,11 @@ def resource_key(request: web.Request, ctx: Context) -> Key:
 
 
 def check_type(rtype: str, ctx: Context) -> None:
-    """A destructive operation's target type: known to the FHIR version and not protected. The one
-    protected-target check of every operation ($erase, $expunge, cascade, delete-expunge)."""
+    """A destructive operation's target type: known to the FHIR version and not protected
+    (``engine.context.refuse_protected``, which the engine applies again on its own paths)."""
     if rtype not in ctx.profile.definitions.resource_types:
         raise BadRequest(400, "invalid", f"'{rtype}' is not a resource type of this server's FHIR version")
-    if rtype in AUDIT_TYPES:
-        raise Refused(422, "business-rule", f"{rtype} is never a target of a destructive operation: "
-                      "the audit trail is never erased; nothing was deleted")
-    if rtype in ctx.excluded_types:
-        raise Refused(422, "business-rule", f"{rtype} is an excluded type (purge.excluded_types) and is "
-                      "never a target of a destructive operation; nothing was deleted")
+    ctx.refuse_protected(rtype)
 
 
 def version_of(request: web.Request) -> str:
