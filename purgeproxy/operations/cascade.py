@@ -14,7 +14,6 @@ from urllib.parse import urlencode
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, PASSTHROUGH
-from purgeproxy.auth import Caller
 from purgeproxy.classify import Operation
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_criteria
@@ -23,6 +22,7 @@ from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
 from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import answer, check_type, resource_key, run
+from purgeproxy.security.authorizer import Caller
 
 OPERATION = "cascade-delete"
 PARAMETERS = {"_cascade": "string", "_expunge": "boolean", "_dryRun": "boolean", "_confirm": "boolean"}

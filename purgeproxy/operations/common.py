@@ -6,9 +6,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy.app_keys import AUTHORIZER, CONFIG
-from purgeproxy.auth import Caller, Denied
 from purgeproxy.forwarding import unsafe_path_reason
 from purgeproxy.operations.params import BadRequest
+from purgeproxy.security.authorizer import Caller
+from purgeproxy.security.errors import Denied
 
 
 async def caller_of(request: web.Request, operation: str, destructive: bool = True,

@@ -12,7 +12,6 @@ from dataclasses import replace
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG
-from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.delete_expunge import delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context
@@ -20,6 +19,7 @@ from purgeproxy.operations import cascade
 from purgeproxy.operations.params import BadRequest
 from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.operations.vendor import answer, check_type, operation_input, run
+from purgeproxy.security.authorizer import Caller
 
 OPERATION = "$delete-expunge"
 SPEC = {"url": "strings", "batchSize": "integer", "dryRun": "boolean", "confirm": "boolean"}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.erase import erase_resource, erase_versions
 from purgeproxy.engine.removal import Context
@@ -18,6 +17,7 @@ from purgeproxy.operations.vendor import (
     run,
     version_of,
 )
+from purgeproxy.security.authorizer import Caller
 
 OPERATION = "$erase"
 DEFINITION = "http://server.fire.ly/OperationDefinition/erase"

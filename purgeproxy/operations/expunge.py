@@ -15,7 +15,6 @@ from typing import Any
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG
-from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.engine.erase import (
     erase_resource,
@@ -37,6 +36,7 @@ from purgeproxy.operations.vendor import (
     run,
     version_of,
 )
+from purgeproxy.security.authorizer import Caller
 from purgeproxy.servers.expunge import ExpungeOptions
 
 OPERATION = "$expunge"

@@ -8,7 +8,6 @@ from aiohttp import web
 
 from purgeproxy import audit
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
-from purgeproxy.auth import Caller
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.context import require_hard_delete_possible
@@ -25,6 +24,7 @@ from purgeproxy.operations.async_status import kick_off, wants_async
 from purgeproxy.operations.common import bounded_body, caller_of
 from purgeproxy.operations.params import BOOLEAN_PARAMETERS, BadRequest, compartment_from, parse_purge
 from purgeproxy.operations.unit import OperationUnit, Route
+from purgeproxy.security.authorizer import Caller
 from purgeproxy.servers.profile import UpstreamProfile
 
 

@@ -13,12 +13,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
-from purgeproxy.auth import Caller
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.purge import audit_result, settings_from
+from purgeproxy.security.authorizer import Caller
 
 
 async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:

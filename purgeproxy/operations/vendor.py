@@ -22,13 +22,13 @@ from purgeproxy.app_keys import (
     PROFILE,
     UPSTREAM_LIMIT,
 )
-from purgeproxy.auth import Caller
 from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.operations.common import bounded_body, caller_of
 from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
+from purgeproxy.security.authorizer import Caller
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
 Spec = Mapping[str, str]  # parameter name -> "boolean" | "integer" | "string" | "strings"
