@@ -48,3 +48,14 @@ async def kick_off(proxy: str, patient: str, query: str = "", headers: dict[str,
 def texts(outcome: dict[str, Any]) -> str:
     """Every issue's diagnostics of an OperationOutcome, one per line."""
     return "\n".join(issue["diagnostics"] for issue in outcome["issue"])
+
+
+def assert_kept_referrer_reported(outcome: dict[str, Any], kind: str, patient: str, kept: str) -> None:
+    """A kept resource still references the purged Patient: HAPI's referential integrity blocks
+    the Patient's delete (incomplete, naming the blocker); elsewhere it goes and the kept one is listed."""
+    if kind == "hapi":
+        assert outcome["issue"][0]["code"] == "incomplete"
+        assert f"Patient/{patient} was not deleted: still referenced by {kept}" in texts(outcome)
+    else:
+        assert outcome["issue"][0]["code"] == "success", texts(outcome)
+        assert f"{kept} is kept and still references Patient/{patient}" in texts(outcome)
