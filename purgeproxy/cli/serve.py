@@ -1,4 +1,4 @@
-"""The ``purgeproxy`` command.
+"""``purgeproxy serve``: run the proxy in one process or in several sharing the port.
 
 Configuration mistakes end the process with status 2 and one line on stderr naming the key, so an
 operator reading a pod's log sees the cause, not a traceback.
@@ -6,7 +6,6 @@ operator reading a pod's log sees the cause, not a traceback.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import multiprocessing
@@ -16,8 +15,9 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
+import typer
 from aiohttp import web
 
 from purgeproxy import logs, serving
@@ -25,24 +25,6 @@ from purgeproxy.app import create_app
 from purgeproxy.config import Config, ConfigError, load_config
 
 CONFIG_ERROR = 2
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="purgeproxy", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the proxy")
-    serve.add_argument("--config", required=True, type=Path, help="YAML configuration file")
-    serve.add_argument("--upstream", help="upstream FHIR base URL (overrides upstream.url)")
-    serve.add_argument("--host", help="address to listen on (overrides server.host)")
-    serve.add_argument("--port", type=int, help="port to listen on (overrides server.port)")
-    serve.add_argument("--workers", type=int, help="processes sharing the port (overrides server.workers)")
-    return parser
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    given = {"upstream.url": args.upstream, "server.host": args.host, "server.port": args.port,
-             "server.workers": args.workers}
-    return {key: value for key, value in given.items() if value is not None}
 
 
 def _run(config: Config) -> None:
@@ -114,12 +96,22 @@ def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
     raise SystemExit(0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve_command)
+
+
+def serve_command(
+    config: Annotated[Path, typer.Option("--config", help="YAML configuration file")],
+    upstream: Annotated[str | None, typer.Option(help="upstream FHIR base URL (overrides upstream.url)")] = None,
+    host: Annotated[str | None, typer.Option(help="address to listen on (overrides server.host)")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on (overrides server.port)")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes sharing the port (overrides server.workers)")] = None,
+) -> None:
+    """Run the proxy."""
+    given = {"upstream.url": upstream, "server.host": host, "server.port": port, "server.workers": workers}
     try:
-        config = load_config(args.config, _overrides(args))
+        loaded = load_config(config, {key: value for key, value in given.items() if value is not None})
     except ConfigError as mistake:
         print(f"purgeproxy: config error: {mistake}", file=sys.stderr)
-        return CONFIG_ERROR
-    serve(config)
-    return 0
+        raise typer.Exit(CONFIG_ERROR) from None
+    serve(loaded)
