@@ -39,6 +39,7 @@ from purgeproxy.forwarding import (
     upstream_request_headers,
 )
 from purgeproxy.logs import get_logger
+from purgeproxy.upstream_tls import UPSTREAM_TLS, is_tls_failure
 
 CHUNK = 64 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json")
@@ -179,9 +180,11 @@ class Passthrough:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
-        except aiohttp.ClientConnectorError:
-            return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
-        except aiohttp.ClientError:
+        except aiohttp.ClientError as error:
+            if is_tls_failure(error):
+                return outcome_response(502, "security", UPSTREAM_TLS)
+            if isinstance(error, aiohttp.ClientConnectorError):
+                return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         request[UPSTREAM_STATUS] = upstream.status
         async with upstream:

@@ -47,6 +47,9 @@ def _run(config: Config) -> None:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
         pass
+    except ConfigError as mistake:  # found at start, e.g. a job store that cannot be opened
+        report(mistake)
+        raise SystemExit(CONFIG_ERROR) from None
     finally:  # the cancelled task's own clean-up stops the job workers and closes the clients
         if not main.done():
             main.cancel()
@@ -85,6 +88,9 @@ def serve(config: Config) -> None:
             worker.join()
     except KeyboardInterrupt:
         _stop(workers)
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:  # e.g. every worker found the job store unusable: the process says so too
+        raise SystemExit(failed[0])
 
 
 def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
@@ -100,8 +106,16 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
+def report(mistake: ConfigError) -> None:
+    """Every mistake, one line each, on stderr."""
+    for problem in mistake.problems:
+        print(f"purgeproxy: config error: {problem}", file=sys.stderr)
+
+
 def serve_command(
-    config: Annotated[Path, typer.Option("--config", help="YAML configuration file")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", help="YAML configuration file; without it, the environment alone "
+        "(PURGEPROXY_UPSTREAM=URL, PURGEPROXY_SECTION__KEY=value)")] = None,
     upstream: Annotated[str | None, typer.Option(help="upstream FHIR base URL (overrides upstream.url)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (overrides server.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on (overrides server.port)")] = None,
@@ -110,8 +124,8 @@ def serve_command(
     """Run the proxy."""
     given = {"upstream.url": upstream, "server.host": host, "server.port": port, "server.workers": workers}
     try:
-        loaded = load_config(config, {key: value for key, value in given.items() if value is not None})
+        loaded = load_config(config, {key: value for key, value in given.items() if value is not None}, os.environ)
     except ConfigError as mistake:
-        print(f"purgeproxy: config error: {mistake}", file=sys.stderr)
+        report(mistake)
         raise typer.Exit(CONFIG_ERROR) from None
     serve(loaded)
