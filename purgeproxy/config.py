@@ -424,6 +424,8 @@ def _plain(error: Any) -> str:
         "literal_error": f"must be one of {ctx.get('expected')}",
         "enum": f"must be one of {ctx.get('expected')}",
     }
+    if kind in ("model_type", "model_attributes_type") and error["loc"] and error["loc"][-1] in _SECRET_KEYS:
+        return "must be {env: VAR} or {file: PATH}, never the secret itself"
     if kind == "string_pattern_mismatch":
         pattern = str(ctx.get("pattern", ""))
         return "must be an http:// or https:// URL" if pattern.startswith("^https?://") else f"must match {pattern}"
@@ -440,7 +442,7 @@ def _problems(error: ValidationError, origins: dict[str, str]) -> list[str]:
         path = [str(part) for part in each["loc"]]
         key = ".".join(path) or "(top level)"
         source = next((f" (from {var})" for where, var in origins.items()
-                       if key == where or key.startswith(where + ".")), "")
+                       if key == where or key.startswith(where + ".") or where.startswith(key + ".")), "")
         line = f"{key}{source}: {_plain(each)}"
         if each["type"] not in ("missing", "extra_forbidden") and not _SECRET_KEYS.intersection(path) \
                 and not isinstance(each.get("input"), dict | list):
