@@ -39,7 +39,7 @@ from purgeproxy.forwarding import (
     upstream_request_headers,
 )
 from purgeproxy.logs import get_logger
-from purgeproxy.upstream_tls import UPSTREAM_TLS, is_tls_failure
+from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
 CHUNK = 64 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json")
@@ -181,8 +181,9 @@ class Passthrough:
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
         except aiohttp.ClientError as error:
-            if is_tls_failure(error):
-                return outcome_response(502, "security", UPSTREAM_TLS)
+            tls = tls_failure(error, url.scheme == "https", isinstance(error, aiohttp.ServerDisconnectedError))
+            if tls is not None:
+                return outcome_response(502, "security" if tls == UPSTREAM_TLS else "transient", tls)
             if isinstance(error, aiohttp.ClientConnectorError):
                 return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)

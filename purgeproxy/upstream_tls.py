@@ -29,14 +29,25 @@ def ssl_context(settings: UpstreamTls) -> ssl.SSLContext:
     return context
 
 
-def is_tls_failure(error: BaseException) -> bool:
-    """Whether ``error`` (or what caused it, as the clients wrap it) is a TLS failure: a
-    certificate refused either way, or a handshake that did not complete."""
+UPSTREAM_TLS_DROPPED = ("the upstream FHIR server closed the TLS connection before answering (a server that "
+                        "requires a client certificate does so when it refuses the proxy's: see upstream.tls)")
+
+
+def tls_failure(error: BaseException, https: bool, disconnected: bool = False) -> str | None:
+    """The diagnostics for ``error`` when it is a TLS failure, else None.
+
+    A certificate refused by the proxy, or a handshake alert, is certain (``UPSTREAM_TLS``). A
+    server refusing the proxy's client certificate is not always seen as one: in TLS 1.3 it decides
+    after the client's handshake is done and often resets the connection before its alert is
+    read, so an https connection closed before any answer (``disconnected``, a reset, an EOF in the
+    handshake) is reported as possibly that (``UPSTREAM_TLS_DROPPED``)."""
+    chain: list[BaseException] = []
     seen: BaseException | None = error
-    for _ in range(8):  # the chain is short; a bound rather than trust in its shape
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError):
-            return True
+    while seen is not None and len(chain) < 8:  # the chain is short; a bound rather than trust in its shape
+        chain.append(seen)
         seen = seen.__cause__ or seen.__context__
-    return False
+    if any(isinstance(each, ssl.SSLError) and not isinstance(each, ssl.SSLEOFError) for each in chain):
+        return UPSTREAM_TLS
+    if https and (disconnected or any(isinstance(each, ConnectionResetError | ssl.SSLEOFError) for each in chain)):
+        return UPSTREAM_TLS_DROPPED
+    return None

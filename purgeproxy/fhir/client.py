@@ -28,7 +28,7 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_UNREACHABLE,
     OutcomeError,
 )
-from purgeproxy.upstream_tls import UPSTREAM_TLS, is_tls_failure
+from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
 FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
 
@@ -85,8 +85,9 @@ class FhirClient:
         except httpx.TimeoutException:
             raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
         except httpx.HTTPError as error:
-            if is_tls_failure(error):
-                raise UpstreamError(502, "security", UPSTREAM_TLS) from None
+            tls = tls_failure(error, self.base_url.startswith("https:"))
+            if tls is not None:
+                raise UpstreamError(502, "security" if tls == UPSTREAM_TLS else "transient", tls) from None
             if isinstance(error, httpx.ConnectError):
                 raise UpstreamError(502, "transient", UPSTREAM_UNREACHABLE) from None
             raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
