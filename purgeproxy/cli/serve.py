@@ -114,8 +114,8 @@ def report(mistake: ConfigError) -> None:
 
 def serve_command(
     config: Annotated[Path | None, typer.Option(
-        "--config", help="YAML configuration file; without it, the environment alone "
-        "(PURGEPROXY_UPSTREAM=URL, PURGEPROXY_SECTION__KEY=value)")] = None,
+        "--config", envvar="PURGEPROXY_CONFIG", help="YAML configuration file; without it, the environment "
+        "alone (PURGEPROXY_UPSTREAM=URL, PURGEPROXY_SECTION__KEY=value)")] = None,
     upstream: Annotated[str | None, typer.Option(help="upstream FHIR base URL (overrides upstream.url)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (overrides server.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on (overrides server.port)")] = None,
