@@ -6,6 +6,7 @@ and runs an asynchronous purge against the real Medplum engine."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,7 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
+from purgeproxy.config import parse_config
 from tests import seed as seeds
 from tests.helpers import ASYNC, AUTH, TOKEN, texts
 
@@ -161,3 +164,21 @@ def test_a_store_in_the_read_only_directory_is_one_clear_line(dirs: tuple[Path, 
     assert process.returncode == 2
     assert "Traceback" not in stderr
     assert said == ["purgeproxy: config error: jobs.store: cannot open purgeproxy-jobs.sqlite3 (unable to open database file)"]
+
+
+def test_the_compose_file_configures_the_proxy_through_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """deploy/compose: the proxy's environment (with the operator's variables filled in) is a
+    whole, valid configuration in front of the HAPI service, and HAPI publishes no port."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text(encoding="utf-8"))
+    given = {"PURGEPROXY_ADMIN_TOKEN": "t" * 64, "POSTGRES_PASSWORD": "p" * 32}
+
+    def fill(value: str) -> str:
+        return re.sub(r"\$\{(\w+)(?::[-?][^}]*)?\}", lambda m: given.get(m.group(1), "http://localhost:8000/fhir"), value)
+
+    environ = {key: fill(str(value)) for key, value in compose["services"]["purgeproxy"]["environment"].items()}
+    config = parse_config({}, None, {**image_environment(), **environ})
+    assert config.upstream.url == "http://hapi:8080/fhir" and config.upstream.kind == "hapi"
+    assert config.auth.admin_token.get_secret_value() == "t" * 64
+    assert config.jobs.store.startswith(VOLUME + "/")
+    assert "/var/lib/purgeproxy" in " ".join(compose["services"]["purgeproxy"]["volumes"])
+    assert "ports" not in compose["services"]["hapi"]
