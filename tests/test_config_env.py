@@ -4,6 +4,7 @@ be opened stopping ``serve`` with one line instead of a traceback."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -100,8 +101,11 @@ def _said(run: subprocess.CompletedProcess[str]) -> list[str]:
 def test_a_store_that_cannot_be_written_stops_serve_with_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    run = _serve({"PURGEPROXY_JOBS__STORE": str(blocker / "jobs.sqlite3")})
+    run = _serve({"PURGEPROXY_JOBS__STORE": str(blocker / "jobs.sqlite3"), "PURGEPROXY_EXPUNGE__ALLOW_EVERYTHING": "true"})
     assert run.returncode == 2
+    logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert any(entry["event"] == "config_warning" and entry["detail"].startswith("expunge.allow_everything:")
+               for entry in logged)  # serve logs what check-config warns about
     assert "Traceback" not in run.stderr + run.stdout
     assert _said(run) == [
         f"purgeproxy: config error: jobs.store: cannot open {blocker}/jobs.sqlite3 (File exists)"]
