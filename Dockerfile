@@ -19,7 +19,8 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY README.md ./
 COPY purgeproxy ./purgeproxy
 RUN pip install --no-cache-dir --no-deps . \
-    && useradd --system --uid 10001 --user-group --home-dir /nonexistent --shell /usr/sbin/nologin purgeproxy \
+    && groupadd --system --gid 10001 purgeproxy \
+    && useradd --system --uid 10001 --gid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin purgeproxy \
     && install -d -o purgeproxy -g purgeproxy -m 0750 /var/lib/purgeproxy \
     && install -d -m 0755 /etc/purgeproxy
 
