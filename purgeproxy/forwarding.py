@@ -74,9 +74,6 @@ class Client:
     host: str
     prefix: str
     request_id: str
-    # False when the peer is not one of server.trusted_proxies: the X-Forwarded-For and Forwarded
-    # chains it sent are dropped, not relayed to an upstream that would take them as the proxy's word
-    relay_chain: bool = True
 
 
 def _forwarded_node(address: str) -> str:
@@ -130,8 +127,7 @@ def upstream_request_headers(
     """
     headers = end_to_end(incoming)
     headers.popall("Host", None)
-    sent_for, sent_forwarded = headers.popall("X-Forwarded-For", []), headers.popall("Forwarded", [])
-    previous_for = ", ".join(sent_for) if client.relay_chain else ""
+    previous_for = ", ".join(headers.popall("X-Forwarded-For", []))
     headers["X-Forwarded-For"] = f"{previous_for}, {client.address}" if previous_for else client.address
     headers["X-Forwarded-Proto"] = client.scheme
     headers["X-Forwarded-Host"] = client.host
@@ -140,7 +136,7 @@ def upstream_request_headers(
         f"for={_forwarded_node(client.address)};proto={client.scheme};"
         f'host="{quote(client.host, safe=":[]")}"'
     )
-    previous = ", ".join(sent_forwarded) if client.relay_chain else ""
+    previous = ", ".join(headers.popall("Forwarded", []))
     headers["Forwarded"] = f"{previous}, {element}" if previous else element
     headers["X-Request-Id"] = client.request_id
     return headers

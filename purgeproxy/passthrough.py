@@ -94,7 +94,7 @@ class Mount:
         from the forwarded headers."""
         peer = request.remote or "unknown"
         prefix = URL(self.public_url).path.rstrip("/") if self.public_url else self.base_path
-        return Client(peer, *self.origin(request), prefix, rid, is_trusted(request.remote, self.trusted_proxies))
+        return Client(peer, *self.origin(request), prefix, rid)
 
 
 def _listening_address(request: web.Request) -> str:
