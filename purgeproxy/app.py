@@ -35,6 +35,7 @@ from purgeproxy.passthrough import Passthrough
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
 from purgeproxy.servers.profile import ProfileCache
+from purgeproxy.upstream_tls import ssl_context
 
 
 def _passthrough_session(config: Config) -> aiohttp.ClientSession:
@@ -44,6 +45,7 @@ def _passthrough_session(config: Config) -> aiohttp.ClientSession:
         limit_per_host=0,
         keepalive_timeout=upstream.pool.keepalive_seconds,
         enable_cleanup_closed=True,
+        ssl=ssl_context(upstream.tls),  # the same trust as the FHIR client's
     )
     timeout = aiohttp.ClientTimeout(
         total=None, sock_connect=upstream.timeouts.connect, sock_read=upstream.timeouts.read
@@ -66,6 +68,7 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
         config.upstream.timeouts.read,
         config.upstream.pool.max_connections,
         upstream_auth(config.upstream.url, config.upstream.auth, auth_http),
+        verify=ssl_context(config.upstream.tls),
     )
     app[AUTHORIZER] = make_authorizer(config, auth_http)
     app[CALLER_LIMITS] = CallerLimits(config.auth.max_concurrent_per_caller, config.auth.retry_after_seconds)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +32,12 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 class ConfigError(Exception):
-    """A configuration mistake, phrased for the operator in one line."""
+    """Configuration mistakes, each phrased for the operator in one line (``problems``); its text
+    joins them with "; " so that it stays one line wherever it is printed whole."""
+
+    def __init__(self, *problems: str) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(problems))
 
 
 class _Strict(BaseModel):
@@ -49,6 +56,36 @@ class Pool(_Strict):
     keepalive_seconds: float = Field(30.0, ge=0)
 
 
+class UpstreamTls(_Strict):
+    """How the proxy's two upstream clients (pass-through and its own FHIR calls) check the
+    upstream's certificate and prove their own: one setting, so they never trust different CAs."""
+
+    ca_file: Path | None = Field(None, description="PEM CA bundle to trust instead of the system's")
+    cert_file: Path | None = Field(None, description="PEM client certificate for mutual TLS")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file (default: in cert_file)")
+    verify: bool = Field(True, description="false: accept any certificate (tests only: anyone can pose as the upstream)")
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"file {value} does not exist")
+        return value
+
+    @model_validator(mode="after")
+    def _loadable(self) -> UpstreamTls:
+        """Loaded now, so that a wrong file is a config error, not a failure at the first call."""
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("key_file needs cert_file")
+        from purgeproxy.upstream_tls import ssl_context
+
+        try:
+            ssl_context(self)
+        except (ssl.SSLError, OSError) as error:
+            raise ValueError(f"cannot load the CA bundle or client certificate ({error.strerror or error})") from None
+        return self
+
+
 class Upstream(_Strict):
     url: str = Field(description="the upstream FHIR base, e.g. http://hapi:8080/fhir")
     kind: Literal[("auto", *KIND_NAMES)] = Field(  # type: ignore[valid-type]
@@ -60,6 +97,7 @@ class Upstream(_Strict):
     timeouts: Timeouts = Timeouts()
     pool: Pool = Pool()
     auth: UpstreamAuth = Field(default_factory=lambda: UpstreamAuth())
+    tls: UpstreamTls = UpstreamTls()
 
     @field_validator("url")
     @classmethod
@@ -287,6 +325,16 @@ class Jobs(_Strict):
     max_queued: int = Field(100, ge=1, description="jobs queued or running in the store at once "
                             "(all replicas); past it a new job is refused with 429")
 
+    @field_validator("store")
+    @classmethod
+    def _store(cls, value: str) -> str:
+        """Anything that looks like a URL must be PostgreSQL's: ``mysql://db/x`` once became an
+        SQLite file named ``./mysql:/db/x``."""
+        scheme = re.match(r"^([A-Za-z][A-Za-z0-9+.-]+):/", value)  # two letters at least: C:/ is a path
+        if scheme and scheme.group(1).lower() not in ("postgresql", "postgres"):
+            raise ValueError(f"unknown scheme {scheme.group(1)}: give an SQLite file path or a postgresql:// URL")
+        return value
+
 
 class Cascade(_Strict):
     max_rounds: int = Field(
@@ -317,16 +365,18 @@ class Config(_Strict):
     logging: Logging = Logging()
 
 
-def expand_env(value: Any, where: str = "") -> Any:
+def expand_env(value: Any, where: str = "", unset: list[str] | None = None) -> Any:
     """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of the parsed YAML.
 
     An unset variable without a default is an error rather than an empty string, because an
-    empty upstream URL or token that looks configured is worse than a refusal to start.
+    empty upstream URL or token that looks configured is worse than a refusal to start. With
+    ``unset`` given, each such mistake is added to it (and the reference left empty) instead of
+    raised, so that it is reported with every other.
     """
     if isinstance(value, dict):
-        return {k: expand_env(v, f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+        return {k: expand_env(v, f"{where}.{k}" if where else str(k), unset) for k, v in value.items()}
     if isinstance(value, list):
-        return [expand_env(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [expand_env(v, f"{where}.{i}", unset) for i, v in enumerate(value)]
     if not isinstance(value, str):
         return value
 
@@ -336,52 +386,170 @@ def expand_env(value: Any, where: str = "") -> Any:
             return os.environ[name]
         if default is not None:
             return default
-        raise ConfigError(f"{where}: environment variable {name} is not set")
+        if unset is None:
+            raise ConfigError(f"{where}: environment variable {name} is not set")
+        unset.append(f"{where}: environment variable {name} is not set")
+        return ""
 
     return _ENV_REF.sub(substitute, value)
 
 
-_SECRET_KEYS = {"admin_token", "tokens", "token", "password", "client_secret", "sha256"}
+_SECRET_KEYS = {"admin_token", "tokens", "token", "password", "client_secret", "sha256", "store"}  # store: its URL may hold one
+ENV_PREFIX = "PURGEPROXY_"
+# Shorthands read when nothing else sets the key (config.example.yaml reads them itself):
+# ``PURGEPROXY_UPSTREAM=… purgeproxy serve`` is a whole configuration.
+_ENV_SHORTHANDS = {"PURGEPROXY_UPSTREAM": ("upstream", "url"), "PURGEPROXY_ADMIN_TOKEN": ("auth", "admin_token")}
 
 
-def _describe(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
-    if first["type"] == "extra_forbidden":
-        return f"{key}: unknown key"
-    if first["type"] == "missing":
-        return f"{key}: required key is missing"
-    if _SECRET_KEYS.intersection(str(part) for part in first["loc"]):
-        return f"{key}: {first['msg']}"  # the value may be a secret: never echo it
-    return f"{key}: {first['msg']} (got {first.get('input')!r})"
+def _plain(error: Any) -> str:
+    """pydantic's message for one error, in the words an operator would use."""
+    kind, ctx = error["type"], error.get("ctx") or {}
+    words = {
+        "missing": "required key is missing" + (" (give upstream.url, or set PURGEPROXY_UPSTREAM)"
+                                                if tuple(error["loc"]) == ("upstream",) else ""),
+        "extra_forbidden": "unknown key",
+        "int_parsing": "must be a whole number", "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+        "float_parsing": "must be a number", "float_type": "must be a number",
+        "bool_parsing": "must be true or false", "bool_type": "must be true or false",
+        "string_type": "must be text", "list_type": "must be a list",
+        "dict_type": "must be a mapping of keys", "model_type": "must be a mapping of keys",
+        "model_attributes_type": "must be a mapping of keys",
+        "ip_any_network": "must be an IP network such as 10.0.0.0/8",
+        "greater_than_equal": f"must be at least {ctx.get('ge')}",
+        "greater_than": f"must be more than {ctx.get('gt')}",
+        "less_than_equal": f"must be at most {ctx.get('le')}",
+        "less_than": f"must be less than {ctx.get('lt')}",
+        "too_short": "must not be empty", "string_too_short": "must not be empty",
+        "literal_error": f"must be one of {ctx.get('expected')}",
+        "enum": f"must be one of {ctx.get('expected')}",
+    }
+    if kind in ("model_type", "model_attributes_type") and error["loc"] and error["loc"][-1] in _SECRET_KEYS:
+        return "must be {env: VAR} or {file: PATH}, never the secret itself"
+    if kind == "string_pattern_mismatch":
+        pattern = str(ctx.get("pattern", ""))
+        return "must be an http:// or https:// URL" if pattern.startswith("^https?://") else f"must match {pattern}"
+    if kind in ("value_error", "assertion_error"):
+        return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    return words.get(kind, str(error["msg"]))
 
 
-def parse_config(raw: Any, overrides: dict[str, Any] | None = None) -> Config:
-    """Validate an already parsed YAML document, with command-line overrides applied on top."""
+def _problems(error: ValidationError, origins: dict[str, str]) -> list[str]:
+    """One line per mistake, each naming its key (and the environment variable that set it);
+    a secret's value is never echoed."""
+    lines: list[str] = []
+    for each in error.errors():
+        path = [str(part) for part in each["loc"]]
+        key = ".".join(path) or "(top level)"
+        source = next((f" (from {var})" for where, var in origins.items()
+                       if key == where or key.startswith(where + ".") or where.startswith(key + ".")), "")
+        line = f"{key}{source}: {_plain(each)}"
+        if each["type"] not in ("missing", "extra_forbidden") and not _SECRET_KEYS.intersection(path) \
+                and not isinstance(each.get("input"), dict | list):
+            line += f" (got {each.get('input')!r})"
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def environment_keys(environ: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """Every ``PURGEPROXY_SECTION__KEY`` (``__`` nests, as in the HAPI starter) as a document
+    to lay over the file, and where each key came from. A value written ``[…]`` or ``{…}`` is
+    read as YAML (lists, e.g. ``PURGEPROXY_SERVER__TRUSTED_PROXIES=[10.0.0.0/8]``); any other
+    stays text, which the models turn into numbers and booleans."""
+    document: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        path = [part.lower() for part in var[len(ENV_PREFIX):].split("__")]
+        if not all(path):
+            raise ConfigError(f"{var}: empty key name between double underscores")
+        value: Any = environ[var]
+        if value.strip().startswith(("[", "{")):
+            try:
+                value = yaml.safe_load(value)
+            except yaml.YAMLError:
+                raise ConfigError(f"{'.'.join(path)} (from {var}): not a valid YAML list or mapping") from None
+        target = document
+        for part in path[:-1]:
+            if not isinstance(target.setdefault(part, {}), dict):
+                raise ConfigError(f"{'.'.join(path)} (from {var}): {part} is set as a value and as a section")
+            target = target[part]
+        if isinstance(target.get(path[-1]), dict):
+            raise ConfigError(f"{'.'.join(path)} (from {var}): is set as a value and as a section")
+        target[path[-1]] = value
+        origins[".".join(path)] = var
+    return document, origins
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], where: str = "") -> list[str]:
+    """Lay ``over`` onto ``base`` key by key (sections merge, values replace); the keys set where
+    the file has a value, not a section, are returned as mistakes."""
+    problems = []
+    for key, value in over.items():
+        path = f"{where}.{key}" if where else key
+        if isinstance(value, dict) and key in base and not isinstance(base[key], dict):
+            problems.append(f"{path}: must be a mapping of keys")
+        elif isinstance(value, dict) and isinstance(base.get(key), dict):
+            problems += _merge(base[key], value, path)
+        else:
+            base[key] = value
+    return problems
+
+
+def parse_config(raw: Any, overrides: dict[str, Any] | None = None,
+                 environ: Mapping[str, str] | None = None) -> Config:
+    """Validate an already parsed YAML document, with ``environ``'s ``PURGEPROXY_…__…`` keys and
+    then the command-line overrides laid on top; every mistake is reported at once.
+
+    ``environ`` is None for a document alone (tests, embedding); ``serve`` passes ``os.environ``."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError("(top level): must be a mapping of keys")
-    document = expand_env(raw)
+    problems: list[str] = []
+    document = expand_env(raw, unset=problems)
+    origins: dict[str, str] = {}
+    if environ is not None:
+        for var, (section, key) in _ENV_SHORTHANDS.items():
+            if environ.get(var) and isinstance(document.setdefault(section, {}), dict):
+                if key not in document[section]:
+                    document[section][key] = environ[var]
+                    origins[f"{section}.{key}"] = var
+        from_env, env_origins = environment_keys(environ)
+        problems += _merge(document, from_env)
+        origins.update(env_origins)
     for dotted, value in (overrides or {}).items():
         section, key = dotted.split(".")
         if not isinstance(document.get(section, {}), dict):
             raise ConfigError(f"{section}: must be a mapping of keys")
         document.setdefault(section, {})[key] = value
     try:
-        return Config.model_validate(document)
+        config = Config.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(_describe(error)) from None
+        named = {line.split(":")[0] for line in problems}  # an unset variable's key: said once
+        raise ConfigError(*problems, *(line for line in _problems(error, origins)
+                                       if line.split(" ")[0].rstrip(":") not in named)) from None
+    if problems:
+        raise ConfigError(*problems)
+    return config
 
 
-def load_config(path: Path, overrides: dict[str, Any] | None = None) -> Config:
-    """Read, expand and validate the YAML file; every failure is a ``ConfigError``."""
+def read_document(path: Path) -> Any:
+    """The parsed YAML file; a file that cannot be read or parsed is a ``ConfigError``."""
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as error:
         raise ConfigError(f"{path}: cannot read ({error.strerror})") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}") from None
-    return parse_config(raw, overrides)
+
+
+def load_config(path: Path | None, overrides: dict[str, Any] | None = None,
+                environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the YAML file (none: the environment alone); every failure is a
+    ``ConfigError`` carrying every mistake found."""
+    return parse_config(read_document(path) if path is not None else {}, overrides, environ)

@@ -39,6 +39,7 @@ from purgeproxy.forwarding import (
     upstream_request_headers,
 )
 from purgeproxy.logs import get_logger
+from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
 CHUNK = 64 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json")
@@ -179,9 +180,12 @@ class Passthrough:
             )
         except (TimeoutError, aiohttp.ServerTimeoutError):
             return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
-        except aiohttp.ClientConnectorError:
-            return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
-        except aiohttp.ClientError:
+        except aiohttp.ClientError as error:
+            tls = tls_failure(error, url.scheme == "https", isinstance(error, aiohttp.ServerDisconnectedError))
+            if tls is not None:
+                return outcome_response(502, "security" if tls == UPSTREAM_TLS else "transient", tls)
+            if isinstance(error, aiohttp.ClientConnectorError):
+                return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         request[UPSTREAM_STATUS] = upstream.status
         async with upstream:

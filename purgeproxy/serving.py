@@ -87,8 +87,8 @@ class ProxyRunner(web.AppRunner):
 async def serve_forever(app: web.Application, host: str, port: int, reuse_port: bool) -> None:
     """Serve ``app`` until SIGINT/SIGTERM (aiohttp's ``GracefulExit``), then clean up."""
     runner = ProxyRunner(app, access_log=None, handle_signals=True)
-    await runner.setup()
-    try:
+    try:  # a start-up failure (e.g. the job store cannot be opened) still closes what was opened
+        await runner.setup()
         await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
         await asyncio.Event().wait()
     finally:

@@ -22,12 +22,13 @@ from aiohttp import web
 
 from purgeproxy import logs, serving
 from purgeproxy.app import create_app
-from purgeproxy.config import Config, ConfigError, load_config
+from purgeproxy.config import Config, ConfigError, parse_config, read_document
+from purgeproxy.config_warnings import config_warnings
 
 CONFIG_ERROR = 2
 
 
-def _run(config: Config) -> None:
+def _run(config: Config, warnings: Sequence[str] = ()) -> None:
     """One serving process; with several workers each binds the same port with SO_REUSEPORT.
 
     Not ``web.run_app``: it cannot be given :class:`purgeproxy.serving.ProxyRunner`, whose
@@ -39,6 +40,8 @@ def _run(config: Config) -> None:
         base_path=config.server.base_path,
         pid=os.getpid(),
     )
+    for warning in warnings:  # what check-config would warn about: names keys, never values
+        logs.get_logger("purgeproxy").warning("config_warning", detail=warning)
     loop = _event_loop()
     asyncio.set_event_loop(loop)
     main = loop.create_task(serving.serve_forever(
@@ -47,6 +50,9 @@ def _run(config: Config) -> None:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
         pass
+    except ConfigError as mistake:  # found at start, e.g. a job store that cannot be opened
+        report(mistake)
+        raise SystemExit(CONFIG_ERROR) from None
     finally:  # the cancelled task's own clean-up stops the job workers and closes the clients
         if not main.done():
             main.cancel()
@@ -65,7 +71,7 @@ def _event_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
-def serve(config: Config) -> None:
+def serve(config: Config, warnings: Sequence[str] = ()) -> None:
     """Serve in this process, or in N worker processes that the kernel balances connections over.
 
     One Python process is CPU-bound at high concurrency; the kernel's SO_REUSEPORT spreads
@@ -73,10 +79,10 @@ def serve(config: Config) -> None:
     one process.
     """
     if config.server.workers == 1 or config.server.port == 0:
-        _run(config)
+        _run(config, warnings)
         return
     context = multiprocessing.get_context("spawn")
-    workers = [context.Process(target=_run, args=(config,), daemon=True) for _ in range(config.server.workers)]
+    workers = [context.Process(target=_run, args=(config, warnings), daemon=True) for _ in range(config.server.workers)]
     for worker in workers:
         worker.start()
     signal.signal(signal.SIGTERM, lambda *_: _stop(workers))
@@ -85,6 +91,9 @@ def serve(config: Config) -> None:
             worker.join()
     except KeyboardInterrupt:
         _stop(workers)
+    failed = [worker.exitcode for worker in workers if worker.exitcode]
+    if failed:  # e.g. every worker found the job store unusable: the process says so too
+        raise SystemExit(failed[0])
 
 
 def _stop(workers: Sequence[multiprocessing.process.BaseProcess]) -> None:
@@ -100,8 +109,16 @@ def register(app: typer.Typer) -> None:
     app.command("serve")(serve_command)
 
 
+def report(mistake: ConfigError) -> None:
+    """Every mistake, one line each, on stderr."""
+    for problem in mistake.problems:
+        print(f"purgeproxy: config error: {problem}", file=sys.stderr)
+
+
 def serve_command(
-    config: Annotated[Path, typer.Option("--config", help="YAML configuration file")],
+    config: Annotated[Path | None, typer.Option(
+        "--config", envvar="PURGEPROXY_CONFIG", help="YAML configuration file; without it, the environment "
+        "alone (PURGEPROXY_UPSTREAM=URL, PURGEPROXY_SECTION__KEY=value)")] = None,
     upstream: Annotated[str | None, typer.Option(help="upstream FHIR base URL (overrides upstream.url)")] = None,
     host: Annotated[str | None, typer.Option(help="address to listen on (overrides server.host)")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on (overrides server.port)")] = None,
@@ -110,8 +127,9 @@ def serve_command(
     """Run the proxy."""
     given = {"upstream.url": upstream, "server.host": host, "server.port": port, "server.workers": workers}
     try:
-        loaded = load_config(config, {key: value for key, value in given.items() if value is not None})
+        raw = read_document(config) if config is not None else {}
+        loaded = parse_config(raw, {key: value for key, value in given.items() if value is not None}, os.environ)
     except ConfigError as mistake:
-        print(f"purgeproxy: config error: {mistake}", file=sys.stderr)
+        report(mistake)
         raise typer.Exit(CONFIG_ERROR) from None
-    serve(loaded)
+    serve(loaded, config_warnings(raw, loaded))

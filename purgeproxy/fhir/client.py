@@ -14,6 +14,7 @@ search or verification read can forget it.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_UNREACHABLE,
     OutcomeError,
 )
+from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
 FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
 
@@ -82,9 +84,12 @@ class FhirClient:
             response = await self._send(method, self.url(path), params, json, sent, auth)
         except httpx.TimeoutException:
             raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
-        except httpx.ConnectError:
-            raise UpstreamError(502, "transient", UPSTREAM_UNREACHABLE) from None
-        except httpx.HTTPError:
+        except httpx.HTTPError as error:
+            tls = tls_failure(error, self.base_url.startswith("https:"))
+            if tls is not None:
+                raise UpstreamError(502, "security" if tls == UPSTREAM_TLS else "transient", tls) from None
+            if isinstance(error, httpx.ConnectError):
+                raise UpstreamError(502, "transient", UPSTREAM_UNREACHABLE) from None
             raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
         return FhirResponse(response.status_code, response.headers, _json_body(response))
 
@@ -128,10 +133,11 @@ def _json_body(response: httpx.Response) -> Any:
 
 
 def make_http_client(connect: float, read: float, max_connections: int,
-                     auth: httpx.Auth | None = None) -> httpx.AsyncClient:
+                     auth: httpx.Auth | None = None, verify: ssl.SSLContext | bool = True) -> httpx.AsyncClient:
     """The pooled httpx client for the proxy's own calls: one per app; ``auth`` adds the proxy's
-    upstream credentials (``upstream.auth``)."""
+    upstream credentials (``upstream.auth``), ``verify`` the TLS context (``upstream.tls``)."""
     return httpx.AsyncClient(
+        verify=verify,
         timeout=httpx.Timeout(read, connect=connect),
         # idle connections are dropped before common servers' 5 s keep-alive timeout closes them
         limits=httpx.Limits(max_connections=max_connections, keepalive_expiry=4.0),

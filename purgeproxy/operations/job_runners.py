@@ -7,12 +7,13 @@ the upstream client still works. The runners are the declared operations' ``job_
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, JOB_STORE, JOB_WORKERS
-from purgeproxy.config import Config
+from purgeproxy.config import Config, ConfigError
 from purgeproxy.jobs.backends import open_store
 from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
@@ -20,6 +21,17 @@ from purgeproxy.operations import OPERATIONS
 from purgeproxy.operations.unit import job_runners
 
 log = get_logger("purgeproxy.jobs")
+
+
+def store_name(location: str) -> str:
+    """The store as it may be printed: a URL's password is left out."""
+    return re.sub(r"(://[^/@:]*):[^/@]*@", r"\1:***@", location)
+
+
+def cause(error: BaseException) -> str:
+    """What went wrong, in the driver's words when it has some, else the error's kind."""
+    text = getattr(error, "strerror", None) or str(error) or type(error).__name__
+    return " ".join(str(text).split())[:200]
 
 
 def worker_count(config: Config) -> int:
@@ -31,7 +43,11 @@ def worker_count(config: Config) -> int:
 async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[CONFIG].jobs
     store = app[JOB_STORE] = open_store(settings.store)
-    await store.open()
+    try:
+        await store.open()
+    except Exception as error:  # any driver's error: the cause is named, the process stops
+        shown = store_name(settings.store)
+        raise ConfigError(f"jobs.store: cannot open {shown} ({cause(error).replace(settings.store, shown)})") from None
     size = worker_count(app[CONFIG])
     workers = app[JOB_WORKERS] = WorkerPool(store, job_runners(app, OPERATIONS), WorkerSettings(
         size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
