@@ -36,6 +36,9 @@ async def audit_result(result: Result, caller: str, client: FhirClient, limit: a
         return
     system = PATIENT_ID_SYSTEM if result.purge is not None else TARGET_SYSTEM
     event = audit_event(result.operation, subject, caller, result.complete, counts, system)
+    if result.receipt is not None:  # the receipt by id and digest, never its list of resources
+        event["entity"][0]["detail"] += [{"type": "receipt", "valueString": result.receipt.id},
+                                         {"type": "receipt-sha256", "valueString": result.receipt.digest}]
     try:
         async with limit:
             await client.request("POST", "AuditEvent", json=event)

@@ -8,6 +8,7 @@ the upstream client still works. The runners are the declared operations' ``job_
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
@@ -18,6 +19,8 @@ from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
 from purgeproxy.operations import OPERATIONS
 from purgeproxy.operations.unit import job_runners
+from purgeproxy.receipts.routes import REAPPLY
+from purgeproxy.receipts.routes import run_job as reapply_job
 
 log = get_logger("purgeproxy.jobs")
 
@@ -33,7 +36,8 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     store = app[JOB_STORE] = open_store(settings.store)
     await store.open()
     size = worker_count(app[CONFIG])
-    workers = app[JOB_WORKERS] = WorkerPool(store, job_runners(app, OPERATIONS), WorkerSettings(
+    runners = job_runners(app, OPERATIONS) | {REAPPLY: partial(reapply_job, app)}
+    workers = app[JOB_WORKERS] = WorkerPool(store, runners, WorkerSettings(
         size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
     workers.start()
     log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,

@@ -27,7 +27,7 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
     result = await engine.run(request, checkpoint)
     result.removed_earlier = checkpoint.earlier
-    await audit_result(app, Caller(job.payload["caller"]), result)
+    await audit_result(app, Caller(job.payload["caller"]), result, job.payload.get("reason"))
     done = result.complete or request.dry_run
     status = result.interruption.status if result.interruption else 200
     return JobOutcome(COMPLETED if done else ERROR, status, result_outcome(result))
