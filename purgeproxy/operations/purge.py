@@ -13,6 +13,7 @@ from purgeproxy.engine.context import require_hard_delete_possible
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.engine.rail import check_confirmed
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.engine.result import Result
 from purgeproxy.fhir.outcome import FHIR_JSON
@@ -60,6 +61,7 @@ async def audit_result(app: web.Application, caller: Caller, result: Result, rea
 
 async def handle(request: web.Request) -> web.Response:
     caller, purge_request, profile, reason = await _validated(request)
+    ERASURE_REASON.set(reason)
     engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
                          request.app[UPSTREAM_LIMIT])
     if wants_async(request):

@@ -21,6 +21,7 @@ from purgeproxy.app_keys import (
     PROFILE,
     UPSTREAM_LIMIT,
 )
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
@@ -109,6 +110,7 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
         _merge(values, name, value, spec[name], where)
     if "reason" in values:
         request[REASON] = checked_reason(values["reason"])
+    ERASURE_REASON.set(request.get(REASON))  # always: a kept-alive connection's task is reused
     return values
 
 

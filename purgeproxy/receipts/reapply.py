@@ -23,6 +23,7 @@ from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, RECEIPTS, UPSTREAM
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.erase import erase_resource
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import verdict
 from purgeproxy.engine.result import Result
 from purgeproxy.fhir.outcome import OutcomeError, issue, outcome
@@ -87,14 +88,15 @@ async def reapply(app: web.Application, since: datetime, caller: str, dry_run: b
     for index, run in enumerate(runs):
         if progress is not None:
             await progress(index, len(runs))
+        reason = f"re-applied after a restore (receipt {run.entries[0].receipt_id})"
+        ERASURE_REASON.set(reason)
         try:
             run.result = await _run(app, run.redo, dry_run)
         except OutcomeError as refused:  # refused (e.g. hard_delete: require) or the upstream failed
             run.failure = refused.text
             continue
         if not dry_run:
-            first = run.entries[0].receipt_id
-            await stage.conclude(app, caller, run.result, f"re-applied after a restore (receipt {first})")
+            await stage.conclude(app, caller, run.result, reason)
     return report
 
 
