@@ -108,12 +108,12 @@ class Ledger:
         found = await self._rows(sql.BY_RECEIPT, receipt_id=receipt_id)
         return _entry(found[0]) if found else None
 
-    async def prune(self, retention_days: int | None) -> int:
-        """Remove entries older than ``retention_days`` (never the newest); returns the last
-        removed seq (0: none)."""
+    async def prune(self, retention_days: int | None, now: datetime | None = None) -> int:
+        """Remove entries older than ``retention_days`` before ``now`` (never the newest); returns
+        the last removed seq (0: none)."""
         if retention_days is None:
             return 0
-        cutoff = timestamp(datetime.now(UTC) - timedelta(days=retention_days))
+        cutoff = timestamp((now or datetime.now(UTC)) - timedelta(days=retention_days))
         expired = await self._rows(sql.LAST_EXPIRED, cutoff=cutoff)
         if not expired:
             return 0
