@@ -21,6 +21,7 @@ log = get_logger("purgeproxy.audit")
 
 PATIENT_ID_SYSTEM = "urn:purgeproxy:purged-patient-id"
 TARGET_SYSTEM = "urn:purgeproxy:erased-target"  # the other operations' target, e.g. Observation/1
+RECEIPT_SYSTEM = "urn:purgeproxy:erasure-receipt"  # the signed receipt's id (purgeproxy.receipts)
 
 
 async def audit_result(result: Result, caller: str, client: FhirClient, limit: asyncio.Semaphore,
@@ -37,8 +38,8 @@ async def audit_result(result: Result, caller: str, client: FhirClient, limit: a
     system = PATIENT_ID_SYSTEM if result.purge is not None else TARGET_SYSTEM
     event = audit_event(result.operation, subject, caller, result.complete, counts, system)
     if result.receipt is not None:  # the receipt by id and digest, never its list of resources
-        event["entity"][0]["detail"] += [{"type": "receipt", "valueString": result.receipt.id},
-                                         {"type": "receipt-sha256", "valueString": result.receipt.digest}]
+        event["entity"].append({"what": {"identifier": {"system": RECEIPT_SYSTEM, "value": result.receipt.id}},
+                                "detail": [{"type": "receipt-sha256", "valueString": result.receipt.digest}]})
     try:
         async with limit:
             await client.request("POST", "AuditEvent", json=event)
