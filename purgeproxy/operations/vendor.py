@@ -108,10 +108,16 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
         if not _typed(value, spec[name]):
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         _merge(values, name, value, spec[name], where)
-    if "reason" in values:
-        request[REASON] = checked_reason(values["reason"])
-    ERASURE_REASON.set(request.get(REASON))  # always: a kept-alive connection's task is reused
+    take_reason(request, values.get("reason"))
     return values
+
+
+def take_reason(request: web.Request, value: Any, where: str = "reason") -> None:
+    """The caller's ``reason``, checked, for the receipt and for the upstreams whose hard delete
+    asks for one; set (or cleared) on every request: a kept-alive connection's task is reused."""
+    if value is not None:
+        request[REASON] = checked_reason(value, where)
+    ERASURE_REASON.set(request.get(REASON))
 
 
 def _from_text(name: str, text: str, kind: str) -> Any:
