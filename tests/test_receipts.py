@@ -202,3 +202,27 @@ def _unb64(text: str) -> str:
     import base64
 
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
+
+
+async def test_a_cascade_gets_its_receipt_and_reapply_is_authorized(
+        make_proxy: Any, upstream: tuple[str, str], store: Path) -> None:
+    kind, base = upstream
+    tag = seeds.new_tag()
+    target = {"resourceType": "Basic", "id": f"{tag}-b", "code": {"text": "target"}}
+    referrer = {"resourceType": "Basic", "id": f"{tag}-r", "code": {"text": "referrer"},
+                "subject": {"reference": f"Basic/{tag}-b"}}
+    seeds.write(base, [target, referrer])
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, jobs={"store": str(store)})
+    async with httpx.AsyncClient(timeout=120) as http:
+        answer = await http.delete(f"{proxy}/Basic/{tag}-b", params={"_cascade": "delete", "_reason": "test data"},
+                                   headers=AUTH)
+        assert answer.status_code == 200 and answer.json()["issue"][0]["code"] == "success", answer.text
+        token, salt = receipt_of(answer.json())
+        claims = verify(token, await keys_of(proxy))
+        assert claims["operation"] == "cascade-delete" and claims["reason"] == "test data"
+        assert covers(claims, f"Basic/{tag}-r", salt) and claims["counts"] == {"Basic": 2}
+        refused = await http.post(f"{proxy}/$reapply", params={"since": "2020-01-01"})
+        invalid = await http.post(f"{proxy}/$reapply", params={"since": "last week"}, headers=AUTH)
+        missing = await http.post(f"{proxy}/$reapply", headers=AUTH)
+    assert refused.status_code == 401 and invalid.status_code == 400 and missing.status_code == 400, kind
+    assert seeds.present(base, [("Basic", f"{tag}-b"), ("Basic", f"{tag}-r")]) == []
