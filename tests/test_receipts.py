@@ -4,6 +4,7 @@ re-applying erasures after the upstream's data was restored."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sqlite3
 import uuid
@@ -212,7 +213,11 @@ async def test_a_cascade_gets_its_receipt_and_reapply_is_authorized(
     referrer = {"resourceType": "Basic", "id": f"{tag}-r", "code": {"text": "referrer"},
                 "subject": {"reference": f"Basic/{tag}-b"}}
     seeds.write(base, [target, referrer])
-    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, jobs={"store": str(store)})
+    tokens = [{"name": "dpo", "sha256": hashlib.sha256(b"dpo-token").hexdigest(),
+               "operations": ["$purge", "cascade-delete"]},
+              {"name": "purger", "sha256": hashlib.sha256(b"purger-token").hexdigest(), "operations": ["$purge"]}]
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN, "tokens": tokens}, jobs={"store": str(store)})
+    since = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
     async with httpx.AsyncClient(timeout=120) as http:
         answer = await http.delete(f"{proxy}/Basic/{tag}-b", params={"_cascade": "delete", "_reason": "test data"},
                                    headers=AUTH)
@@ -224,5 +229,21 @@ async def test_a_cascade_gets_its_receipt_and_reapply_is_authorized(
         refused = await http.post(f"{proxy}/$reapply", params={"since": "2020-01-01"})
         invalid = await http.post(f"{proxy}/$reapply", params={"since": "last week"}, headers=AUTH)
         missing = await http.post(f"{proxy}/$reapply", headers=AUTH)
+        # re-running a cascade needs cascade-delete too; the job's status is authorized as $purge
+        purger = await http.post(f"{proxy}/$reapply", params={"since": since},
+                                 headers={"Authorization": "Bearer purger-token"})
+        dpo = {"Authorization": "Bearer dpo-token"}
+        kicked = await http.post(f"{proxy}/$reapply", params={"since": since, "dryRun": "true"}, headers=dpo)
+        assert kicked.status_code == 202, kicked.text
+        for _ in range(240):
+            polled = await http.get(kicked.headers["Content-Location"], headers=dpo)
+            if polled.status_code != 202:
+                break
+            await asyncio.sleep(0.5)
     assert refused.status_code == 401 and invalid.status_code == 400 and missing.status_code == 400, kind
+    assert purger.status_code == 403 and "cascade-delete" in purger.text
+    assert polled.status_code == 200, polled.text
+    report = polled.json()["entry"][0]["response"]["outcome"]
+    assert report["issue"][0]["code"] == "informational", texts(report)
+    assert f"cascade-delete of Basic/{tag}-b" in texts(report) and "0 erased resource(s) had come back" in texts(report)
     assert seeds.present(base, [("Basic", f"{tag}-b"), ("Basic", f"{tag}-r")]) == []
