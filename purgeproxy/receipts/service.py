@@ -3,6 +3,7 @@ connection of their own to the job store (so that they are ready before any job 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -30,10 +31,12 @@ class ReceiptService:
     async def issue(self, result: Result, requester: str, reason: str | None, verdict: str) -> ReceiptRef:
         """Sign the result's receipt and chain its manifest into the ledger."""
         salt = new_salt()
-        payload = claims(result, requester, reason, self.config.upstream.url, verdict, salt)
-        token = sign(payload, self.signer)
+        # a 100,000-resource manifest takes seconds to hash, encode and sign: not on the event loop
+        payload = await asyncio.to_thread(claims, result, requester, reason, self.config.upstream.url, verdict, salt)
+        token = await asyncio.to_thread(sign, payload, self.signer)
         await self.ledger.append(payload["jti"], result.operation, result.redo, salt,
                                  payload["manifest"]["entries"], token)
+        await self.ledger.prune(self.config.receipts.retention_days)  # nothing to do without one
         return ReceiptRef(payload["jti"], token, salt, token_digest(token))
 
     async def close(self) -> None:
