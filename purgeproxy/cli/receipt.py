@@ -26,13 +26,17 @@ def _jwks(keys: Path | None, proxy: str | None) -> dict[str, Any]:
     if (keys is None) == (proxy is None):
         typer.echo("purgeproxy: give exactly one of --keys JWKS or --proxy URL", err=True)
         raise typer.Exit(USAGE)
-    if keys is not None:
-        loaded: dict[str, Any] = json.loads(keys.read_text(encoding="utf-8"))
-        return loaded
-    answer = httpx.get(f"{str(proxy).rstrip('/')}/$receipt-keys", timeout=30)
-    answer.raise_for_status()
-    fetched: dict[str, Any] = answer.json()
-    return fetched
+    try:
+        if keys is not None:
+            loaded: dict[str, Any] = json.loads(keys.read_text(encoding="utf-8"))
+            return loaded
+        answer = httpx.get(f"{str(proxy).rstrip('/')}/$receipt-keys", timeout=30)
+        answer.raise_for_status()
+        fetched: dict[str, Any] = answer.json()
+        return fetched
+    except (OSError, ValueError, httpx.HTTPError) as problem:
+        typer.echo(f"purgeproxy: cannot read the keys: {problem}", err=True)
+        raise typer.Exit(USAGE) from None
 
 
 def verify_command(
@@ -47,9 +51,10 @@ def verify_command(
     if (covered is None) != (salt is None):
         typer.echo("purgeproxy: --covers and --salt go together", err=True)
         raise typer.Exit(USAGE)
+    jwks = _jwks(keys, proxy)
     try:
-        payload = verify(find_token(file.read_text(encoding="utf-8")), _jwks(keys, proxy))
-    except (Invalid, ValueError) as why:
+        payload = verify(find_token(file.read_text(encoding="utf-8")), jwks)
+    except (Invalid, ValueError, OSError) as why:
         typer.echo(f"INVALID: {why}")
         raise typer.Exit(INVALID) from None
     manifest = payload.get("manifest", {})
