@@ -66,9 +66,17 @@ async def test_chain_holds_under_concurrent_appends_and_detects_tampering(locati
         assert found.problems == [f"entry {seq} (receipt {entry.receipt_id}) was altered: its content does "
                                   "not match its hash"]
         await receipts.store.fetch(f"UPDATE purgeproxy_ledger SET operation = '$purge' WHERE seq = {seq}", {})
-        await receipts.store.fetch(f"DELETE FROM purgeproxy_ledger WHERE seq = {seq}", {})
+        head = (await receipts.ledger.verify(receipts.jwks())).head
+        assert head is not None and head[0] == 5
+        await receipts.store.fetch("DELETE FROM purgeproxy_ledger WHERE seq = 3", {})
         found = await receipts.ledger.verify(receipts.jwks())
-        assert not found.intact and f"entries {seq} to {seq} are missing" in found.problems[0]
+        assert not found.intact and "entries 3 to 3 are missing" in found.problems[0]
+        # the newest entries removed: only a head kept elsewhere shows it
+        await receipts.store.fetch("DELETE FROM purgeproxy_ledger WHERE seq >= 3", {})
+        assert (await receipts.ledger.verify(receipts.jwks())).intact
+        found = await receipts.ledger.verify(receipts.jwks(), expect_head=head)
+        assert found.problems == [f"entry {head[0]} with hash {head[1]} is missing or altered: "
+                                  "entries were removed from the end of the ledger"]
     finally:
         await receipts.close()
 

@@ -64,6 +64,7 @@ class Verification:
     entries: int = 0
     problems: list[str] = field(default_factory=list)
     starts_after: int = 0  # entries up to this seq were removed by retention
+    head: tuple[int, str] | None = None  # the newest entry (seq, hash): keep it elsewhere
 
     @property
     def intact(self) -> bool:
@@ -122,17 +123,24 @@ class Ledger:
         await self._rows(sql.PRUNE, seq=seq)
         return seq
 
-    async def verify(self, jwks: dict[str, Any]) -> Verification:
+    async def verify(self, jwks: dict[str, Any], expect_head: tuple[int, str] | None = None) -> Verification:
         """Walk the chain: every hash recomputed, every seq in order, every receipt's signature
-        checked and its manifest the entry's."""
+        checked and its manifest the entry's. Entries removed from the end leave a shorter chain
+        that is intact: ``expect_head`` (a head recorded earlier, elsewhere) shows them."""
         anchor = await self._rows(sql.ANCHOR_ROW)
         expected_seq, prev = (int(anchor[0]["seq"]) + 1, anchor[0]["entry_hash"]) if anchor else (1, GENESIS)
         found = Verification(starts_after=expected_seq - 1)
+        seen: dict[int, str] = {}
         for row in await self._rows(sql.ALL):
             entry = _entry(row)
             found.entries += 1
             found.problems += _check(entry, expected_seq, prev, jwks)
             expected_seq, prev = entry.seq + 1, entry.entry_hash
+            seen[entry.seq] = entry.entry_hash
+            found.head = (entry.seq, entry.entry_hash)
+        if expect_head is not None and seen.get(expect_head[0]) != expect_head[1]:
+            found.problems.append(f"entry {expect_head[0]} with hash {expect_head[1]} is missing or altered: "
+                                  "entries were removed from the end of the ledger")
         return found
 
 
