@@ -32,6 +32,7 @@ from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
 from purgeproxy.operations.unit import advertised
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.receipts import routes as receipt_routes
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
 from purgeproxy.servers.profile import ProfileCache
@@ -91,12 +92,14 @@ def create_app(config: Config) -> web.Application:
     app[CONFIG] = config
     app[OPERATIONS] = advertised(operations.OPERATIONS)
     app.cleanup_ctx.append(_upstream_clients)
+    app.cleanup_ctx.append(receipt_routes.receipts_context)  # before the jobs: a resumed job gets its receipt
     app.cleanup_ctx.append(jobs_context)  # after the clients: its workers stop before they close
     base = config.server.base_path
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get(f"{base}/metadata", routes.metadata)
     operations.add_routes(app, base)
+    receipt_routes.add_routes(app, base)
     app.router.add_route("*", base, _passthrough)
     app.router.add_route("*", base + "/{tail:.*}", _passthrough)
     return app

@@ -13,6 +13,7 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.jobs.store import JobStore
 from purgeproxy.jobs.worker import WorkerPool
 from purgeproxy.passthrough import Passthrough
+from purgeproxy.receipts.service import ReceiptService
 from purgeproxy.security.authorizer import Authorizer
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.servers.profile import ProfileCache
@@ -28,3 +29,4 @@ JOB_STORE = web.AppKey("job_store", JobStore)
 JOB_WORKERS = web.AppKey("job_workers", WorkerPool)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)
 CALLER_LIMITS = web.AppKey("caller_limits", CallerLimits)  # destructive operations per caller
+RECEIPTS = web.AppKey("receipts", ReceiptService)  # absent when receipts.enabled is false

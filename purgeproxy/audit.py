@@ -21,6 +21,7 @@ log = get_logger("purgeproxy.audit")
 
 PATIENT_ID_SYSTEM = "urn:purgeproxy:purged-patient-id"
 TARGET_SYSTEM = "urn:purgeproxy:erased-target"  # the other operations' target, e.g. Observation/1
+RECEIPT_SYSTEM = "urn:purgeproxy:erasure-receipt"  # the signed receipt's id (purgeproxy.receipts)
 
 
 async def audit_result(result: Result, caller: str, client: FhirClient, limit: asyncio.Semaphore,
@@ -36,6 +37,9 @@ async def audit_result(result: Result, caller: str, client: FhirClient, limit: a
         return
     system = PATIENT_ID_SYSTEM if result.purge is not None else TARGET_SYSTEM
     event = audit_event(result.operation, subject, caller, result.complete, counts, system)
+    if result.receipt is not None:  # the receipt by id and digest, never its list of resources
+        event["entity"].append({"what": {"identifier": {"system": RECEIPT_SYSTEM, "value": result.receipt.id}},
+                                "detail": [{"type": "receipt-sha256", "valueString": result.receipt.digest}]})
     try:
         async with limit:
             await client.request("POST", "AuditEvent", json=event)

@@ -336,6 +336,21 @@ class Jobs(_Strict):
         return value
 
 
+class Receipts(_Strict):
+    """Signed erasure receipts and their ledger (``purgeproxy.receipts``)."""
+
+    enabled: bool = Field(True, description="sign a receipt for every destructive operation that deleted something")
+    signing_key: SecretSource | None = Field(
+        None, description="PEM private key (EC P-256: ES256, Ed25519: EdDSA); default: one generated at "
+        "first start and kept in the job store")
+    key_id: str | None = Field(None, min_length=1, max_length=128,
+                               description="the key's kid; default: its RFC 7638 thumbprint")
+    verify_keys: list[dict[str, Any]] = Field(
+        [], description="public JWKs of earlier signing keys, still served at $receipt-keys after a rotation")
+    retention_days: int | None = Field(None, ge=1, description="receipts and ledger entries older than "
+                                       "this are removed; default: kept forever")
+
+
 class Cascade(_Strict):
     max_rounds: int = Field(
         10, ge=1, le=100, description="levels of referencing resources a cascading delete follows"
@@ -361,6 +376,7 @@ class Config(_Strict):
     purge: Purge = Purge()
     jobs: Jobs = Jobs()
     cascade: Cascade = Cascade()
+    receipts: Receipts = Receipts()
     expunge: Expunge = Expunge()
     logging: Logging = Logging()
 

@@ -53,7 +53,7 @@ def test_names_are_unique_and_known_to_the_authorizer() -> None:
 
 def test_purge_declares_the_parameters_its_parser_accepts() -> None:
     purge = next(unit for unit in OPERATIONS if unit.name == "$purge")
-    assert set(purge.parameters) == {*BOOLEAN_PARAMETERS, "compartmentDefinition"}
+    assert set(purge.parameters) == {*BOOLEAN_PARAMETERS, "compartmentDefinition", "reason"}
 
 
 def test_every_declared_route_is_the_operation_the_rule_names() -> None:
@@ -87,7 +87,7 @@ def test_the_app_routes_exactly_the_declared_operations() -> None:
     """Besides health, ``metadata``, the job status URLs and the catch-all pass-through, the app's
     routes are the declared ones, with the declared handlers, in declaration order."""
     app = create_app(config_for("http://upstream.invalid/fhir"))
-    infrastructure = ("purgeproxy.routes", "purgeproxy.app", async_status.__name__)
+    infrastructure = ("purgeproxy.routes", "purgeproxy.app", async_status.__name__, "purgeproxy.receipts.routes")
     served = [(r.method, r.resource.canonical, r.handler) for r in app.router.routes()
               if r.resource is not None and r.method != "HEAD" and r.handler.__module__ not in infrastructure]
     assert served == [(route.method, "/fhir" + route.path, route.handler) for _, route in declared()]
@@ -103,7 +103,9 @@ async def test_the_worker_pool_runs_the_declared_job_runners(upstream: Upstream)
         runners = app[JOB_WORKERS].runners
     finally:
         await server.close()
-    assert set(runners) == {unit.name for unit in OPERATIONS if unit.job_runner is not None} == {"$purge"}
+    declared_runners = {unit.name for unit in OPERATIONS if unit.job_runner is not None}
+    assert declared_runners == {"$purge"}
+    assert set(runners) == declared_runners | {"$reapply"}  # re-applying erasures (purgeproxy.receipts)
 
 
 @pytest.fixture

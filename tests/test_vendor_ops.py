@@ -101,6 +101,10 @@ async def test_an_erase_is_audited_as_a_purge_is(make_proxy, upstream) -> None:
     assert len(events) == 1, found
     assert events[0]["subtype"][0]["code"] == "$erase" and events[0]["outcome"] == "0"
     assert events[0]["entity"][0]["detail"] == [{"type": "Observation", "valueString": "1"}]
+    receipt = [entity for entity in events[0]["entity"][1:]  # cited by id and digest, never by its list
+               if entity["what"]["identifier"]["system"] == "urn:purgeproxy:erasure-receipt"]
+    assert len(receipt) == 1 and receipt[0]["what"]["identifier"]["value"] in texts(outcome)
+    assert len(receipt[0]["detail"][0]["valueString"]) == 64 and receipt[0]["detail"][0]["type"] == "receipt-sha256"
 
 async def test_erase_of_an_audit_event_is_refused(proxy, upstream) -> None:
     base, tag = upstream[1], seeds.new_tag()

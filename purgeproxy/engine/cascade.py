@@ -112,6 +112,7 @@ async def cascade_delete(ctx: Context, target: Key, max_rounds: int, dry_run: bo
     """Plan, then delete referencing resources first and the target last, then verify."""
     plan = await plan_cascade(ctx, target, max_rounds)
     removal = Result("cascade-delete", f"{target[0]}/{target[1]}", dry_run, permanent=hard)
+    removal.redo = {"operation": "cascade-delete", "target": removal.target, "hard": hard}
     removal.kept = {**plan.kept, **plan.ignored}
     removal.notes.append(f"{len(plan.resources)} resource(s) found in {plan.rounds} round(s) of "
                          "reverse reference searches")

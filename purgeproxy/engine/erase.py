@@ -31,6 +31,7 @@ async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) 
     ctx.refuse_protected(key[0])
     ctx.require_hard_delete_possible()
     removal = Result(operation, f"{key[0]}/{key[1]}", dry_run)
+    removal.redo = {"operation": operation, "target": removal.target}
     answer = await ctx.get(f"{key[0]}/{key[1]}")
     if answer.status in GONE:
         removal.notes.append(f"{key[0]}/{key[1]} is not current (answered {answer.status}); its "

@@ -139,6 +139,7 @@ class PurgeEngine:
         result = Result("$purge", f"Patient/{request.patient_id}", request.dry_run,
                         hard_delete_method=ctx.hard_method,
                         permanent=False, purge=details)
+        result.redo = {"operation": "$purge", "target": result.target, "compartment": request.to_json()["compartment"]}
         details.attachments = await self._attachments(resolution, first)
         result.planned = first.order
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,

@@ -228,12 +228,27 @@ def _earlier_deleted(result: Result, purge: PurgeDetails) -> list[dict[str, Any]
     return texts
 
 
+RECEIPT_EXTENSION = "urn:purgeproxy:extension:receipt"  # the compact JWS
+RECEIPT_SALT_EXTENSION = "urn:purgeproxy:extension:receipt-salt"
+
+
+def _receipt(result: Result) -> list[dict[str, Any]]:
+    """The signed receipt (``purgeproxy.receipts``), as an extension of an informational issue."""
+    receipt = result.receipt
+    if receipt is None:
+        return []
+    return [_info(f"erasure receipt {receipt.id}: signed; also at $receipt/{receipt.id}, keys at $receipt-keys; "
+                  f"its digests are salted with {receipt.salt}",
+                  extension=[{"url": RECEIPT_EXTENSION, "valueString": receipt.token},
+                             {"url": RECEIPT_SALT_EXTENSION, "valueString": receipt.salt}])]
+
+
 def result_outcome(result: Result) -> dict[str, Any]:
     """The one OperationOutcome of every destructive operation."""
     purge = [] if result.purge is None else [*_attachments(result, result.purge),
                                              *_earlier_deleted(result, result.purge)]
     return outcome(verdict(result), *_earlier(result), *_counts(result), *_history(result), *_kept(result),
-                   *purge, *_problems(result))
+                   *purge, *_problems(result), *_receipt(result))
 
 
 def expunge_parameters(result: Result) -> dict[str, Any]:
@@ -242,4 +257,6 @@ def expunge_parameters(result: Result) -> dict[str, Any]:
     return {"resourceType": "Parameters", "parameter": [
         {"name": "count", "valueInteger": count},
         {"name": "outcome", "resource": result_outcome(result)},
+        *([] if result.receipt is None else [{"name": "receipt", "valueString": result.receipt.token},
+                                             {"name": "receiptSalt", "valueString": result.receipt.salt}]),
     ]}

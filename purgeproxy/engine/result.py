@@ -10,6 +10,7 @@ optional ``purge`` part.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from purgeproxy.engine.attachments import Attachments
 from purgeproxy.engine.deleted_history import EarlierDeleted
@@ -37,6 +38,17 @@ class PurgeDetails:
         return bool(self.plan.unsearchable or self.attachments.unreadable or earlier_left)
 
 
+@dataclass(frozen=True)
+class ReceiptRef:
+    """The signed receipt of a result (``purgeproxy.receipts``): its id, the compact JWS, the salt
+    of its digests (for the requester, who needs it to show a ``Type/id`` was covered)."""
+
+    id: str
+    token: str
+    salt: str
+    digest: str  # SHA-256 of the token, as the AuditEvent cites it
+
+
 @dataclass
 class Result:
     """What one operation removed, kept and could not remove, for its outcome and audit."""
@@ -61,6 +73,10 @@ class Result:
     removed_before_failure: int = 0  # measured: batches the upstream confirmed before it failed
     removed_earlier: int = 0  # by earlier attempts of the same job (a resumed asynchronous purge)
     purge: PurgeDetails | None = None
+    # what re-running it after a backup restore needs (operation, target, compartment or flags);
+    # None: it cannot be re-run by target (criteria, single versions, history only)
+    redo: dict[str, Any] | None = None
+    receipt: ReceiptRef | None = None
 
     @property
     def removed(self) -> int:

@@ -19,6 +19,8 @@ from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of
 
+# jobs stored under a name that is not an operation the authorizer knows, and what they are authorized as
+AUTHORIZED_AS = {"$reapply": "$purge"}  # re-applying erasures (purgeproxy.receipts.routes)
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
                 422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
                 504: "Gateway Timeout"}
@@ -80,7 +82,7 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
-    await caller_of(request, job.operation if job else "$purge", destructive=False,
+    await caller_of(request, AUTHORIZED_AS.get(job.operation, job.operation) if job else "$purge", destructive=False,
                     patient=job.payload.get("request", {}).get("patient_id") if job else None)
     if job is None:
         raise OutcomeError(404, "not-found", "no such job")

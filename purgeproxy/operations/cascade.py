@@ -21,11 +21,12 @@ from purgeproxy.engine.removal import Context, Refused
 from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
 from purgeproxy.operations.unit import OperationUnit, Route
-from purgeproxy.operations.vendor import answer, check_type, resource_key, run
+from purgeproxy.operations.vendor import answer, check_type, resource_key, run, take_reason
 from purgeproxy.security.authorizer import Caller
 
 OPERATION = "cascade-delete"
-PARAMETERS = {"_cascade": "string", "_expunge": "boolean", "_dryRun": "boolean", "_confirm": "boolean"}
+PARAMETERS = {"_cascade": "string", "_expunge": "boolean", "_dryRun": "boolean", "_confirm": "boolean",
+              "_reason": "string"}
 CONTROL = frozenset(PARAMETERS)
 
 
@@ -74,6 +75,7 @@ async def instance(request: web.Request) -> web.StreamResponse:
                           "use POST Type/id/$erase or $expunge; nothing was deleted")
         _cascade_mode(request)
         parse_query(request.query, CONTROL)
+        take_reason(request, request.query.get("_reason"), "_reason")
         hard = _flag(request, "_expunge")
         if hard:  # what is done is also an expunge: authorized as one too
             await caller_of(request, "$expunge")
@@ -101,6 +103,7 @@ async def conditional(request: web.Request) -> web.StreamResponse:
         if not _flag(request, "_expunge"):
             return await request.app[PASSTHROUGH].handle(request)  # _expunge=false: a plain delete
         _no_misspelt_control(request)
+        take_reason(request, request.query.get("_reason"), "_reason")
         criteria = [(k, v) for k, v in request.query.items() if k not in CONTROL]
         parsed = parse_criteria(_as_url(rtype, criteria), ctx.profile.definitions.resource_types)
         return await _delete_expunge(request, ctx, caller, [parsed], _flag(request, "_dryRun"),

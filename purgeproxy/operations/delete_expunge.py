@@ -22,7 +22,7 @@ from purgeproxy.operations.vendor import answer, check_type, operation_input, ru
 from purgeproxy.security.authorizer import Caller
 
 OPERATION = "$delete-expunge"
-SPEC = {"url": "strings", "batchSize": "integer", "dryRun": "boolean", "confirm": "boolean"}
+SPEC = {"url": "strings", "batchSize": "integer", "dryRun": "boolean", "confirm": "boolean", "reason": "string"}
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

@@ -21,7 +21,7 @@ from purgeproxy.security.authorizer import Caller
 
 OPERATION = "$erase"
 DEFINITION = "http://server.fire.ly/OperationDefinition/erase"
-SPEC = {"dryRun": "boolean"}
+SPEC = {"dryRun": "boolean", "reason": "string"}
 
 
 async def handle(request: web.Request) -> web.StreamResponse:

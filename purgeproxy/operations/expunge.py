@@ -42,7 +42,7 @@ from purgeproxy.servers.expunge import ExpungeOptions
 OPERATION = "$expunge"
 SPEC = {"dryRun": "boolean", "everything": "boolean", "limit": "integer",
         "expungeDeletedResources": "boolean", "expungePreviousVersions": "boolean",
-        "expungeEverything": "boolean"}
+        "expungeEverything": "boolean", "reason": "string"}
 _HAPI = ("limit", "expungeDeletedResources", "expungePreviousVersions", "expungeEverything")
 
 
@@ -93,7 +93,7 @@ async def version(request: web.Request) -> web.StreamResponse:
     async def work(ctx: Context, caller: Caller) -> web.StreamResponse:
         key = resource_key(request, ctx)
         vid = version_of(request)
-        values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI[1:3])})
+        values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", "reason", *_HAPI[1:3])})
         removal = await expunge_version(ctx, key, vid, bool(values.get("dryRun")))
         return await answer(request, caller, removal, expunge_parameters)
 
@@ -106,7 +106,7 @@ async def bulk(request: web.Request) -> web.StreamResponse:
         rtype = request.match_info.get("type")
         if rtype is not None:
             check_type(rtype, ctx)
-        values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", *_HAPI)})
+        values = await operation_input(request, {n: SPEC[n] for n in ("dryRun", "reason", *_HAPI)})
         allow = request.app[CONFIG].expunge.allow_everything
         removal = await expunge_bulk(ctx, rtype, options_from(values), bool(values.get("dryRun")), allow)
         return await answer(request, caller, removal, expunge_parameters)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
 
@@ -19,6 +20,8 @@ from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 from purgeproxy.logs import get_logger
 from purgeproxy.operations import OPERATIONS
 from purgeproxy.operations.unit import job_runners
+from purgeproxy.receipts.routes import REAPPLY
+from purgeproxy.receipts.routes import run_job as reapply_job
 
 log = get_logger("purgeproxy.jobs")
 
@@ -49,7 +52,8 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
         shown = store_name(settings.store)
         raise ConfigError(f"jobs.store: cannot open {shown} ({cause(error).replace(settings.store, shown)})") from None
     size = worker_count(app[CONFIG])
-    workers = app[JOB_WORKERS] = WorkerPool(store, job_runners(app, OPERATIONS), WorkerSettings(
+    runners = job_runners(app, OPERATIONS) | {REAPPLY: partial(reapply_job, app)}
+    workers = app[JOB_WORKERS] = WorkerPool(store, runners, WorkerSettings(
         size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
     workers.start()
     log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,

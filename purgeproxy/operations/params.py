@@ -27,6 +27,7 @@ class PurgeInput:
     dry_run: bool
     compartment_definition: dict[str, Any] | None  # validated later, against the FHIR version
     confirm: bool = False  # allows deleting more than purge.max_without_confirm
+    reason: str | None = None  # why, for the erasure receipt (LinuxForHealth's $erase requires one)
 
 
 def _boolean(value: str, where: str) -> bool:
@@ -84,8 +85,20 @@ def _body_boolean(flags: dict[str, bool], parameter: dict[str, Any], where: str)
     flags[name] = value
 
 
+REASON_MAX = 1000  # characters of the free-text reason a receipt carries
+
+
+def checked_reason(value: Any, where: str = "reason") -> str:
+    """The caller's ``reason``: non-empty text of at most ``REASON_MAX`` characters."""
+    if not isinstance(value, str) or not value.strip() or len(value) > REASON_MAX:
+        raise BadRequest(400, "invalid", f"reason must be non-empty text of at most {REASON_MAX} characters", where)
+    return value
+
+
 def parse_purge(query: Mapping[str, str], body: bytes, content_type: str) -> PurgeInput:
-    flags = _query_booleans(query)
+    reason = query.get("reason")
+    flags = _query_booleans(_without(query, "reason") if "reason" in query else query)
+    reason = None if reason is None else checked_reason(reason)
     definition = None
     document = parse_parameters(body, content_type)
     for index, parameter in enumerate((document or {}).get("parameter", [])):
@@ -97,11 +110,24 @@ def parse_purge(query: Mapping[str, str], body: bytes, content_type: str) -> Pur
             if definition is not None:
                 raise BadRequest(400, "invalid", "compartmentDefinition is given twice", where)
             definition = parameter["resource"]
-        elif name in (*BOOLEAN_PARAMETERS, "compartmentDefinition"):
+        elif name == "reason" and "valueString" in parameter:
+            if reason is not None and reason != parameter["valueString"]:
+                raise BadRequest(400, "invalid", "reason is given twice with different values", where)
+            reason = checked_reason(parameter["valueString"], where)
+        elif name in (*BOOLEAN_PARAMETERS, "compartmentDefinition", "reason"):
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         else:
             raise BadRequest(400, "not-supported", f"unknown parameter '{_printable(name)}'", where)
-    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False))
+    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False), reason)
+
+
+def _without(query: Mapping[str, str], name: str) -> Mapping[str, str]:
+    """The query less one parameter (after its own checks), for the checks of the others."""
+    if len(query.getall(name)) > 1:  # type: ignore[attr-defined]
+        raise BadRequest(400, "invalid", f"parameter '{name}' is repeated", name)
+    rest = query.copy()  # type: ignore[attr-defined]
+    rest.popall(name)
+    return rest  # type: ignore[no-any-return]
 
 
 def _printable(name: Any) -> str:

@@ -6,7 +6,6 @@ import json
 
 from aiohttp import web
 
-from purgeproxy import audit
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
@@ -14,6 +13,7 @@ from purgeproxy.engine.context import require_hard_delete_possible
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.engine.rail import check_confirmed
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.engine.result import Result
 from purgeproxy.fhir.outcome import FHIR_JSON
@@ -24,6 +24,7 @@ from purgeproxy.operations.async_status import kick_off, wants_async
 from purgeproxy.operations.common import bounded_body, caller_of
 from purgeproxy.operations.params import BOOLEAN_PARAMETERS, BadRequest, compartment_from, parse_purge
 from purgeproxy.operations.unit import OperationUnit, Route
+from purgeproxy.receipts import stage
 from purgeproxy.security.authorizer import Caller
 from purgeproxy.servers.profile import UpstreamProfile
 
@@ -36,7 +37,7 @@ def settings_from(config: Config) -> PurgeSettings:
                          attachments=purge.attachments)
 
 
-async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile]:
+async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile, str | None]:
     """Everything checked that can be checked before the first upstream write."""
     patient_id = request.match_info["id"]
     if not is_valid_id(patient_id):
@@ -49,27 +50,29 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
                    if given.compartment_definition is not None
                    else dict(profile.definitions.patient_compartment))
     require_hard_delete_possible(request.app[CONFIG].purge.hard_delete, profile.kind)
-    return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile
+    return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile, given.reason
 
 
-async def audit_result(app: web.Application, caller: Caller, result: Result) -> None:
-    """Shared by the synchronous path and the asynchronous job runner."""
-    await audit.audit_result(result, caller.name, app[FHIR_CLIENT], app[UPSTREAM_LIMIT], app[CONFIG].purge.audit_event)
+async def audit_result(app: web.Application, caller: Caller, result: Result, reason: str | None = None) -> None:
+    """Shared by the synchronous path and the asynchronous job runner: the receipt and the audit
+    (``receipts.stage``, the stage every destructive operation's result passes)."""
+    await stage.conclude(app, caller.name, result, reason)
 
 
 async def handle(request: web.Request) -> web.Response:
-    caller, purge_request, profile = await _validated(request)
+    caller, purge_request, profile, reason = await _validated(request)
+    ERASURE_REASON.set(reason)
     engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
                          request.app[UPSTREAM_LIMIT])
     if wants_async(request):
         with request.app[CALLER_LIMITS].hold(caller.name):
             await _rail_before_kick_off(engine, purge_request)
-        payload = {"request": purge_request.to_json(), "caller": caller.name}
+        payload = {"request": purge_request.to_json(), "caller": caller.name, "reason": reason}
         target = f"Patient/{purge_request.patient_id}" + (" (dry run)" if purge_request.dry_run else "")
         return await kick_off(request, "$purge", target, payload, f"The $purge of Patient/{purge_request.patient_id}")
     with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
         result = await engine.run(purge_request)
-    await audit_result(request.app, caller, result)
+    await audit_result(request.app, caller, result, reason)
     status = result.interruption.status if result.interruption else 200
     return web.Response(status=status, text=json.dumps(result_outcome(result)), content_type=FHIR_JSON)
 
@@ -96,7 +99,7 @@ async def _run_job(app: web.Application, job: Job, checkpoint: Checkpoint) -> Jo
 PURGE = OperationUnit(
     "$purge", "$purge",
     (Route("POST", "/Patient/{id}/$purge", handle), Route("GET", "/Patient/{id}/$purge", handle)),
-    dict.fromkeys(BOOLEAN_PARAMETERS, "boolean") | {"compartmentDefinition": "resource"},
+    dict.fromkeys(BOOLEAN_PARAMETERS, "boolean") | {"compartmentDefinition": "resource", "reason": "string"},
     AdvertisedOperation("purge", "http://hl7.org/fhir/build/OperationDefinition/Patient-purge", "Patient"),
     _run_job,
 )

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
@@ -23,11 +24,12 @@ from purgeproxy.security.authorizer import Caller
 
 async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:
     request = PurgeRequest.from_json(job.payload["request"])
+    ERASURE_REASON.set(job.payload.get("reason"))
     profile = await app[PROFILE].get()
     engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
     result = await engine.run(request, checkpoint)
     result.removed_earlier = checkpoint.earlier
-    await audit_result(app, Caller(job.payload["caller"]), result)
+    await audit_result(app, Caller(job.payload["caller"]), result, job.payload.get("reason"))
     done = result.complete or request.dry_run
     status = result.interruption.status if result.interruption else 200
     return JobOutcome(COMPLETED if done else ERROR, status, result_outcome(result))

@@ -13,7 +13,6 @@ from typing import Any
 
 from aiohttp import web
 
-from purgeproxy import audit
 from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
@@ -22,24 +21,32 @@ from purgeproxy.app_keys import (
     PROFILE,
     UPSTREAM_LIMIT,
 )
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.operations.common import bounded_body, caller_of
-from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
+from purgeproxy.operations.params import BadRequest, checked_reason, parse_parameters, parse_query
+from purgeproxy.receipts import stage
 from purgeproxy.security.authorizer import Caller
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
 Spec = Mapping[str, str]  # parameter name -> "boolean" | "integer" | "string" | "strings"
+REASON = web.RequestKey("reason", str)  # the caller's ``reason``, for the erasure receipt
 _VALUE_KEYS = {"boolean": ("valueBoolean",), "integer": ("valueInteger", "valueUnsignedInt", "valuePositiveInt"),
                "string": ("valueString", "valueUri", "valueUrl"), "strings": ("valueString", "valueUri", "valueUrl")}
 
 
 async def context_of(request: web.Request) -> Context:
-    config = request.app[CONFIG]
-    profile = await request.app[PROFILE].get()
-    return Context(request.app[FHIR_CLIENT], profile, request.app[UPSTREAM_LIMIT], config.purge.batch_size,
+    return await app_context(request.app)
+
+
+async def app_context(app: web.Application) -> Context:
+    """The engine context of this app's upstream and settings (also for re-applying erasures)."""
+    config = app[CONFIG]
+    profile = await app[PROFILE].get()
+    return Context(app[FHIR_CLIENT], profile, app[UPSTREAM_LIMIT], config.purge.batch_size,
                    config.purge.page_size, config.purge.hard_delete, frozenset(config.purge.excluded_types),
                    config.purge.max_without_confirm)
 
@@ -54,10 +61,9 @@ async def run(request: web.Request, operation: str, work: Work) -> web.StreamRes
 
 async def answer(request: web.Request, caller: Caller, removal: Result,
                  body: Callable[[Result], dict[str, Any]] = result_outcome) -> web.Response:
-    """Audit what was done (as ``$purge`` is audited), then answer with ``body(removal)`` (default:
-    the OperationOutcome)."""
-    app = request.app
-    await audit.audit_result(removal, caller.name, app[FHIR_CLIENT], app[UPSTREAM_LIMIT], app[CONFIG].purge.audit_event)
+    """Receipt and audit (``receipts.stage``, as for ``$purge``), then answer with ``body(removal)``
+    (default: the OperationOutcome). The ``reason`` is what :func:`operation_input` found."""
+    await stage.conclude(request.app, caller.name, removal, request.get(REASON))
     status = removal.interruption.status if removal.interruption else 200
     return web.Response(status=status, text=json.dumps(body(removal)), content_type=FHIR_JSON)
 
@@ -102,7 +108,16 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
         if not _typed(value, spec[name]):
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         _merge(values, name, value, spec[name], where)
+    take_reason(request, values.get("reason"))
     return values
+
+
+def take_reason(request: web.Request, value: Any, where: str = "reason") -> None:
+    """The caller's ``reason``, checked, for the receipt and for the upstreams whose hard delete
+    asks for one; set (or cleared) on every request: a kept-alive connection's task is reused."""
+    if value is not None:
+        request[REASON] = checked_reason(value, where)
+    ERASURE_REASON.set(request.get(REASON))
 
 
 def _from_text(name: str, text: str, kind: str) -> Any:

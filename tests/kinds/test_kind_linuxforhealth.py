@@ -7,6 +7,7 @@ import json
 import pytest
 import respx
 
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.servers.registry import detect, kind_named
 from tests.fake_upstream import BASE
@@ -33,3 +34,17 @@ async def test_erase_sends_a_reason_and_the_patient_of_a_patient(client: FhirCli
     assert set(sent) == {"reason"} and sent["reason"]
     sent = {p["name"]: p["valueString"] for p in json.loads(patient.calls.last.request.content)["parameter"]}
     assert sent["patient"] == "p1"
+
+
+@respx.mock
+async def test_erase_sends_the_callers_reason(client: FhirClient) -> None:
+    """The caller's ``reason`` (the one its receipt carries) is the reason LinuxForHealth records."""
+    kind = kind_named("linuxforhealth")
+    erase = respx.post(f"{BASE}/Observation/o1/$erase").respond(200, json={"resourceType": "Parameters"})
+    token = ERASURE_REASON.set("Art. 17 request 42")
+    try:
+        assert await kind.hard_delete(client, ("Observation", "o1")) is None
+    finally:
+        ERASURE_REASON.reset(token)
+    sent = {p["name"]: p["valueString"] for p in json.loads(erase.calls.last.request.content)["parameter"]}
+    assert sent["reason"] == "Art. 17 request 42"

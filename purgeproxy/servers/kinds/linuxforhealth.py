@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
 
@@ -23,7 +24,8 @@ class LinuxForHealth(ServerKind):
     instance_operation = "$erase"
 
     def operation_parameters(self, key: Key) -> dict[str, Any]:
-        parameters = [{"name": "reason", "valueString": REASON}]
+        # the caller's own reason when it gave one (it is in the receipt too), else ours
+        parameters = [{"name": "reason", "valueString": ERASURE_REASON.get() or REASON}]
         if key[0] == "Patient":
             parameters.append({"name": "patient", "valueString": key[1]})
         return {"resourceType": "Parameters", "parameter": parameters}
