@@ -10,7 +10,7 @@ from typing import Any
 
 from purgeproxy.config import Config
 from purgeproxy.engine.result import ReceiptRef, Result
-from purgeproxy.jobs.backends import open_store
+from purgeproxy.jobs.backends import connect
 from purgeproxy.jobs.sql import SqlJobStore
 from purgeproxy.receipts import keys, sql
 from purgeproxy.receipts.ledger import Ledger, timestamp
@@ -46,10 +46,9 @@ class ReceiptService:
 async def open_service(config: Config) -> ReceiptService:
     """Open the store, create the ledger's tables, load or generate the signing key, apply the
     retention."""
-    store = open_store(config.jobs.store)
+    store = await connect(config.jobs.store)
     if not isinstance(store, SqlJobStore):
         raise TypeError("receipts need an SQL job store")
-    await store.open()
     ledger = Ledger(store)
     await ledger.open()
     stored = await _stored_keys(store)
