@@ -7,7 +7,6 @@ engine did is audited (a structured log line naming the target, never a query va
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -24,10 +23,10 @@ from purgeproxy.app_keys import (
 )
 from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
-from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
-from purgeproxy.operations.common import bounded_body, caller_of
+from purgeproxy.operations.common import body_fhir_version, bounded_body, caller_of
 from purgeproxy.operations.params import BadRequest, parse_parameters, parse_query
+from purgeproxy.render import render
 from purgeproxy.security.authorizer import Caller
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
@@ -59,7 +58,7 @@ async def answer(request: web.Request, caller: Caller, removal: Result,
     app = request.app
     await audit.audit_result(removal, caller.name, app[FHIR_CLIENT], app[UPSTREAM_LIMIT], app[CONFIG].purge.audit_event)
     status = removal.interruption.status if removal.interruption else 200
-    return web.Response(status=status, text=json.dumps(body(removal)), content_type=FHIR_JSON)
+    return render(request, body(removal), status)
 
 
 def resource_key(request: web.Request, ctx: Context) -> Key:
@@ -92,7 +91,7 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
     values: dict[str, Any] = {name: _from_text(name, text, spec[name])
                               for name, text in parse_query(request.query, frozenset(spec)).items()}
     body = await bounded_body(request) if request.method == "POST" else b""
-    document = parse_parameters(body, request.content_type)
+    document = parse_parameters(body, request.content_type, await body_fhir_version(request))
     for index, parameter in enumerate((document or {}).get("parameter", [])):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name")
