@@ -177,7 +177,7 @@ def _checked_div(value: Any) -> str:
     """The narrative as JSON carries it (an XHTML ``div`` string), checked to be one."""
     if not isinstance(value, str):
         raise XmlError("Narrative.div must be a string")
-    root = _parse(value.encode("utf-8"))
+    root = parse(value.encode("utf-8"))
     if root.tag != f"{{{XHTML_NS}}}div":
         raise XmlError("Narrative.div must be a div in the XHTML namespace")
     return value
@@ -193,7 +193,7 @@ def to_xml(resource: dict[str, Any], tables: ElementTables, pretty: bool = False
 
 # ---- XML -> JSON ----------------------------------------------------------------------------
 
-def _parse(body: bytes) -> ElementTree.Element:
+def parse(body: bytes) -> ElementTree.Element:
     """The hardened parse: no DTD at all (hence no entities, internal or external)."""
     try:
         root: ElementTree.Element = SafeElementTree.fromstring(body, forbid_dtd=True, forbid_entities=True,
@@ -296,7 +296,7 @@ class _Reader:
 
 def from_xml(body: bytes, tables: ElementTables) -> dict[str, Any]:
     """A FHIR XML document as the FHIR JSON structure; ``XmlError`` for anything else."""
-    root = _parse(body)
+    root = parse(body)
     try:
         return _Reader(tables).resource(root, "")
     except RecursionError:  # Parameters.parameter.part.part...: small enough to pass the size limit

@@ -7,7 +7,7 @@ from aiohttp import web
 
 from purgeproxy.app_keys import AUTHORIZER, CONFIG, PROFILE
 from purgeproxy.forwarding import unsafe_path_reason
-from purgeproxy.operations.params import BadRequest, is_xml
+from purgeproxy.operations.params import BadRequest, check_xml, is_xml
 from purgeproxy.render import requested_of
 from purgeproxy.security.authorizer import Caller
 from purgeproxy.security.errors import Denied
@@ -41,9 +41,11 @@ async def bounded_body(request: web.Request) -> bytes:
     return body
 
 
-async def body_fhir_version(request: web.Request) -> str | None:
+async def body_fhir_version(request: web.Request, body: bytes) -> str | None:
     """The FHIR version an XML body is read in: the upstream's (its element tables differ between
-    versions); None for JSON, which needs none, so a JSON body costs no upstream read."""
-    if not is_xml(request.content_type):
+    versions), once the body is known to be safe, well-formed XML; None for JSON, which needs none,
+    so a JSON body costs no upstream read."""
+    if not is_xml(request.content_type) or not body.strip():
         return None
+    check_xml(body)
     return (await request.app[PROFILE].get()).definitions.fhir_version

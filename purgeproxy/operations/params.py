@@ -18,7 +18,7 @@ from purgeproxy.engine.compartment import Compartment
 from purgeproxy.fhir.definitions import FhirDefinitions
 from purgeproxy.fhir.formats import FORMAT_PARAMETERS, XML_TYPES
 from purgeproxy.fhir.outcome import OutcomeError
-from purgeproxy.fhir.xml import XmlError, from_xml, tables_for
+from purgeproxy.fhir.xml import XmlError, from_xml, parse, tables_for
 
 JSON_TYPES = ("application/fhir+json", "application/json")
 DEFAULT_BODY_VERSION = "4.0.1"  # an XML body read before the upstream's version is known
@@ -58,11 +58,24 @@ def is_xml(content_type: str) -> bool:
     return content_type in XML_TYPES
 
 
+def _refused(refused: XmlError) -> BadRequest:
+    return BadRequest(400, "security" if refused.unsafe else "structure", str(refused))
+
+
+def check_xml(body: bytes) -> None:
+    """Refuse a body that is not well-formed XML or declares a DTD or entities: done before the
+    upstream is asked its FHIR version, so such a body costs the upstream nothing."""
+    try:
+        parse(body)
+    except XmlError as refused:
+        raise _refused(refused) from None
+
+
 def _from_xml(body: bytes, fhir_version: str | None) -> dict[str, Any]:
     try:
         return from_xml(body, tables_for(fhir_version or DEFAULT_BODY_VERSION))
     except XmlError as refused:
-        raise BadRequest(400, "security" if refused.unsafe else "structure", str(refused)) from None
+        raise _refused(refused) from None
 
 
 def parse_parameters(body: bytes, content_type: str, fhir_version: str | None = None) -> dict[str, Any] | None:

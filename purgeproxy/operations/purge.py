@@ -41,7 +41,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
         raise BadRequest(400, "invalid", "the patient id does not match the FHIR id rule", "id")
     caller = await caller_of(request, "$purge", patient=patient_id)
     body = await bounded_body(request) if request.method == "POST" else b""
-    given = parse_purge(request.query, body, request.content_type, await body_fhir_version(request))
+    given = parse_purge(request.query, body, request.content_type, await body_fhir_version(request, body))
     profile = await request.app[PROFILE].get()
     compartment = (compartment_from(given.compartment_definition, profile.definitions)
                    if given.compartment_definition is not None

@@ -91,7 +91,7 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
     values: dict[str, Any] = {name: _from_text(name, text, spec[name])
                               for name, text in parse_query(request.query, frozenset(spec)).items()}
     body = await bounded_body(request) if request.method == "POST" else b""
-    document = parse_parameters(body, request.content_type, await body_fhir_version(request))
+    document = parse_parameters(body, request.content_type, await body_fhir_version(request, body))
     for index, parameter in enumerate((document or {}).get("parameter", [])):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name")
