@@ -37,6 +37,8 @@ _FILES = {"4.0": "r4", "4.3": "r4b", "5.0": "r5"}
 _INTEGERS = frozenset({"integer", "unsignedInt", "positiveInt"})
 _INTEGER_TEXT = re.compile(r"-?[0-9]+")
 _DECIMAL_TEXT = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?")
+_ESCAPED = re.compile(r'[&<>"\n\r\t]')
+_ESCAPES = {"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "\n": "&#10;", "\r": "&#13;", "\t": "&#9;"}
 
 
 class XmlError(ValueError):
@@ -57,6 +59,11 @@ class Slot:
     attribute: bool
     in_summary: bool  # marked summary or mandatory: kept by ``_summary=true``
 
+    @property
+    def companion(self) -> str:
+        """The JSON key of a primitive's id and extensions."""
+        return f"_{self.name}"
+
 
 @dataclass(frozen=True)
 class ElementTables:
@@ -67,6 +74,9 @@ class ElementTables:
     primitives: frozenset[str]
     resources: frozenset[str]
     _slots: dict[str, dict[str, Slot]] = field(default_factory=dict, compare=False, repr=False)
+    _keys: dict[str, frozenset[str]] = field(default_factory=dict, compare=False, repr=False)
+    _layouts: dict[str, tuple[tuple[Slot, ...], tuple[tuple[Slot, str], ...]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def entries(self, type_name: str) -> list[list[Any]]:
         """``[name, types, flags]`` of each element, in the order of the StructureDefinition."""
@@ -85,6 +95,23 @@ class ElementTables:
                     key = name + code[0].upper() + code[1:] if "x" in flags else name
                     found[key] = Slot(key, code, "*" in flags, "@" in flags, bool({"s", "m"} & set(flags)))
             self._slots[type_name] = found
+        return found
+
+    def layout(self, type_name: str) -> tuple[tuple[Slot, ...], tuple[tuple[Slot, str], ...]]:
+        """The XML attributes of ``type_name``, and its elements in order with their companions."""
+        found = self._layouts.get(type_name)
+        if found is None:
+            slots = self.slots(type_name).values()
+            found = self._layouts[type_name] = (tuple(s for s in slots if s.attribute),
+                                                tuple((s, s.companion) for s in slots if not s.attribute))
+        return found
+
+    def json_keys(self, type_name: str) -> frozenset[str]:
+        """Every JSON key an object of ``type_name`` may have (``_name`` companions included)."""
+        found = self._keys.get(type_name)
+        if found is None:
+            names = set(self.slots(type_name))
+            found = self._keys[type_name] = frozenset({*names, *(f"_{n}" for n in names), "resourceType", "fhir_comments"})
         return found
 
 
@@ -110,8 +137,7 @@ def _attr(value: Any) -> str:
         text = value
     else:
         raise XmlError(f"a primitive value is a {type(value).__name__}")
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
-            .replace("\n", "&#10;").replace("\r", "&#13;").replace("\t", "&#9;"))
+    return _ESCAPED.sub(lambda m: _ESCAPES[m.group()], text) if _ESCAPED.search(text) else text
 
 
 class _Writer:
@@ -130,19 +156,18 @@ class _Writer:
     def complex(self, tag: str, type_name: str, value: Any, depth: int, extra: str = "") -> None:
         if not isinstance(value, dict):
             raise XmlError(f"{tag} must be an object")
-        slots = self.tables.slots(type_name)
-        unknown = set(value) - set(slots) - {f"_{k}" for k in slots} - {"resourceType", "fhir_comments"}
+        unknown = value.keys() - self.tables.json_keys(type_name)
         if unknown:
             raise XmlError(f"{type_name} has no element {sorted(unknown)[0]!r} in FHIR {self.tables.fhir_version}")
-        attributes = "".join(f' {s.name}="{_attr(value[s.name])}"' for s in slots.values()
-                             if s.attribute and s.name in value)
-        children = [s for s in slots.values() if not s.attribute and (s.name in value or f"_{s.name}" in value)]
+        attribute_slots, element_slots = self.tables.layout(type_name)
+        attributes = "".join(f' {s.name}="{_attr(value[s.name])}"' for s in attribute_slots if s.name in value)
+        children = [(s, c) for s, c in element_slots if s.name in value or c in value]
         if not children:
             self.line(depth, f"<{tag}{extra}{attributes}/>")
             return
         self.line(depth, f"<{tag}{extra}{attributes}>")
-        for slot in children:
-            self.slot(slot, value.get(slot.name), value.get(f"_{slot.name}"), depth + 1)
+        for slot, companion in children:
+            self.slot(slot, value.get(slot.name), value.get(companion), depth + 1)
         self.line(depth, f"</{tag}>")
 
     def slot(self, slot: Slot, value: Any, companion: Any, depth: int) -> None:
@@ -161,10 +186,12 @@ class _Writer:
         if slot.type == "xhtml":
             self.line(depth, _checked_div(value))
         elif slot.type in self.tables.primitives:
-            if value is None and companion is None:
+            if companion is None:
+                if value is not None:  # the common case, kept short
+                    self.line(depth, f'<{slot.name} value="{_attr(value)}"/>')
                 return
             extra = "" if value is None else f' value="{_attr(value)}"'
-            self.complex(slot.name, "Element", companion or {}, depth, extra)
+            self.complex(slot.name, "Element", companion, depth, extra)
         elif slot.type == "Resource":
             self.line(depth, f"<{slot.name}>")
             self.resource(value, depth + 1)
