@@ -65,7 +65,7 @@ def render(request: web.Request, resource: dict[str, Any], status: int = 200,
         raise OutcomeError(406, "not-supported", f"this answer cannot be given as FHIR XML: {failure}",
                            "_format") from None
     return web.Response(status=status, body=body, content_type=wanted.content_type, charset="utf-8",
-                        headers=headers)
+                        headers={**(headers or {}), "Vary": "Accept"})  # caches keep the formats apart
 
 
 def render_failure(request: web.Request, document: dict[str, Any], status: int,
