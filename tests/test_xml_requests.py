@@ -11,7 +11,8 @@ import pytest
 import respx
 from lxml import etree
 
-from purgeproxy.fhir.xml import FHIR_NS, from_xml, tables_for
+from purgeproxy.fhir.xml import FHIR_NS, XmlError, from_xml, tables_for
+from tests import fhir_schemas
 from tests.fake_upstream import BASE, scripted_upstream, upstream_calls, writes
 
 TOKEN = "xml-token"
@@ -185,3 +186,34 @@ async def test_async_status_kodjin_status_and_the_result_in_xml(make_proxy, upst
     assert etree.QName(root).localname == "Parameters"
     status = {p["name"]: p for p in from_xml(kodjin.content, R4)["parameter"]}
     assert status["status"]["valueCode"] == "completed" and status["purgedResourcesCount"]["valueInteger"] == status["totalResourcesCount"]["valueInteger"] > 0
+
+
+@pytest.fixture
+def r5_upstream() -> Iterator[respx.MockRouter]:
+    """A FHIR R5 upstream with an empty patient compartment: enough for dry runs."""
+    with respx.mock(assert_all_called=False) as router:
+        router.route(host="127.0.0.1").pass_through()
+        router.get(f"{BASE}/metadata").respond(200, json={"resourceType": "CapabilityStatement", "fhirVersion": "5.0.0",
+                                                          "software": {"name": "Generic"}})
+        router.get(f"{BASE}/Patient/p1").respond(200, json={"resourceType": "Patient", "id": "p1"})
+        router.get(url__regex=rf"{BASE}/[A-Za-z]+\?.*").respond(200, json={"resourceType": "Bundle", "type": "searchset"})
+        router.route(host="upstream.test").respond(404, json={"resourceType": "OperationOutcome", "issue": []})
+        yield router
+
+
+async def test_the_upstreams_fhir_version_reads_bodies_and_writes_answers(make_proxy, r5_upstream) -> None:
+    """R5 has ``valueInteger64``, R4 has not: the body is read with the upstream's tables (and
+    then meets the same parameter checks), and the answer is R5 XML the R5 schema accepts."""
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    integer64 = parameters(boolean("dryRun", "12", "valueInteger64"))
+    async with httpx.AsyncClient(timeout=60) as http:
+        plan = await http.post(f"{proxy}/Patient/p1/$purge?_format=xml", content=parameters(boolean("dryRun")),
+                               headers={**AUTH, **XML})
+        typed = await http.post(f"{proxy}/Patient/p1/$purge", content=integer64, headers={**AUTH, **XML})
+    assert plan.status_code == 200, plan.text
+    assert fhir_schemas.problems(plan.content, "5.0.0") == []
+    assert from_xml(plan.content, tables_for("5.0.0"))["issue"][0]["code"] == "informational"
+    assert typed.status_code == 400 and "wrong type" in typed.json()["issue"][0]["diagnostics"]  # known to R5
+    with pytest.raises(XmlError, match="unknown element 'valueInteger64'"):
+        from_xml(integer64, R4)
+    assert writes(r5_upstream) == []
