@@ -191,7 +191,9 @@ def test_elements_a_version_does_not_define_are_refused_not_dropped() -> None:
 
 
 def test_a_narrative_that_is_not_an_xhtml_div_is_refused() -> None:
-    for div in ("<div>no namespace</div>", "<p xmlns='http://www.w3.org/1999/xhtml'>p</p>", "<div"):
+    for div in ("<div>no namespace</div>", "<p xmlns='http://www.w3.org/1999/xhtml'>p</p>", "<div",
+                f'<?xml version="1.0"?><div xmlns="{XHTML_NS}">declared</div>',
+                f'<div xmlns="{XHTML_NS}"><!DOCTYPE x></div>'):
         with pytest.raises(XmlError):
             to_xml({"resourceType": "OperationOutcome", "text": {"status": "generated", "div": div}, "issue": []},
                    tables_for("4.0.1"))

@@ -202,8 +202,8 @@ class _Writer:
 
 def _checked_div(value: Any) -> str:
     """The narrative as JSON carries it (an XHTML ``div`` string), checked to be one."""
-    if not isinstance(value, str):
-        raise XmlError("Narrative.div must be a string")
+    if not isinstance(value, str) or not value.startswith("<div"):  # no declaration mid-document
+        raise XmlError("Narrative.div must be a string holding a div")
     root = parse(value.encode("utf-8"))
     if root.tag != f"{{{XHTML_NS}}}div":
         raise XmlError("Narrative.div must be a div in the XHTML namespace")
