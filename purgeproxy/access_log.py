@@ -24,10 +24,19 @@ UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
 log = get_logger("purgeproxy.access")
 
 
+class OutcomeResponse(web.Response):
+    """An OperationOutcome answer made by the proxy itself, in JSON; it keeps its ``document`` so
+    that the error middleware (``purgeproxy.errors``) renders it in the format the request asks
+    for, as every answer the proxy makes is (``purgeproxy.render``)."""
+
+    def __init__(self, status: int, document: dict[str, object]) -> None:
+        super().__init__(status=status, text=json.dumps(document), content_type=FHIR_JSON)
+        self.document = document
+
+
 def outcome_response(status: int, code: str, text: str, **extra: object) -> web.Response:
     """An OperationOutcome answer made by the proxy itself."""
-    body = json.dumps(error(code, text, **extra))
-    return web.Response(status=status, text=body, content_type=FHIR_JSON)
+    return OutcomeResponse(status, error(code, text, **extra))
 
 
 _ID_PREFIX = os.urandom(4).hex()  # unique per process; a counter is cheaper than uuid4 per request

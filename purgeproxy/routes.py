@@ -10,7 +10,9 @@ from purgeproxy.access_log import UPSTREAM_STATUS
 from purgeproxy.app_keys import FHIR_CLIENT, OPERATIONS, PASSTHROUGH
 from purgeproxy.capabilities import advertise
 from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.fhir.formats import FORMAT_PARAMETERS
 from purgeproxy.fhir.outcome import FHIR_JSON
+from purgeproxy.render import render, requested_of
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -32,23 +34,20 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ready"})
 
 
-def _wants_json(request: web.Request) -> bool:
-    """Only a plain JSON metadata request is augmented; XML, ``mode=`` and the like pass through."""
-    if set(request.query) - {"_format"}:
-        return False
-    fmt = request.query.get("_format", "json")
-    accept = request.headers.get("Accept", "*/*")
-    return "json" in fmt and ("json" in accept or "*/*" in accept)
-
-
 async def metadata(request: web.Request) -> web.StreamResponse:
-    """The upstream's CapabilityStatement with the proxy's operations added."""
-    if not _wants_json(request):
+    """The upstream's CapabilityStatement with the proxy's operations added, in the format asked
+    for (read from the upstream as JSON, rendered by ``purgeproxy.render``: XML clients see the
+    operations too). Other parameters (``mode=terminology`` ...) pass through untouched."""
+    if set(request.query) - FORMAT_PARAMETERS:
         return await request.app[PASSTHROUGH].handle(request)
+    requested_of(request)  # 406 before asking the upstream
     forwarded = {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
     answer = await request.app[FHIR_CLIENT].capabilities(forwarded)  # UpstreamError: purgeproxy.errors
     request[UPSTREAM_STATUS] = answer.status
     body = answer.body
+    if not isinstance(body, dict) or not isinstance(body.get("resourceType"), str):
+        return web.Response(status=answer.status, text=json.dumps(body), content_type=FHIR_JSON)
     if answer.status == 200 and answer.resource_type == "CapabilityStatement":
         body = advertise(body, request.app[OPERATIONS])
-    return web.Response(status=answer.status, text=json.dumps(body), content_type=FHIR_JSON)
+    version = body.get("fhirVersion") if body["resourceType"] == "CapabilityStatement" else None
+    return render(request, body, answer.status, fhir_version=version if isinstance(version, str) else None)

@@ -8,16 +8,16 @@ is ``[base]/$async/<job-id>`` on any replica (the store is shared); Kodjin's
 
 from __future__ import annotations
 
-import json
 import uuid
 from typing import Any
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
-from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
+from purgeproxy.fhir.outcome import OutcomeError, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of
+from purgeproxy.render import render
 
 # jobs stored under a name that is not an operation the authorizer knows, and what they are authorized as
 AUTHORIZED_AS = {"$reapply": "$purge"}  # re-applying erasures (purgeproxy.receipts.routes)
@@ -38,9 +38,8 @@ def status_url(request: web.Request, job_id: str) -> str:
     return f"{request.app[PASSTHROUGH].mount.public_base(request)}/$async/{job_id}"
 
 
-def _informational(status: int, text: str, headers: dict[str, str]) -> web.Response:
-    body = json.dumps(outcome(issue("information", "informational", text)))
-    return web.Response(status=status, text=body, content_type=FHIR_JSON, headers=headers)
+def _informational(request: web.Request, status: int, text: str, headers: dict[str, str]) -> web.Response:
+    return render(request, outcome(issue("information", "informational", text)), status, headers)
 
 
 async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
@@ -59,7 +58,7 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
     url = status_url(request, job.id)
     text = (f"{what} was accepted as job {job.id}; poll {url} for its progress and result" if created
             else f"{what} is already {job.status} as job {job.id}; poll {url}")
-    return _informational(202, text, {"Content-Location": url})
+    return _informational(request, 202, text, {"Content-Location": url})
 
 
 def progress_text(job: Job) -> str:
@@ -96,8 +95,8 @@ async def status(request: web.Request) -> web.Response:
     if job.active:
         headers = {"X-Progress": progress_text(job),
                    "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
-        return _informational(202, f"job {job.id} is {job.status}: {headers['X-Progress']}", headers)
-    return web.Response(text=json.dumps(result_bundle(job)), content_type=FHIR_JSON)
+        return _informational(request, 202, f"job {job.id} is {job.status}: {headers['X-Progress']}", headers)
+    return render(request, result_bundle(job))
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -105,7 +104,7 @@ async def cancel(request: web.Request) -> web.Response:
     if not job.active:
         raise OutcomeError(409, "conflict", f"job {job.id} has already finished ({job.status})")
     job = await request.app[JOB_STORE].cancel(job.id) or job
-    return _informational(202, f"job {job.id} is cancelled: {job.done} resource(s) had been removed "
+    return _informational(request, 202, f"job {job.id} is cancelled: {job.done} resource(s) had been removed "
                           "so far; it stops after the batch in flight", {})
 
 
@@ -130,7 +129,7 @@ async def patient_purge_status(request: web.Request) -> web.Response:
     job = await _job_for(request, show_cancelled=True)
     if job.operation != "$purge":
         raise OutcomeError(404, "not-found", "no such patient purge job")
-    return web.Response(text=json.dumps(kodjin_parameters(job)), content_type=FHIR_JSON)
+    return render(request, kodjin_parameters(job))
 
 
 def add_routes(app: web.Application, base: str) -> None:

@@ -18,6 +18,7 @@ from purgeproxy.classify import Operation
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.delete_expunge import Criteria, delete_expunge, parse_criteria
 from purgeproxy.engine.removal import Context, Refused
+from purgeproxy.fhir.formats import FORMAT_PARAMETERS
 from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest, parse_query
 from purgeproxy.operations.unit import OperationUnit, Route
@@ -104,7 +105,7 @@ async def conditional(request: web.Request) -> web.StreamResponse:
             return await request.app[PASSTHROUGH].handle(request)  # _expunge=false: a plain delete
         _no_misspelt_control(request)
         take_reason(request, request.query.get("_reason"), "_reason")
-        criteria = [(k, v) for k, v in request.query.items() if k not in CONTROL]
+        criteria = [(k, v) for k, v in request.query.items() if k not in CONTROL and k not in FORMAT_PARAMETERS]
         parsed = parse_criteria(_as_url(rtype, criteria), ctx.profile.definitions.resource_types)
         return await _delete_expunge(request, ctx, caller, [parsed], _flag(request, "_dryRun"),
                                      _flag(request, "_confirm"))

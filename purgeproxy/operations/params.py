@@ -1,7 +1,10 @@
 """Parsing and validating operation input: ``Parameters`` bodies and query parameters.
 
 Pure functions raising ``BadRequest``: a request is either fully understood or refused with a
-precise OperationOutcome before anything reaches the upstream.
+precise OperationOutcome before anything reaches the upstream. A ``Parameters`` body may be FHIR
+JSON or FHIR XML; XML is parsed hardened and converted to the JSON structure
+(``purgeproxy.fhir.xml``), so both meet the same checks. ``_format``, ``_pretty`` and ``_summary``
+shape the answer (``purgeproxy.render``), so every operation accepts them.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from typing import Any
 
 from purgeproxy.engine.compartment import Compartment
 from purgeproxy.fhir.definitions import FhirDefinitions
+from purgeproxy.fhir.formats import FORMAT_PARAMETERS, XML_TYPES
 from purgeproxy.fhir.outcome import OutcomeError
+from purgeproxy.fhir.xml import XmlError, from_xml, parse, tables_for
 
 JSON_TYPES = ("application/fhir+json", "application/json")
+DEFAULT_BODY_VERSION = "4.0.1"  # an XML body read before the upstream's version is known
 
 
 class BadRequest(OutcomeError):
@@ -37,29 +43,53 @@ def _boolean(value: str, where: str) -> bool:
 
 
 def parse_query(query: Mapping[str, str], allowed: frozenset[str]) -> dict[str, str]:
-    """The operation's query parameters; unknown or repeated ones are refused."""
-    unknown = sorted(set(query) - allowed)
+    """The operation's query parameters; unknown or repeated ones are refused. The format
+    parameters are left to the answer's rendering."""
+    unknown = sorted(set(query) - allowed - FORMAT_PARAMETERS)
     if unknown:
         name = unknown[0][:64]
         raise BadRequest(400, "not-supported", f"unknown parameter '{name}'", name)
     for name in query:
         if len(query.getall(name)) > 1:  # type: ignore[attr-defined]
             raise BadRequest(400, "invalid", f"parameter '{name}' is repeated", name)
-    return dict(query)
+    return {name: value for name, value in query.items() if name not in FORMAT_PARAMETERS}
 
 
-def parse_parameters(body: bytes, content_type: str) -> dict[str, Any] | None:
-    """The request's ``Parameters`` resource, or None for an empty body."""
+def is_xml(content_type: str) -> bool:
+    return content_type in XML_TYPES
+
+
+def _refused(refused: XmlError) -> BadRequest:
+    return BadRequest(400, "security" if refused.unsafe else "structure", str(refused))
+
+
+def check_xml(body: bytes) -> None:
+    """Refuse a body that is not well-formed XML or declares a DTD or entities: done before the
+    upstream is asked its FHIR version, so such a body costs the upstream nothing."""
+    try:
+        parse(body)
+    except XmlError as refused:
+        raise _refused(refused) from None
+
+
+def _from_xml(body: bytes, fhir_version: str | None) -> dict[str, Any]:
+    try:
+        return from_xml(body, tables_for(fhir_version or DEFAULT_BODY_VERSION))
+    except XmlError as refused:
+        raise _refused(refused) from None
+
+
+def parse_parameters(body: bytes, content_type: str, fhir_version: str | None = None) -> dict[str, Any] | None:
+    """The request's ``Parameters`` resource (FHIR JSON or FHIR XML of ``fhir_version``, the
+    upstream's), or None for an empty body."""
     if not body.strip():
         return None
-    if content_type not in JSON_TYPES:
-        raise BadRequest(415, "not-supported", "the body must be application/fhir+json")
-    try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest(400, "structure", "the body is not valid JSON") from None
-    except RecursionError:  # e.g. 100,000 nested arrays: small enough to pass the size limit
-        raise BadRequest(400, "structure", "the body nests JSON too deeply") from None
+    if is_xml(content_type):
+        document: Any = _from_xml(body, fhir_version)
+    elif content_type not in JSON_TYPES:
+        raise BadRequest(415, "not-supported", "the body must be application/fhir+json or application/fhir+xml")
+    else:
+        document = _from_json(body)
     if not isinstance(document, dict) or document.get("resourceType") != "Parameters":
         raise BadRequest(422, "invalid", "the body must be a Parameters resource", "Parameters")
     parameters = document.get("parameter", [])
@@ -67,6 +97,15 @@ def parse_parameters(body: bytes, content_type: str) -> dict[str, Any] | None:
         raise BadRequest(400, "structure", "Parameters.parameter must be a list of objects",
                          "Parameters.parameter")
     return document
+
+
+def _from_json(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(400, "structure", "the body is not valid JSON") from None
+    except RecursionError:  # e.g. 100,000 nested arrays: small enough to pass the size limit
+        raise BadRequest(400, "structure", "the body nests JSON too deeply") from None
 
 
 BOOLEAN_PARAMETERS = ("dryRun", "confirm")
@@ -95,12 +134,13 @@ def checked_reason(value: Any, where: str = "reason") -> str:
     return value
 
 
-def parse_purge(query: Mapping[str, str], body: bytes, content_type: str) -> PurgeInput:
+def parse_purge(query: Mapping[str, str], body: bytes, content_type: str,
+                fhir_version: str | None = None) -> PurgeInput:
     reason = query.get("reason")
     flags = _query_booleans(_without(query, "reason") if "reason" in query else query)
     reason = None if reason is None else checked_reason(reason)
     definition = None
-    document = parse_parameters(body, content_type)
+    document = parse_parameters(body, content_type, fhir_version)
     for index, parameter in enumerate((document or {}).get("parameter", [])):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name")

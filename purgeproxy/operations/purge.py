@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from aiohttp import web
 
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
@@ -16,15 +14,15 @@ from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.engine.result import Result
-from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import is_valid_id
 from purgeproxy.jobs.store import Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.async_status import kick_off, wants_async
-from purgeproxy.operations.common import bounded_body, caller_of
+from purgeproxy.operations.common import body_fhir_version, bounded_body, caller_of
 from purgeproxy.operations.params import BOOLEAN_PARAMETERS, BadRequest, compartment_from, parse_purge
 from purgeproxy.operations.unit import OperationUnit, Route
 from purgeproxy.receipts import stage
+from purgeproxy.render import render
 from purgeproxy.security.authorizer import Caller
 from purgeproxy.servers.profile import UpstreamProfile
 
@@ -44,7 +42,7 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
         raise BadRequest(400, "invalid", "the patient id does not match the FHIR id rule", "id")
     caller = await caller_of(request, "$purge", patient=patient_id)
     body = await bounded_body(request) if request.method == "POST" else b""
-    given = parse_purge(request.query, body, request.content_type)
+    given = parse_purge(request.query, body, request.content_type, await body_fhir_version(request, body))
     profile = await request.app[PROFILE].get()
     compartment = (compartment_from(given.compartment_definition, profile.definitions)
                    if given.compartment_definition is not None
@@ -74,7 +72,7 @@ async def handle(request: web.Request) -> web.Response:
         result = await engine.run(purge_request)
     await audit_result(request.app, caller, result, reason)
     status = result.interruption.status if result.interruption else 200
-    return web.Response(status=status, text=json.dumps(result_outcome(result)), content_type=FHIR_JSON)
+    return render(request, result_outcome(result), status)
 
 
 async def _rail_before_kick_off(engine: PurgeEngine, purge_request: PurgeRequest) -> None:

@@ -7,7 +7,6 @@ engine did is audited (a structured log line naming the target, never a query va
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -24,11 +23,11 @@ from purgeproxy.app_keys import (
 from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.removal import Context, Result
 from purgeproxy.engine.report import result_outcome
-from purgeproxy.fhir.outcome import FHIR_JSON
 from purgeproxy.fhir.references import Key, is_valid_id
-from purgeproxy.operations.common import bounded_body, caller_of
+from purgeproxy.operations.common import body_fhir_version, bounded_body, caller_of
 from purgeproxy.operations.params import BadRequest, checked_reason, parse_parameters, parse_query
 from purgeproxy.receipts import stage
+from purgeproxy.render import render
 from purgeproxy.security.authorizer import Caller
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
@@ -65,7 +64,7 @@ async def answer(request: web.Request, caller: Caller, removal: Result,
     (default: the OperationOutcome). The ``reason`` is what :func:`operation_input` found."""
     await stage.conclude(request.app, caller.name, removal, request.get(REASON))
     status = removal.interruption.status if removal.interruption else 200
-    return web.Response(status=status, text=json.dumps(body(removal)), content_type=FHIR_JSON)
+    return render(request, body(removal), status)
 
 
 def resource_key(request: web.Request, ctx: Context) -> Key:
@@ -98,7 +97,7 @@ async def operation_input(request: web.Request, spec: Spec) -> dict[str, Any]:
     values: dict[str, Any] = {name: _from_text(name, text, spec[name])
                               for name, text in parse_query(request.query, frozenset(spec)).items()}
     body = await bounded_body(request) if request.method == "POST" else b""
-    document = parse_parameters(body, request.content_type)
+    document = parse_parameters(body, request.content_type, await body_fhir_version(request, body))
     for index, parameter in enumerate((document or {}).get("parameter", [])):
         where = f"Parameters.parameter[{index}]"
         name = parameter.get("name")

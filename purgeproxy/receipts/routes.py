@@ -10,14 +10,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, RECEIPTS
-from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError
+from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.async_status import kick_off
@@ -66,7 +65,7 @@ async def receipt(request: web.Request) -> web.Response:
         {"name": "receiptSalt", "valueString": entry.salt},
         {"name": "ledgerSeq", "valueInteger": entry.seq},
         {"name": "ledgerHash", "valueString": entry.entry_hash}]}
-    return web.Response(text=json.dumps(body), content_type=FHIR_JSON)
+    return render(request, body)
 
 
 def parse_since(text: str) -> datetime:

@@ -58,6 +58,12 @@ class ProfileCache:
         self._profile: UpstreamProfile | None = None
         self._lock = asyncio.Lock()
 
+    def known_version(self) -> str | None:
+        """The upstream's FHIR version without asking it: learnt or configured, else None."""
+        if self._profile is not None:
+            return self._profile.definitions.fhir_version
+        return None if self.fhir_version == "auto" else self.fhir_version
+
     async def get(self) -> UpstreamProfile:
         async with self._lock:
             if self._profile is None:
