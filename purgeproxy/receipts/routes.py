@@ -25,6 +25,7 @@ from purgeproxy.operations.params import BadRequest
 from purgeproxy.operations.vendor import operation_input
 from purgeproxy.receipts.reapply import reapply, report_outcome
 from purgeproxy.receipts.service import ReceiptService, open_service
+from purgeproxy.render import render
 
 REAPPLY = "$reapply"
 REAPPLY_SPEC = {"since": "string", "dryRun": "boolean"}
