@@ -34,7 +34,8 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     await store.open()
     size = worker_count(app[CONFIG])
     workers = app[JOB_WORKERS] = WorkerPool(store, job_runners(app, OPERATIONS), WorkerSettings(
-        size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
+        size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts,
+        retention_seconds=settings.retention_days * 86400.0))
     workers.start()
     log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,
              read_only=app[CONFIG].safety.read_only)
