@@ -10,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from purgeproxy import __version__
-from purgeproxy.cli import serve
+from purgeproxy.cli import jobs, purge, serve
 
-COMMANDS = [serve]
+COMMANDS = [serve, purge, jobs]
 
 
 def _version(value: bool) -> None:
