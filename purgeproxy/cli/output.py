@@ -87,7 +87,7 @@ class ProgressView:
         if self.bars is not None:
             self.bars.update(self.tasks[name], completed=done or 0, total=total, state=state)
             return
-        text = state if total is None else f"{state} ({done} of {total})"
+        text = state if total is None or f"{done} of {total}" in state else f"{state} ({done} of {total})"
         if self.last.get(name) != text:
             self.last[name] = text
             self.output.line(f"{name}: {text}")

@@ -88,6 +88,8 @@ def purge_command(
     confirm: Annotated[bool, typer.Option("--confirm", help="allow purges larger than "
                                           "purge.max_without_confirm")] = False,
     poll: Annotated[float, typer.Option("--poll", min=0.05, help="seconds between status polls")] = 0.5,
+    details: Annotated[bool, typer.Option("--details", help="print every issue of each patient's "
+                                          "answer: counts per type, what is kept and why")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Purge patients (every resource in their compartment, with history), with progress."""
@@ -105,7 +107,7 @@ def purge_command(
     except ProxyError as failure:
         output.error(str(failure))
         raise typer.Exit(UNREACHABLE) from None
-    _report(output, results, dry_run)
+    _report(output, results, dry_run, details)
     raise typer.Exit(0 if all(result.ok for result in results) else NOT_ALL_SUCCESS)
 
 
@@ -235,12 +237,20 @@ async def _direct_one(config: Config, client: FhirClient, limit: asyncio.Semapho
     return done
 
 
-def _report(output: Output, results: list[PatientResult], dry_run: bool) -> None:
+def _report(output: Output, results: list[PatientResult], dry_run: bool, details: bool) -> None:
     ok = sum(result.ok for result in results)
     if output.as_json:
         output.json({"dryRun": dry_run, "ok": ok == len(results), "results": [r.as_json() for r in results]})
         return
-    rows = [(f"Patient/{r.patient}", r.verdict, r.http_status, r.job or "", r.text) for r in results]
-    output.table("Dry run" if dry_run else "Purge", ("Patient", "Verdict", "Status", "Job", "Detail"), rows)
+    columns: tuple[str, ...] = ("Patient", "Verdict", "Status", "Job", "Detail")
+    rows: list[tuple[Any, ...]] = [(f"Patient/{r.patient}", r.verdict, r.http_status, r.job or "", r.text)
+                                   for r in results]
+    if not any(r.job for r in results):  # a direct run (--config) has no jobs
+        columns, rows = columns[:3] + columns[4:], [row[:3] + row[4:] for row in rows]
+    output.table("Dry run" if dry_run else "Purge", columns, rows)
+    for result in results if details else []:
+        output.line(f"Patient/{result.patient}:")
+        for found in result.outcome.get("issue", [])[1:]:
+            output.line(f"  {found.get('severity', '')}: {found.get('diagnostics', '')}")
     expected = "answered" if dry_run else "ended success"
     output.line(f"{ok} of {len(results)} patient(s) {expected}")
