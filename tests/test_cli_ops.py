@@ -59,6 +59,7 @@ async def test_purge_through_the_proxy(proxy: str, medplum_base: str, capsys: py
         assert f"Patient/{patient}: informational" in out
         assert f"Dry run: 74 resource(s) of Patient/{patient} would be deleted" in out
     assert "2 of 2 patient(s) answered" in out
+    assert f"Patient/{patients[1]}: waiting for a free slot (429)" in out  # one job at a time for this caller
     assert seeds.snapshot(medplum_base, list(before)) == before
 
     code, out, _ = await cli(capsys, "purge", "--json", *patients)
@@ -151,6 +152,8 @@ async def test_jobs_list_show_watch_cancel(make_proxy: Any, medplum_base: str,
     assert code == 0 and "cancelled" in out
     code, out, _ = await cli(capsys, "jobs", "cancel", queued_id, *target, "--json")
     assert code == 1 and json.loads(out)["status"] == 404  # a cancelled job is gone for $async
+    code, out, _ = await cli(capsys, "jobs", "show", queued_id, *target)
+    assert code == 1 and f"job {queued_id}: ended not-found (HTTP 404)" in out and "was cancelled" in out
 
     runner = await make_proxy(medplum_base, auth={"admin_token": TOKEN},
                               jobs={"store": store, "poll_seconds": 0.1, "retry_after_seconds": 1})

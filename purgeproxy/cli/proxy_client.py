@@ -103,6 +103,8 @@ class ProxyClient:
             response = _json(answer)["entry"][0]["response"]
             return JobState(url, False, http_status=int(response["status"].split()[0]),
                             outcome=response.get("outcome") or {})
+        if answer.status_code == 404:  # cancelled (by anyone), or removed after jobs.retention_days
+            return JobState(url, False, http_status=404, outcome=_json(answer))
         self.refuse(answer)
         raise AssertionError("unreachable")
 

@@ -154,6 +154,7 @@ def _through_proxy(client: ProxyClient, ids: list[str], dry_run: bool, confirm: 
             while waiting:
                 answer = client.kick_off_purge(waiting[0], dry_run, confirm)
                 if answer.status_code == 429:  # the caller's limit: wait for one of ours to end
+                    view.update(f"Patient/{waiting[0]}", "waiting for a free slot (429)")
                     if not running:
                         time.sleep(float(answer.headers.get("Retry-After", "1")))
                     break
@@ -161,8 +162,8 @@ def _through_proxy(client: ProxyClient, ids: list[str], dry_run: bool, confirm: 
                 if answer.status_code == 202 and "Content-Location" in answer.headers:
                     running[patient] = answer.headers["Content-Location"]
                     view.update(f"Patient/{patient}", "queued")
-                elif answer.status_code in (401, 403):
-                    client.refuse(answer)  # the token is wrong for every patient: stop here
+                elif answer.status_code in (401, 403) and not running and not results:
+                    client.refuse(answer)  # refused at the first patient: the token, most likely
                 else:  # refused before any job: its OperationOutcome is the result
                     results[patient] = PatientResult(patient, answer.status_code, _body(answer), dry_run)
                     view.finish(f"Patient/{patient}", results[patient].verdict)
