@@ -203,18 +203,21 @@ async def _direct(config: Config, ids: list[str], dry_run: bool, confirm: bool,
     client = FhirClient(config.upstream.url, http)
     limit = asyncio.Semaphore(config.purge.concurrency)
     caller = f"cli:{getpass.getuser()}"
+    profiles = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version,
+                            {"purge.excluded_types": config.purge.excluded_types})
     results = []
     try:
         for patient in ids:
-            results.append(await _direct_one(config, client, limit, caller, patient, dry_run, confirm, view))
+            results.append(await _direct_one(config, client, profiles, limit, caller, patient, dry_run,
+                                             confirm, view))
     finally:
         await http.aclose()
         await auth_http.aclose()
     return results
 
 
-async def _direct_one(config: Config, client: FhirClient, limit: asyncio.Semaphore, caller: str,
-                      patient: str, dry_run: bool, confirm: bool, view: ProgressView) -> PatientResult:
+async def _direct_one(config: Config, client: FhirClient, profiles: ProfileCache, limit: asyncio.Semaphore,
+                      caller: str, patient: str, dry_run: bool, confirm: bool, view: ProgressView) -> PatientResult:
     name = f"Patient/{patient}"
 
     async def progress(done: int, total: int) -> None:
@@ -222,8 +225,7 @@ async def _direct_one(config: Config, client: FhirClient, limit: asyncio.Semapho
 
     view.update(name, "resolving the compartment")
     try:
-        profile = await ProfileCache(client, config.upstream.kind, config.upstream.fhir_version,
-                                     {"purge.excluded_types": config.purge.excluded_types}).get()
+        profile = await profiles.get()
         require_hard_delete_possible(config.purge.hard_delete, profile.kind)
         engine = PurgeEngine(client, profile, settings_from(config), limit)
         request = PurgeRequest(patient, dict(profile.definitions.patient_compartment), dry_run, confirm)
