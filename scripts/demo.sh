@@ -32,13 +32,14 @@ stop_all() {
 trap stop_all EXIT
 trap 'exit 130' INT TERM
 
-wait_for() {  # URL PID LOG: until URL answers 200, or the process died
-  for _ in $(seq 1 300); do
-    [[ "$(curl -s -o /dev/null -m 2 -w '%{http_code}' "$1" || true)" == 200 ]] && return 0
+wait_for() {  # URL PID LOG: until URL answers 200 (at most 180 s), or the process died
+  local deadline=$((SECONDS + 180))
+  while (( SECONDS < deadline )); do
+    [[ "$(curl -s -o /dev/null -m 5 -w '%{http_code}' "$1" || true)" == 200 ]] && return 0
     kill -0 "$2" 2>/dev/null || { cat "$3" >&2; exit 1; }
     sleep 0.2
   done
-  echo "demo: $1 did not answer" >&2; cat "$3" >&2; exit 1
+  echo "demo: $1 did not answer" >&2; tail -n 40 "$3" >&2; exit 1
 }
 
 case "$UPSTREAM_KIND" in
@@ -57,7 +58,7 @@ esac
 rm -f "$DEMO_DIR"/jobs.sqlite3*
 "$BIN/purgeproxy" serve --config scripts/demo.yaml --port "$PROXY_PORT" > "$DEMO_DIR/proxy.log" 2>&1 &
 PIDS+=($!)
-wait_for "http://127.0.0.1:${PROXY_PORT}/readyz" "${PIDS[-1]}" "$DEMO_DIR/proxy.log"
+wait_for "http://127.0.0.1:${PROXY_PORT}/healthz" "${PIDS[-1]}" "$DEMO_DIR/proxy.log"  # the upstream is up already
 
 echo "== Upstream ($NAME): $PURGEPROXY_UPSTREAM"
 echo "== purgeproxy: $PURGEPROXY_URL  (token: \$PURGEPROXY_TOKEN=$PURGEPROXY_TOKEN; logs: $DEMO_DIR/proxy.log)"
