@@ -78,8 +78,12 @@ echo
 echo "\$ purgeproxy jobs list"
 "$BIN/purgeproxy" jobs list
 echo
-echo "\$ curl -s $PURGEPROXY_URL/Patient/$FIRST   # gone; the shared Group and Coverage and the AuditEvent stay"
-curl -s "$PURGEPROXY_URL/Patient/$FIRST" | head -c 400; echo
+TAG=${FIRST%-p1}
+for path in "Patient/$FIRST" "Group/$TAG-household" "Coverage/$TAG-family-plan" "AuditEvent/$TAG-audit"; do
+  echo "GET $path -> HTTP $(curl -s -o /dev/null -w '%{http_code}' "$PURGEPROXY_URL/$path")"
+done
+echo "(the Patient is gone; the shared Group and Coverage and the AuditEvent are kept. HAPI refuses to"
+echo " delete a Patient that kept resources still reference: there the purge says incomplete and names them)"
 
 if [[ "${DEMO_KEEP_RUNNING:-1}" == 0 ]]; then exit 0; fi
 cat <<MSG

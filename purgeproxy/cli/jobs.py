@@ -73,6 +73,8 @@ def list_command(
     if as_json:
         output.json({"jobs": jobs})
         return
+    for job in jobs:  # a finished job's progress is its verdict
+        job["progress"] = job.get("resultCode", job.get("progress"))
     output.table(f"{len(jobs)} job(s)", LIST_COLUMNS, [[job.get(c, "") for c in LIST_COLUMNS] for job in jobs])
 
 

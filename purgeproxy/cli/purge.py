@@ -251,9 +251,12 @@ def _report(output: Output, results: list[PatientResult], dry_run: bool, details
     if not any(r.job for r in results):  # a direct run (--config) has no jobs
         columns, rows = columns[:3] + columns[4:], [row[:3] + row[4:] for row in rows]
     output.table("Dry run" if dry_run else "Purge", columns, rows)
-    for result in results if details else []:
-        output.line(f"Patient/{result.patient}:")
-        for found in result.outcome.get("issue", [])[1:]:
+    for result in results:  # every issue with --details; otherwise why a patient is not ok
+        shown = [found for found in result.outcome.get("issue", [])[1:]
+                 if details or (not result.ok and found.get("severity") != "information")]
+        if shown:
+            output.line(f"Patient/{result.patient}:")
+        for found in shown:
             output.line(f"  {found.get('severity', '')}: {found.get('diagnostics', '')}")
     expected = "answered" if dry_run else "ended success"
     output.line(f"{ok} of {len(results)} patient(s) {expected}")
