@@ -177,3 +177,15 @@ async def test_jobs_list_show_watch_cancel(make_proxy: Any, medplum_base: str,
     assert code == 2 and "403" in err
     async with httpx.AsyncClient(timeout=60) as http:  # nothing left behind on the upstream
         assert (await http.get(f"{medplum_base}/Patient/{built.patient}", headers=AUTH)).status_code in (404, 410)
+
+
+async def test_on_a_terminal_bars_and_a_table(proxy: str, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """rich's bars (one per patient and one overall) and a boxed table when stdout is a terminal
+    (``TTY_COMPATIBLE=1`` tells rich so); a dry run of patients that do not exist still answers."""
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")
+    code, out, _ = await cli(capsys, "purge", "--dry-run", "--poll", "0.1", "--proxy", proxy, "--token", TOKEN,
+                             "nobody-1", "nobody-2")
+    assert code == 0, out
+    assert "\x1b[" in out and "overall" in out and "patients done" in out
+    assert "┃" in out and "Patient/nobody-1" in out and "2 of 2 patient(s) answered" in out
