@@ -9,7 +9,7 @@ cancelled, 2 when the proxy cannot be asked or refuses the caller.
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -22,6 +22,7 @@ from purgeproxy.cli.proxy_client import (
     ProxyError,
     ProxyOption,
     TokenOption,
+    body_of,
     verdict_of,
 )
 
@@ -130,10 +131,7 @@ def cancel_command(job: JobId, proxy: ProxyOption = None, token: TokenOption = N
         raise typer.Exit(UNREACHABLE) from None
     finally:
         client.close()
-    try:
-        body: dict[str, Any] = answer.json()
-    except ValueError:
-        body = {}
+    body = body_of(answer)
     if answer.status_code in (401, 403):
         output.error(f"the proxy answered {answer.status_code}: {verdict_of(body)[1]}")
         raise typer.Exit(UNREACHABLE)

@@ -99,12 +99,12 @@ class ProxyClient:
             found = _PROGRESS.search(progress)
             done, total = (int(found.group(1)), int(found.group(2))) if found else (None, None)
             return JobState(url, True, progress, done, total)
-        if answer.status_code == 200 and _json(answer).get("resourceType") == "Bundle":
-            response = _json(answer)["entry"][0]["response"]
+        if answer.status_code == 200 and body_of(answer).get("resourceType") == "Bundle":
+            response = body_of(answer)["entry"][0]["response"]
             return JobState(url, False, http_status=int(response["status"].split()[0]),
                             outcome=response.get("outcome") or {})
         if answer.status_code == 404:  # cancelled (by anyone), or removed after jobs.retention_days
-            return JobState(url, False, http_status=404, outcome=_json(answer))
+            return JobState(url, False, http_status=404, outcome=body_of(answer))
         self.refuse(answer)
         raise AssertionError("unreachable")
 
@@ -120,7 +120,7 @@ class ProxyClient:
             answer = self._send("GET", url, params=params)
             if answer.status_code != 200:
                 self.refuse(answer)
-            bundle = _json(answer)
+            bundle = body_of(answer)
             jobs += [_flat(entry["resource"]) for entry in bundle.get("entry", [])]
             url = next((link["url"] for link in bundle.get("link", []) if link["relation"] == "next"), None)
             params = None  # the next link carries the query
@@ -129,11 +129,12 @@ class ProxyClient:
     @staticmethod
     def refuse(answer: httpx.Response) -> None:
         """Raise the proxy's refusal as one line: its status and the OperationOutcome's text."""
-        code, text = verdict_of(_json(answer))
+        code, text = verdict_of(body_of(answer))
         raise ProxyError(f"the proxy answered {answer.status_code} ({code}): {text or answer.reason_phrase}")
 
 
-def _json(answer: httpx.Response) -> dict[str, Any]:
+def body_of(answer: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object (an OperationOutcome, a Bundle), or ``{}`` when it has none."""
     try:
         body = answer.json()
     except ValueError:

@@ -27,6 +27,7 @@ from purgeproxy.cli.proxy_client import (
     ProxyError,
     ProxyOption,
     TokenOption,
+    body_of,
     verdict_of,
 )
 from purgeproxy.config import Config, ConfigError, load_config
@@ -43,6 +44,7 @@ from purgeproxy.servers.profile import ProfileCache
 
 NOT_ALL_SUCCESS = 1
 USAGE = 2
+INTERRUPTED = 130  # as a shell reports Ctrl-C
 
 
 @dataclass
@@ -107,6 +109,10 @@ def purge_command(
     except ProxyError as failure:
         output.error(str(failure))
         raise typer.Exit(UNREACHABLE) from None
+    except KeyboardInterrupt:
+        output.error("interrupted; through a proxy, the jobs already started keep running "
+                     "(purgeproxy jobs list, jobs cancel ID)")
+        raise typer.Exit(INTERRUPTED) from None
     _report(output, results, dry_run, details)
     raise typer.Exit(0 if all(result.ok for result in results) else NOT_ALL_SUCCESS)
 
@@ -156,7 +162,8 @@ def _through_proxy(client: ProxyClient, ids: list[str], dry_run: bool, confirm: 
                 if answer.status_code == 429:  # the caller's limit: wait for one of ours to end
                     view.update(f"Patient/{waiting[0]}", "waiting for a free slot (429)")
                     if not running:
-                        time.sleep(float(answer.headers.get("Retry-After", "1")))
+                        retry = answer.headers.get("Retry-After", "1")
+                        time.sleep(min(int(retry), 60) if retry.isdigit() else 1)
                     break
                 patient = waiting.pop(0)
                 if answer.status_code == 202 and "Content-Location" in answer.headers:
@@ -165,7 +172,7 @@ def _through_proxy(client: ProxyClient, ids: list[str], dry_run: bool, confirm: 
                 elif answer.status_code in (401, 403) and not running and not results:
                     client.refuse(answer)  # refused at the first patient: the token, most likely
                 else:  # refused before any job: its OperationOutcome is the result
-                    results[patient] = PatientResult(patient, answer.status_code, _body(answer), dry_run)
+                    results[patient] = PatientResult(patient, answer.status_code, body_of(answer), dry_run)
                     view.finish(f"Patient/{patient}", results[patient].verdict)
             for patient, url in list(running.items()):
                 state = client.state(url)
@@ -181,14 +188,6 @@ def _through_proxy(client: ProxyClient, ids: list[str], dry_run: bool, confirm: 
     finally:
         client.close()
     return [results[patient] for patient in ids]
-
-
-def _body(answer: Any) -> dict[str, Any]:
-    try:
-        body = answer.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 async def _direct(config: Config, ids: list[str], dry_run: bool, confirm: bool,
