@@ -324,6 +324,8 @@ class Jobs(_Strict):
     max_attempts: int = Field(5, ge=1, le=100, description="claims of one job before it is an error")
     max_queued: int = Field(100, ge=1, description="jobs queued or running in the store at once "
                             "(all replicas); past it a new job is refused with 429")
+    retention_days: float = Field(30, gt=0, description="finished jobs are kept this long, then the "
+                                  "workers remove them (queued and running jobs are never removed)")
 
     @field_validator("store")
     @classmethod

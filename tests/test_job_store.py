@@ -5,22 +5,25 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import asyncpg
 import pytest
 
 from purgeproxy.jobs.backends import open_store
-from purgeproxy.jobs.sql import SCHEMA, numbered
+from purgeproxy.jobs.sql import SCHEMA, TABLE, numbered
 from purgeproxy.jobs.store import (
     CANCELLED,
     COMPLETED,
     NEW,
     PROCESSING,
+    JobFilter,
     JobStore,
     Quota,
     QuotaExceeded,
 )
+from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -126,3 +129,62 @@ async def test_a_table_from_before_the_caller_column_is_upgraded(tmp_path: Path)
 def test_named_parameters_become_numbered() -> None:
     sql, names = numbered("SELECT :a, :b::int, x::text, :a")
     assert sql == "SELECT $1, $2::int, x::text, $1" and names == ["a", "b"]
+
+
+async def _age(store: JobStore, job_id: str, days: float) -> None:
+    """Move a job's times ``days`` into the past, as if it had been left that long."""
+    await store.fetch(f"UPDATE {TABLE} SET updated_at = updated_at - :age, created_at = created_at - :age "  # type: ignore[attr-defined]
+                      "WHERE id = :id", {"age": days * 86400.0, "id": job_id})
+
+
+async def test_list_filters_and_pages(store: JobStore) -> None:
+    ids = []
+    for caller in ("alice", "alice", "alice", "bob"):
+        job, _ = await store.submit(new_id(), "$purge", f"$purge Patient/{new_id()}", {"caller": caller},
+                                    Quota(caller, 10, 100))
+        ids.append(job.id)
+    await store.submit(new_id(), "$erase", f"$erase Patient/{new_id()}", {"caller": "alice"}, Quota("alice", 10, 100))
+    claimed = await store.claim("w1", 30)  # the oldest: alice's first
+    assert claimed is not None and claimed.id == ids[0]
+    await store.finish(claimed.id, "w1", COMPLETED, {"status": 200, "outcome": {}})
+    await _age(store, ids[0], 2)
+
+    alice = await store.list_jobs(JobFilter(caller="alice"), 10)
+    assert len(alice) == 4 and all(job.payload["caller"] == "alice" for job in alice)
+    assert [job.created_at for job in alice] == sorted((job.created_at for job in alice), reverse=True)
+    assert [job.id for job in await store.list_jobs(JobFilter(status=COMPLETED), 10)] == [ids[0]]
+    assert len(await store.list_jobs(JobFilter(operation="$purge"), 10)) == 4
+    assert len(await store.list_jobs(JobFilter(caller="alice", operation="$purge", status=NEW), 10)) == 2
+    day_ago = datetime.now(UTC) - timedelta(days=1)
+    assert ids[0] not in {job.id for job in await store.list_jobs(JobFilter(since=day_ago), 10)}
+    pages = [await store.list_jobs(JobFilter(), 2, offset) for offset in (0, 2, 4)]
+    assert [len(page) for page in pages] == [2, 2, 1]
+    assert len({job.id for page in pages for job in page}) == 5
+
+
+async def test_retention_removes_old_finished_jobs_only(store: JobStore) -> None:
+    """The workers' sweep removes a finished job older than retention_days; a running job as old
+    and a recently finished one stay."""
+    old_done, _ = await store.submit(new_id(), "$purge", f"$purge Patient/{new_id()}", {})
+    recent_done, _ = await store.submit(new_id(), "$purge", f"$purge Patient/{new_id()}", {})
+    running, _ = await store.submit(new_id(), "$purge", f"$purge Patient/{new_id()}", {})
+    for job in (old_done, recent_done):
+        assert (await store.claim("w1", 30)).id == job.id
+        await store.finish(job.id, "w1", COMPLETED, {"status": 200, "outcome": {}})
+    assert (await store.claim("w1", 3600)).id == running.id  # held by a live worker
+    await _age(store, old_done.id, 31)
+    await _age(store, running.id, 31)
+    await _age(store, recent_done.id, 29)
+
+    pool = WorkerPool(store, {}, WorkerSettings(1, 3600, 0.05, 5, retention_seconds=30 * 86400.0))
+    pool.start()
+    try:
+        for _ in range(100):
+            if await store.get(old_done.id) is None:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await pool.stop(grace=1)
+    assert await store.get(old_done.id) is None
+    assert (await store.get(running.id)).status == PROCESSING
+    assert (await store.get(recent_done.id)).status == COMPLETED

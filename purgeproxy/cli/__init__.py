@@ -10,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from purgeproxy import __version__
-from purgeproxy.cli import check_config, ledger, reapply, receipt, serve
+from purgeproxy.cli import check_config, jobs, ledger, purge, reapply, receipt, serve
 
-COMMANDS = [serve, check_config, receipt, ledger, reapply]
+COMMANDS = [serve, check_config, purge, jobs, receipt, ledger, reapply]
 
 
 def _version(value: bool) -> None:

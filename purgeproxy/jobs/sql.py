@@ -16,7 +16,16 @@ from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from purgeproxy.jobs.store import ACTIVE, FinalStatus, Job, JobStore, Quota, QuotaExceeded, job_from_row
+from purgeproxy.jobs.store import (
+    ACTIVE,
+    FinalStatus,
+    Job,
+    JobFilter,
+    JobStore,
+    Quota,
+    QuotaExceeded,
+    job_from_row,
+)
 
 TABLE = "purgeproxy_jobs"
 _ACTIVE = "(" + ", ".join(f"'{status}'" for status in ACTIVE) + ")"  # ('new', 'processing')
@@ -60,6 +69,17 @@ RELEASE = f"""UPDATE {TABLE} SET owner = NULL, lease_until = NULL
     WHERE id = :id AND owner = :owner AND status = 'processing' RETURNING id"""
 CANCEL = f"""UPDATE {TABLE} SET status = 'cancelled', updated_at = {{now}}
     WHERE id = :id AND status IN {_ACTIVE} RETURNING id"""
+# The job list: every filter is optional (NULL: not filtered), so one text serves every request;
+# the casts let PostgreSQL type a parameter that may be NULL.
+LIST = f"""SELECT * FROM {TABLE}
+    WHERE (CAST(:caller AS TEXT) IS NULL OR caller = :caller)
+      AND (CAST(:status AS TEXT) IS NULL OR status = :status)
+      AND (CAST(:operation AS TEXT) IS NULL OR operation = :operation)
+      AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR updated_at >= :since)
+    ORDER BY created_at DESC, id DESC LIMIT :limit OFFSET :offset"""
+# Retention: finished jobs untouched for longer than ``jobs.retention_days``; active ones stay.
+REMOVE_FINISHED = f"""DELETE FROM {TABLE}
+    WHERE status NOT IN {_ACTIVE} AND updated_at < {{now}} - :age RETURNING id"""
 
 UNLIMITED = 2**62  # the quota of a submit without one; fits PostgreSQL's bigint
 
@@ -153,3 +173,12 @@ class SqlJobStore(JobStore):
         await self.rows(CANCEL, id=job_id)
         return await self.get(job_id)
 
+
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:
+        since = where.since.timestamp() if where.since is not None else None
+        rows = await self.rows(LIST, caller=where.caller, status=where.status, operation=where.operation,
+                               since=since, limit=limit, offset=offset)
+        return [job_from_row(row) for row in rows]
+
+    async def remove_finished(self, older_than_seconds: float) -> int:
+        return len(await self.rows(REMOVE_FINISHED, age=float(older_than_seconds)))

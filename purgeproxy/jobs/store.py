@@ -40,6 +40,7 @@ class Job:
     owner: str | None
     attempts: int
     updated_at: datetime
+    created_at: datetime | None = None  # rows always have it; None only for jobs built by hand
 
     @property
     def active(self) -> bool:
@@ -64,15 +65,28 @@ class QuotaExceeded(Exception):
         self.which, self.limit = which, limit  # which: "caller" or "queue"
 
 
+@dataclass(frozen=True)
+class JobFilter:
+    """Which jobs a list shows; ``None`` leaves a field unfiltered. ``caller`` restricts the list
+    to the jobs that caller submitted."""
+
+    caller: str | None = None
+    status: str | None = None
+    operation: str | None = None
+    since: datetime | None = None  # changed at or after this instant
+
+
+def _instant(value: Any) -> datetime:
+    return value if isinstance(value, datetime) else datetime.fromtimestamp(float(value), UTC)
+
+
 def job_from_row(row: Mapping[str, Any]) -> Job:
     """One row of either backend as a Job; JSON columns may arrive as text or as objects."""
-    updated = row["updated_at"]
-    if not isinstance(updated, datetime):
-        updated = datetime.fromtimestamp(float(updated), UTC)
     return Job(
         id=row["id"], operation=row["operation"], target=row["target"], payload=_json(row["payload"]),
         status=row["status"], total=row["total"], done=row["done"], result=_json(row["result"]),
-        owner=row["owner"], attempts=row["attempts"], updated_at=updated,
+        owner=row["owner"], attempts=row["attempts"], updated_at=_instant(row["updated_at"]),
+        created_at=_instant(row["created_at"]),
     )
 
 
@@ -127,3 +141,12 @@ class JobStore(ABC):
     @abstractmethod
     async def cancel(self, job_id: str) -> Job | None:
         """Mark an active job cancelled; returns the job as it now is, None when unknown."""
+
+    @abstractmethod
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:
+        """Jobs matching ``where``, newest first, ``limit`` of them after skipping ``offset``."""
+
+    @abstractmethod
+    async def remove_finished(self, older_than_seconds: float) -> int:
+        """Delete finished jobs unchanged for longer than this; active jobs are never removed.
+        Returns how many went."""

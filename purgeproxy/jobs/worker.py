@@ -61,6 +61,8 @@ class WorkerSettings:
     lease_seconds: float
     poll_seconds: float
     max_attempts: int
+    retention_seconds: float = 30 * 86400.0  # finished jobs older than this are removed
+    sweep_seconds: float = 3600.0  # how often this pool looks for them
 
 
 class Checkpoint:
@@ -107,6 +109,8 @@ class WorkerPool:
     def start(self) -> None:
         self.tasks = [asyncio.create_task(self._loop(f"{self.name}/{n}"), name=f"job-worker-{n}")
                       for n in range(self.settings.size)]
+        if self.settings.size:  # a pool that runs no job (read-only) leaves the store alone
+            self.tasks.append(asyncio.create_task(self._sweep(), name="job-retention"))
 
     def notify(self) -> None:
         """A job was just stored: look now rather than at the next poll."""
@@ -137,6 +141,19 @@ class WorkerPool:
                 await self._run(job, owner)
             except Exception:  # e.g. the store went away while recording: the lease will expire
                 log.exception("job_worker_error", job_id=job.id, worker=owner)
+
+    async def _sweep(self) -> None:
+        """Remove finished jobs past ``jobs.retention_days``, now and then every ``sweep_seconds``.
+        Every replica may do it: the delete is one conditional statement, so they cannot clash."""
+        while not self.stopping.is_set():
+            try:
+                removed = await self.store.remove_finished(self.settings.retention_seconds)
+                if removed:
+                    log.info("jobs_removed", removed=removed)
+            except Exception:  # the store is unreachable for now: try at the next sweep
+                log.exception("job_sweep_failed")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.settings.sweep_seconds)
 
     async def _idle(self) -> None:
         with contextlib.suppress(asyncio.TimeoutError):

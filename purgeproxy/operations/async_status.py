@@ -9,15 +9,20 @@ is ``[base]/$async/<job-id>`` on any replica (the store is shared); Kodjin's
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from datetime import datetime
+from typing import Any, get_args
+from urllib.parse import urlencode
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
+from purgeproxy.config import Operation
 from purgeproxy.fhir.outcome import OutcomeError, issue, outcome
-from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
+from purgeproxy.jobs.store import CANCELLED, Job, JobFilter, JobStatus, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of
+from purgeproxy.operations.params import BadRequest
 from purgeproxy.render import render
+from purgeproxy.security.errors import Denied
 
 # jobs stored under a name that is not an operation the authorizer knows, and what they are authorized as
 AUTHORIZED_AS = {"$reapply": "$purge"}  # re-applying erasures (purgeproxy.receipts.routes)
@@ -132,7 +137,104 @@ async def patient_purge_status(request: web.Request) -> web.Response:
     return render(request, kodjin_parameters(job))
 
 
+LIST_PAGE = 50  # jobs per page of the list unless ``_count`` says otherwise
+LIST_PAGE_MAX = 500
+LIST_PARAMETERS = {"status", "operation", "_since", "_count", "_offset"}
+
+
+async def _visible_jobs(request: web.Request) -> str | None:
+    """Whose jobs the caller may list: everyone's (``None``) when it may read every job's status,
+    i.e. run every destructive operation on any patient (as the status endpoint asks job by job);
+    otherwise only its own. A caller allowed no operation at all is refused, as on the status
+    endpoint."""
+    allowed: list[str] = []
+    refusal: Denied | None = None
+    for operation in get_args(Operation):
+        try:
+            allowed.append((await caller_of(request, operation, destructive=False)).name)
+        except Denied as denied:
+            refusal = refusal or denied
+        if allowed and refusal is not None:  # the answer is known: its own jobs
+            break
+    if not allowed:
+        assert refusal is not None
+        raise refusal
+    return None if refusal is None else allowed[0]
+
+
+def _list_filter(request: web.Request, caller: str | None) -> tuple[JobFilter, int, int]:
+    """The query's filters, page size and offset; anything unknown or malformed is a 400, never
+    silently ignored (an operator would read a wrong list as the truth)."""
+    query = request.query
+    unknown = sorted(set(query) - LIST_PARAMETERS)
+    if unknown:
+        raise BadRequest(400, "not-supported", f"unknown job list parameter(s): {', '.join(unknown)}")
+    status = query.get("status")
+    if status is not None and status not in get_args(JobStatus):
+        raise BadRequest(400, "invalid", f"status must be one of {', '.join(get_args(JobStatus))}", "status")
+    since = None
+    if "_since" in query:
+        try:
+            since = datetime.fromisoformat(query["_since"].replace("Z", "+00:00"))
+        except ValueError:
+            raise BadRequest(400, "invalid", "_since must be an instant (e.g. 2026-01-01T00:00:00Z)",
+                             "_since") from None
+        if since.tzinfo is None:
+            raise BadRequest(400, "invalid", "_since must carry a time zone", "_since")
+    count = _integer(query, "_count", LIST_PAGE, 1, LIST_PAGE_MAX)
+    offset = _integer(query, "_offset", 0, 0, 2**31)
+    return JobFilter(caller, status, query.get("operation"), since), count, offset
+
+
+def _integer(query: Any, name: str, default: int, low: int, high: int) -> int:
+    text = query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise BadRequest(400, "invalid", f"{name} must be a whole number from {low} to {high}", name)
+    return int(text)
+
+
+def job_summary(job: Job) -> dict[str, Any]:
+    """One job as a ``Parameters`` entry of the list: what it is, how far, and when."""
+    values: list[tuple[str, str, Any]] = [
+        ("id", "valueString", job.id), ("operation", "valueString", job.operation),
+        ("target", "valueString", job.target), ("status", "valueCode", job.status),
+        ("done", "valueInteger", job.done), ("total", "valueInteger", job.total),
+        ("progress", "valueString", progress_text(job) if job.active else job.status),
+        ("caller", "valueString", job.payload.get("caller")),
+        ("createdAt", "valueInstant", job.created_at.isoformat(timespec="seconds") if job.created_at else None),
+        ("updatedAt", "valueInstant", job.updated_at.isoformat(timespec="seconds"))]
+    if not job.active:
+        answer = result_bundle(job)["entry"][0]["response"]
+        values.append(("resultStatus", "valueString", answer["status"]))
+        first = (answer["outcome"].get("issue") or [{}])[0]
+        values.append(("resultCode", "valueCode", first.get("code")))
+    return {"resourceType": "Parameters", "parameter": [
+        {"name": name, kind: value} for name, kind, value in values if value is not None]}
+
+
+async def job_list(request: web.Request) -> web.Response:
+    """``GET [base]/$async``: a searchset Bundle of jobs, newest first, paged with ``next``."""
+    caller = await _visible_jobs(request)
+    where, count, offset = _list_filter(request, caller)
+    jobs = await request.app[JOB_STORE].list_jobs(where, count + 1, offset)  # one more: is there a next page?
+    base = f"{request.app[PASSTHROUGH].mount.public_base(request)}/$async"
+    links = [{"relation": "self", "url": _page_url(base, dict(request.query))}]
+    if len(jobs) > count:
+        links.append({"relation": "next", "url": _page_url(
+            base, {**request.query, "_count": str(count), "_offset": str(offset + count)})})
+    bundle = {"resourceType": "Bundle", "type": "searchset", "link": links,
+              "entry": [{"fullUrl": f"{base}/{job.id}", "resource": job_summary(job)} for job in jobs[:count]]}
+    return render(request, bundle)
+
+
+def _page_url(base: str, query: dict[str, str]) -> str:
+    return f"{base}?{urlencode(query)}" if query else base
+
+
 def add_routes(app: web.Application, base: str) -> None:
+    app.router.add_route("GET", f"{base}/$async", job_list)
     path = f"{base}/$async/{{job_id}}"
     app.router.add_route("GET", path, status)
     app.router.add_route("DELETE", path, cancel)

@@ -37,7 +37,8 @@ async def jobs_context(app: web.Application) -> AsyncIterator[None]:
     size = worker_count(app[CONFIG])
     runners = job_runners(app, OPERATIONS) | {REAPPLY: partial(reapply_job, app)}
     workers = app[JOB_WORKERS] = WorkerPool(store, runners, WorkerSettings(
-        size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts))
+        size, settings.lease_seconds, settings.poll_seconds, settings.max_attempts,
+        retention_seconds=settings.retention_days * 86400.0))
     workers.start()
     log.info("jobs_started", workers=size, backend=type(store).__name__, name=workers.name,
              read_only=app[CONFIG].safety.read_only)
