@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from purgeproxy import metrics
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
 from purgeproxy.engine.report import result_outcome
@@ -25,7 +26,8 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     request = PurgeRequest.from_json(job.payload["request"])
     profile = await app[PROFILE].get()
     engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
-    result = await engine.run(request, checkpoint)
+    with metrics.timed_operation("$purge"):
+        result = await engine.run(request, checkpoint)
     result.removed_earlier = checkpoint.earlier
     await audit_result(app, Caller(job.payload["caller"]), result)
     done = result.complete or request.dry_run
