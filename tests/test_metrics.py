@@ -4,6 +4,7 @@ data, upstream failures counted, and one view over every worker under ``serve --
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -198,3 +199,21 @@ def _wait(root: str, log: Path) -> None:
         except httpx.HTTPError:
             time.sleep(0.2)
     raise AssertionError(f"the proxy did not start:\n{log.read_text()[-3000:]}")
+
+
+def test_the_grafana_dashboard_uses_only_exported_metrics() -> None:
+    """Every metric the dashboard queries is one purgeproxy.metrics defines, and every metric
+    defined has a panel."""
+    from prometheus_client import REGISTRY
+
+    from purgeproxy import metrics
+
+    dashboard = json.loads((ROOT / "deploy/grafana/purgeproxy.json").read_text())
+    queried = {name for panel in dashboard["panels"] for target in panel["targets"]
+               for name in re.findall(r"purgeproxy_\w+", target["expr"])}
+    exported = {sample_name for family in REGISTRY.collect() if family.name.startswith("purgeproxy_")
+                for sample_name in (family.name, f"{family.name}_total", f"{family.name}_count",
+                                    f"{family.name}_sum", f"{family.name}_bucket")}
+    assert queried <= exported, queried - exported
+    defined = {m._name for m in vars(metrics).values() if hasattr(m, "_name") and hasattr(m, "_labelnames")}
+    assert {d for d in defined if not any(q.startswith(d) for q in queried)} == set()
