@@ -160,9 +160,9 @@ class WorkerPool:
         log.info("job_started", job_id=job.id, operation=job.operation, attempt=job.attempts,
                  worker=owner, resumed_from=job.done)
         try:
-            outcome = await self._outcome(job, checkpoint)
-            await self._finish(job, owner, outcome, checkpoint.done)
-            return outcome.status
+            answer = await self._outcome(job, checkpoint)
+            await self._finish(job, owner, answer, checkpoint.done)
+            return answer.status
         except JobCancelled:
             await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done),
                                     checkpoint.done)
