@@ -15,11 +15,13 @@ import time
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from purgeproxy import metrics
 from purgeproxy.fhir.outcome import FHIR_JSON, error
-from purgeproxy.logs import get_logger
+from purgeproxy.logs import bind_request_id, get_logger
 
 REQUEST_ID = web.RequestKey("request_id", str)
 UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
+PASSED_THROUGH = web.RequestKey("passed_through", bool)  # set by the pass-through route: metered
 
 log = get_logger("purgeproxy.access")
 
@@ -53,12 +55,15 @@ def _request_id(request: web.Request) -> str:
 
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tag the request with an id and log the outcome."""
+    """Tag the request with an id (bound to every log line of the request), log the outcome and
+    meter pass-through requests."""
     request[REQUEST_ID] = rid = _request_id(request)
+    bind_request_id(rid)  # aiohttp runs each request in its own task: the binding ends with it
     started = time.perf_counter()
     response = await handler(request)  # failures were answered by purgeproxy.errors, inside
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
+    latency = time.perf_counter() - started
     log.info(
         "request",
         request_id=rid,
@@ -66,6 +71,8 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
         path=request.rel_url.raw_path,
         status=response.status,
         upstream_status=request.get(UPSTREAM_STATUS),
-        latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        latency_ms=round(latency * 1000, 2),
     )
+    if PASSED_THROUGH in request:
+        metrics.passthrough_answered(request.method, response.status, latency, request.get(UPSTREAM_STATUS))
     return response

@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from purgeproxy import operations, routes
-from purgeproxy.access_log import access_log
+from purgeproxy import metrics, operations, routes
+from purgeproxy.access_log import PASSED_THROUGH, access_log
 from purgeproxy.app_keys import (
     AUTHORIZER,
     CALLER_LIMITS,
@@ -73,7 +73,7 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     )
     app[AUTHORIZER] = make_authorizer(config, auth_http)
     app[CALLER_LIMITS] = CallerLimits(config.auth.max_concurrent_per_caller, config.auth.retry_after_seconds)
-    app[FHIR_CLIENT] = client = FhirClient(config.upstream.url, http)
+    app[FHIR_CLIENT] = client = FhirClient(config.upstream.url, http, metrics.proxy_call_failed)
     app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version,
                                 {"purge.excluded_types": config.purge.excluded_types})
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
@@ -84,6 +84,7 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _passthrough(request: web.Request) -> web.StreamResponse:
+    request[PASSED_THROUGH] = True
     return await request.app[PASSTHROUGH].handle(request)
 
 
@@ -97,6 +98,7 @@ def create_app(config: Config) -> web.Application:
     base = config.server.base_path
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
+    app.router.add_get("/metrics", routes.metrics)
     app.router.add_get(f"{base}/metadata", routes.metadata)
     operations.add_routes(app, base)
     receipt_routes.add_routes(app, base)

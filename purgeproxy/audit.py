@@ -10,9 +10,11 @@ block the purge itself.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from purgeproxy import metrics
 from purgeproxy.engine.result import Result
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.logs import get_logger
@@ -33,6 +35,7 @@ async def audit_result(result: Result, caller: str, client: FhirClient, limit: a
     counts = result.counts()
     state = "dry-run" if result.dry_run else ("success" if result.complete else "incomplete")
     record(result.operation, subject, caller, state, counts, result.dry_run)
+    metrics.record_result(result)
     if not write_event or result.dry_run:
         return
     system = PATIENT_ID_SYSTEM if result.purge is not None else TARGET_SYSTEM
@@ -45,6 +48,24 @@ async def audit_result(result: Result, caller: str, client: FhirClient, limit: a
             await client.request("POST", "AuditEvent", json=event)
     except UpstreamError as failure:
         result.errors.append(f"the AuditEvent could not be written: {failure.text}")
+
+
+@dataclass
+class Attempt:
+    """A destructive request as far as its handler got: the operation, its patient (a purge) and,
+    once authorized, the caller. Kept on the request so that a refusal can be audited."""
+
+    operation: str
+    patient_id: str | None = None
+    caller: str | None = None
+
+
+def refused(attempt: Attempt, status: int, code: str) -> None:
+    """A destructive request refused (401, 403, 422, 429): audited like one that ran, with the
+    refusal's status and code (never its text, which may name what the caller sent)."""
+    log.info("audit", operation=attempt.operation, patient_id=attempt.patient_id, caller=attempt.caller,
+             outcome="refused", status=status, code=code)
+    metrics.record_refusal(attempt.operation)
 
 
 def record(operation: str, patient_id: str, caller: str, outcome: str, counts: dict[str, int],

@@ -367,6 +367,7 @@ class Expunge(_Strict):
 
 class Logging(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["json", "console"] = "json"  # console: human-readable lines for a terminal
 
 
 class Config(_Strict):

@@ -4,7 +4,8 @@ Handlers, the engine and the auth layer raise :class:`~purgeproxy.fhir.outcome.O
 (refusals, upstream failures, the confirmation rail) and never build error responses
 themselves; this middleware answers each with its OperationOutcome, status and headers, in the
 format the request asks for (``purgeproxy.render.render_failure``: JSON when that format cannot be
-produced). Outcomes made further in (``access_log.outcome_response``: the pass-through's refusals
+produced), and audits the refusal of a destructive request (so every refusal is audited, in
+one place). Outcomes made further in (``access_log.outcome_response``: the pass-through's refusals
 and upstream failures) are rendered the same way. Anything else that escapes a handler is a bug:
 answered 500 without echoing the request, and logged by exception type only, because its message
 may quote patient data.
@@ -15,12 +16,17 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from purgeproxy import audit
 from purgeproxy.access_log import REQUEST_ID, OutcomeResponse
 from purgeproxy.fhir.outcome import OutcomeError, error
 from purgeproxy.logs import get_logger
 from purgeproxy.render import render_failure
 
 log = get_logger("purgeproxy.errors")
+
+# the destructive request this is, once its handler named it (operations.common.caller_of)
+ATTEMPT = web.RequestKey("destructive_attempt", audit.Attempt)
+AUDITED_REFUSALS = frozenset({401, 403, 422, 429})  # refused destructive requests get an audit line
 
 
 def error_response(request: web.Request, failure: OutcomeError) -> web.Response:
@@ -33,6 +39,9 @@ async def outcome_errors(request: web.Request, handler: Handler) -> web.StreamRe
     try:
         response = await handler(request)
     except OutcomeError as failure:
+        attempt = request.get(ATTEMPT)
+        if attempt is not None and failure.status in AUDITED_REFUSALS:
+            audit.refused(attempt, failure.status, failure.code)
         return error_response(request, failure)
     except web.HTTPException as http_error:  # the router's own 404 / 405
         code = "not-found" if http_error.status == 404 else "processing"

@@ -1,7 +1,9 @@
-"""Structured JSON logging.
+"""Structured logging: JSON lines, or a human-readable format for terminals.
 
-Everything the proxy logs goes through structlog as one JSON object per line, and so do the
-standard library's loggers (aiohttp's, asyncio's): one renderer. Callers pass only identifiers,
+Everything the proxy logs goes through structlog as one JSON object per line (``logging.format:
+json``, the default) or one coloured line of ``key=value`` pairs (``console``), and so do the
+standard library's loggers (aiohttp's, asyncio's): one renderer. The id of the request being
+served (:func:`bind_request_id`) is in every line logged while it is served, audit lines included. Callers pass only identifiers,
 paths without queries, statuses and counts: never bodies, tokens or query values, because they
 are patient data. What other libraries log is redacted on the way (:func:`redact`), and every
 exception is logged by type and stack frames, never by its message, which may quote a request.
@@ -22,9 +24,12 @@ _BEARER = re.compile(r"(?i)\b(?:bearer|basic)\s+[^\s'\",]+")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 
 
-def configure(level: str = "info") -> None:
-    """Route structlog and the standard library's logging to JSON lines on stderr."""
+def configure(level: str = "info", fmt: str = "json") -> None:
+    """Route structlog and the standard library's logging to stderr, as JSON lines or (``fmt``
+    ``console``) structlog's console renderer."""
     numeric = logging.getLevelName(level.upper())
+    renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=True)
+                     if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=True))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -36,14 +41,14 @@ def configure(level: str = "info") -> None:
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared, redact],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                    structlog.processors.JSONRenderer(sort_keys=True)],
+                    renderer],
     ))
     logging.basicConfig(level=numeric, handlers=[handler], force=True)
     logging.getLogger("aiohttp.access").disabled = True  # our own access log replaces it
     for chatty in ("httpx", "httpcore"):  # they log full URLs, query values included
         logging.getLogger(chatty).setLevel(logging.WARNING)
     structlog.configure(
-        processors=[*shared, structlog.processors.JSONRenderer(sort_keys=True)],
+        processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
@@ -52,6 +57,18 @@ def configure(level: str = "info") -> None:
 
 def get_logger(name: str) -> Any:
     return structlog.get_logger(logger_name=name)
+
+
+def bind_request_id(request_id: str | None) -> None:
+    """Every line logged from here on in this task (and the tasks it starts) carries the id."""
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+
+
+def current_request_id() -> str | None:
+    """The id bound by :func:`bind_request_id` in this task, if any: sent upstream as
+    ``X-Request-Id`` so that the upstream's logs can be joined with the proxy's."""
+    value = structlog.contextvars.get_contextvars().get("request_id")
+    return value if isinstance(value, str) else None
 
 
 def _logger_name(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The proxy's own non-destructive routes: liveness, readiness and the CapabilityStatement."""
+"""The proxy's own non-destructive routes: liveness, readiness, metrics and the CapabilityStatement."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 from aiohttp import web
 
+from purgeproxy import metrics as prometheus
 from purgeproxy.access_log import UPSTREAM_STATUS
 from purgeproxy.app_keys import FHIR_CLIENT, OPERATIONS, PASSTHROUGH
 from purgeproxy.capabilities import advertise
@@ -32,6 +33,11 @@ async def readyz(request: web.Request) -> web.Response:
             status=503,
         )
     return web.json_response({"status": "ready"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    """Prometheus text format, over every worker process under ``serve --workers N``."""
+    return web.Response(body=prometheus.exposition(), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
 
 async def metadata(request: web.Request) -> web.StreamResponse:

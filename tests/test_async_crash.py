@@ -99,6 +99,9 @@ def test_sqlite_job_resumes_after_kill_9_and_restart(medplum_base: str, tmp_path
         response = _result(second, job_id)
         resumed = time.monotonic() - started
         purged = _purged(second, job_id)
+        metrics = httpx.get(second.base.rsplit("/fhir", 1)[0] + "/metrics", timeout=30).text
+    assert 'purgeproxy_job_leases_taken_over_total{operation="$purge"} 1.0' in metrics  # the dead one's lease
+    assert 'purgeproxy_jobs_finished_total{operation="$purge",status="completed"} 1.0' in metrics
     _assert_clean(medplum_base, seed, before, response)
     assert len(seed.in_scope) - BATCH <= purged <= len(seed.in_scope)  # counters continued
     reported = int(re.search(r"\((\d+) deleted\)", response["outcome"]["issue"][0]["diagnostics"]).group(1))

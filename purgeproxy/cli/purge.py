@@ -145,7 +145,7 @@ def _load(path: Path, output: Output) -> Config:
     if config.safety.read_only:
         output.error("the configuration is read-only (safety.read_only): nothing is purged")
         raise typer.Exit(USAGE)
-    logs.configure(config.logging.level)  # the audit lines, as JSON on stderr
+    logs.configure(config.logging.level, config.logging.format)  # the audit lines on stderr
     return config
 
 

@@ -13,15 +13,16 @@ import multiprocessing.process
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from aiohttp import web
 
-from purgeproxy import logs, serving
+from purgeproxy import logs, metrics, serving
 from purgeproxy.app import create_app
+from purgeproxy.app_keys import PROFILE
 from purgeproxy.config import Config, ConfigError, parse_config, read_document
 from purgeproxy.config_warnings import config_warnings
 
@@ -33,7 +34,7 @@ def _run(config: Config, warnings: Sequence[str] = ()) -> None:
 
     Not ``web.run_app``: it cannot be given :class:`purgeproxy.serving.ProxyRunner`, whose
     connection handler answers the HTTP parser's errors without echoing the request."""
-    logs.configure(config.logging.level)
+    logs.configure(config.logging.level, config.logging.format)
     logs.get_logger("purgeproxy").info(
         "starting",
         listen=f"{config.server.host}:{config.server.port}",
@@ -44,8 +45,10 @@ def _run(config: Config, warnings: Sequence[str] = ()) -> None:
         logs.get_logger("purgeproxy").warning("config_warning", detail=warning)
     loop = _event_loop()
     asyncio.set_event_loop(loop)
+    app = create_app(config)
+    app.cleanup_ctx.append(_announce_upstream)
     main = loop.create_task(serving.serve_forever(
-        create_app(config), config.server.host, config.server.port, config.server.workers > 1))
+        app, config.server.host, config.server.port, config.server.workers > 1))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -60,6 +63,14 @@ def _run(config: Config, warnings: Sequence[str] = ()) -> None:
                 loop.run_until_complete(main)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+async def _announce_upstream(app: web.Application) -> AsyncIterator[None]:
+    """The upstream's kind, FHIR version and hard delete, detected and logged at start in the
+    background: serving does not wait for an upstream that may still be starting."""
+    task = asyncio.create_task(app[PROFILE].announce())
+    yield
+    task.cancel()
 
 
 def _event_loop() -> asyncio.AbstractEventLoop:
@@ -81,7 +92,8 @@ def serve(config: Config, warnings: Sequence[str] = ()) -> None:
     if config.server.workers == 1 or config.server.port == 0:
         _run(config, warnings)
         return
-    context = multiprocessing.get_context("spawn")
+    samples = metrics.prepare_multiprocess()  # before the workers start: they inherit it
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: prometheus_client sees it
     workers = [context.Process(target=_run, args=(config, warnings), daemon=True) for _ in range(config.server.workers)]
     for worker in workers:
         worker.start()
@@ -89,8 +101,12 @@ def serve(config: Config, warnings: Sequence[str] = ()) -> None:
     try:
         for worker in workers:
             worker.join()
+            if worker.pid is not None:
+                metrics.worker_exited(worker.pid)
     except KeyboardInterrupt:
         _stop(workers)
+    finally:
+        metrics.remove_multiprocess(samples)
     failed = [worker.exitcode for worker in workers if worker.exitcode]
     if failed:  # e.g. every worker found the job store unusable: the process says so too
         raise SystemExit(failed[0])

@@ -15,7 +15,7 @@ search or verification read can forget it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from purgeproxy.fhir.outcome import (
     UPSTREAM_UNREACHABLE,
     OutcomeError,
 )
+from purgeproxy.logs import current_request_id
 from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
 FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
@@ -51,9 +52,13 @@ class FhirResponse:
 class FhirClient:
     """JSON-only FHIR REST calls against one upstream base URL."""
 
-    def __init__(self, base_url: str, http: httpx.AsyncClient) -> None:
+    def __init__(self, base_url: str, http: httpx.AsyncClient,
+                 on_failure: Callable[[int], None] = lambda status: None) -> None:
+        """``on_failure`` is told the status (502, 504) of every call that got no usable answer
+        (the app counts them in its metrics)."""
         self.base_url = base_url.rstrip("/")
         self.http = http
+        self.on_failure = on_failure
 
     def url(self, path: str) -> str:
         """Absolute URLs (paging links) as they are; paths relative to the base; "" the base."""
@@ -80,18 +85,20 @@ class FhirClient:
         auth = None if for_client else httpx.USE_CLIENT_DEFAULT
         if json is not None:
             sent["Content-Type"] = FHIR_JSON
+        request_id = current_request_id()
+        if request_id is not None:
+            sent["X-Request-Id"] = request_id  # the upstream's logs join the proxy's
         try:
             response = await self._send(method, self.url(path), params, json, sent, auth)
-        except httpx.TimeoutException:
-            raise UpstreamError(504, "timeout", UPSTREAM_TIMEOUT) from None
-        except httpx.HTTPError as error:
-            tls = tls_failure(error, self.base_url.startswith("https:"))
-            if tls is not None:
-                raise UpstreamError(502, "security" if tls == UPSTREAM_TLS else "transient", tls) from None
-            if isinstance(error, httpx.ConnectError):
-                raise UpstreamError(502, "transient", UPSTREAM_UNREACHABLE) from None
-            raise UpstreamError(502, "transient", UPSTREAM_MALFORMED) from None
-        return FhirResponse(response.status_code, response.headers, _json_body(response))
+            return FhirResponse(response.status_code, response.headers, _json_body(response))
+        except httpx.HTTPError as failure:
+            raise self._failed(_upstream_error(failure, self.base_url.startswith("https:"))) from None
+        except UpstreamError as failure:
+            raise self._failed(failure) from None
+
+    def _failed(self, failure: UpstreamError) -> UpstreamError:
+        self.on_failure(failure.status)
+        return failure
 
     async def _send(self, method: str, url: str, params: Any, json: Any, headers: dict[str, str],
                     auth: Any) -> httpx.Response:
@@ -121,6 +128,17 @@ def _idempotent(method: str, body: Any) -> bool:
     entries = body.get("entry") or []
     return all(isinstance(e, dict) and "resource" not in e
                and (e.get("request") or {}).get("method") in ("GET", "DELETE") for e in entries)
+
+
+def _upstream_error(failure: httpx.HTTPError, over_tls: bool) -> UpstreamError:
+    if isinstance(failure, httpx.TimeoutException):
+        return UpstreamError(504, "timeout", UPSTREAM_TIMEOUT)
+    tls = tls_failure(failure, over_tls)
+    if tls is not None:
+        return UpstreamError(502, "security" if tls == UPSTREAM_TLS else "transient", tls)
+    if isinstance(failure, httpx.ConnectError):
+        return UpstreamError(502, "transient", UPSTREAM_UNREACHABLE)
+    return UpstreamError(502, "transient", UPSTREAM_MALFORMED)
 
 
 def _json_body(response: httpx.Response) -> Any:

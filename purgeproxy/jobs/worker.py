@@ -20,6 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import structlog
+
+from purgeproxy import metrics
 from purgeproxy.fhir.outcome import OutcomeError, error, issue, outcome
 from purgeproxy.jobs.store import CANCELLED, ERROR, Job, JobStore
 from purgeproxy.logs import get_logger
@@ -161,21 +164,34 @@ class WorkerPool:
         self.wake.clear()
 
     async def _run(self, job: Job, owner: str) -> None:
+        """One attempt, its log lines carrying the id of the request that created the job (sent
+        upstream as ``X-Request-Id`` too) and the job's id."""
+        with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
+                metrics.job_running(job.operation, job.attempts):
+            metrics.job_finished(job.operation, await self._attempt(job, owner))
+
+    async def _attempt(self, job: Job, owner: str) -> str:
+        """Run the job; how the attempt ended (the job's final status, or released / lease-lost)."""
         checkpoint = Checkpoint(self.store, job, owner, self.settings.lease_seconds, self.stopping)
         heart = asyncio.create_task(self._heartbeat(job, owner))
         log.info("job_started", job_id=job.id, operation=job.operation, attempt=job.attempts,
                  worker=owner, resumed_from=job.done)
         try:
-            await self._finish(job, owner, await self._outcome(job, checkpoint), checkpoint.done)
+            answer = await self._outcome(job, checkpoint)
+            await self._finish(job, owner, answer, checkpoint.done)
+            return answer.status
         except JobCancelled:
             await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done),
                                     checkpoint.done)
             log.info("job_cancelled", job_id=job.id, removed=checkpoint.done)
+            return CANCELLED
         except LeaseLost:
             log.warning("job_lease_lost", job_id=job.id, worker=owner)
+            return "lease-lost"
         except (ShuttingDown, asyncio.CancelledError):
             await self.store.release(job.id, owner)
             log.info("job_released", job_id=job.id, removed=checkpoint.done)
+            return "released"
         finally:
             heart.cancel()
 

@@ -15,6 +15,8 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from purgeproxy import metrics
+from purgeproxy.access_log import REQUEST_ID
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
 from purgeproxy.config import Operation
 from purgeproxy.fhir.outcome import OutcomeError, issue, outcome
@@ -53,12 +55,14 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
     429 when the caller (``payload["caller"]``) or the whole store has too many jobs active."""
     limits = request.app[CALLER_LIMITS]
     quota = Quota(payload["caller"], limits.free(payload["caller"]), request.app[CONFIG].jobs.max_queued)
+    carried = {**payload, "request_id": request[REQUEST_ID]}  # the job's log lines and upstream calls carry it
     try:
         job, created = await request.app[JOB_STORE].submit(uuid.uuid4().hex, operation,
-                                                           f"{operation} {target}", payload, quota)
+                                                           f"{operation} {target}", carried, quota)
     except QuotaExceeded as full:
         raise (limits.caller_refusal() if full.which == "caller" else limits.queue_refusal(full.limit)) from None
     if created:
+        metrics.job_queued(operation)
         request.app[JOB_WORKERS].notify()
     url = status_url(request, job.id)
     text = (f"{what} was accepted as job {job.id}; poll {url} for its progress and result" if created

@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy.app_keys import AUTHORIZER, CONFIG, PROFILE
+from purgeproxy.audit import Attempt
+from purgeproxy.errors import ATTEMPT
 from purgeproxy.forwarding import unsafe_path_reason
 from purgeproxy.operations.params import BadRequest, check_xml, is_xml
 from purgeproxy.render import requested_of
@@ -22,12 +24,17 @@ async def caller_of(request: web.Request, operation: str, destructive: bool = Tr
     deletes nothing, and cancelling is exactly what an operator who just flipped the switch wants.
     """
     requested_of(request)  # a format the proxy cannot produce is refused (406) before any work
+    if destructive:  # from here on, a refusal of this request is audited (purgeproxy.errors)
+        request[ATTEMPT] = attempt = Attempt(operation, patient)
     if destructive and request.app[CONFIG].safety.read_only:
         raise Denied(403, "purgeproxy is read-only (safety.read_only): destructive operations are refused")
     reason = unsafe_path_reason(request.raw_path)
     if reason:
         raise BadRequest(400, "invalid", reason)
-    return await request.app[AUTHORIZER].authorize(request.headers.get("Authorization"), operation, patient)
+    caller = await request.app[AUTHORIZER].authorize(request.headers.get("Authorization"), operation, patient)
+    if destructive:
+        attempt.caller = caller.name
+    return caller
 
 
 async def bounded_body(request: web.Request) -> bytes:

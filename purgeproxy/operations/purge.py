@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from purgeproxy import metrics
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
@@ -32,7 +33,7 @@ def settings_from(config: Config) -> PurgeSettings:
     policy = Policy(frozenset(purge.excluded_types), purge.shared == "delete")
     return PurgeSettings(policy, purge.batch_size, purge.page_size, purge.max_rounds, purge.hard_delete,
                          purge.max_without_confirm, purge.outside_references, purge.outside_references_members,
-                         attachments=purge.attachments)
+                         attachments=purge.attachments, observer=metrics.PHASES)
 
 
 async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile, str | None]:
@@ -68,7 +69,8 @@ async def handle(request: web.Request) -> web.Response:
         payload = {"request": purge_request.to_json(), "caller": caller.name, "reason": reason}
         target = f"Patient/{purge_request.patient_id}" + (" (dry run)" if purge_request.dry_run else "")
         return await kick_off(request, "$purge", target, payload, f"The $purge of Patient/{purge_request.patient_id}")
-    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
+    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)), \
+            metrics.timed_operation("$purge"):
         result = await engine.run(purge_request)
     await audit_result(request.app, caller, result, reason)
     status = result.interruption.status if result.interruption else 200

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from purgeproxy import metrics
 from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
 from purgeproxy.engine.reason import ERASURE_REASON
@@ -27,7 +28,8 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     ERASURE_REASON.set(job.payload.get("reason"))
     profile = await app[PROFILE].get()
     engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
-    result = await engine.run(request, checkpoint)
+    with metrics.timed_operation("$purge"):
+        result = await engine.run(request, checkpoint)
     result.removed_earlier = checkpoint.earlier
     await audit_result(app, Caller(job.payload["caller"]), result, job.payload.get("reason"))
     done = result.complete or request.dry_run

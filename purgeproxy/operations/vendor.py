@@ -12,6 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
+from purgeproxy import metrics
 from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
@@ -47,14 +48,15 @@ async def app_context(app: web.Application) -> Context:
     profile = await app[PROFILE].get()
     return Context(app[FHIR_CLIENT], profile, app[UPSTREAM_LIMIT], config.purge.batch_size,
                    config.purge.page_size, config.purge.hard_delete, frozenset(config.purge.excluded_types),
-                   config.purge.max_without_confirm)
+                   config.purge.max_without_confirm, observer=metrics.PHASES)
 
 
 async def run(request: web.Request, operation: str, work: Work) -> web.StreamResponse:
     """Authorize as ``$purge`` does, then run ``work`` in one of the caller's concurrency slots.
     Refusals and upstream failures are raised through: ``purgeproxy.errors`` answers them."""
     caller = await caller_of(request, operation)
-    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)):
+    with request.app[CALLER_LIMITS].hold(caller.name, await request.app[JOB_STORE].active_jobs(caller.name)), \
+            metrics.timed_operation(operation):
         return await work(await context_of(request), caller)
 
 

@@ -13,8 +13,11 @@ from typing import Any
 
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.definitions import FhirDefinitions, definitions_for, type_name_problem
+from purgeproxy.logs import get_logger
 from purgeproxy.servers.base import ServerKind
 from purgeproxy.servers.registry import detect, kind_named
+
+log = get_logger("purgeproxy.upstream")
 
 DEFAULT_FHIR_VERSION = "4.0.1"
 
@@ -94,5 +97,15 @@ class ProfileCache:
             definitions = definitions_for(version)
         except KeyError:
             raise UpstreamError(502, "not-supported", f"FHIR version {version} is not supported") from None
+        log.info("upstream_detected", kind=kind.name, fhir_version=definitions.fhir_version,
+                 hard_delete_method=kind.hard_delete_method, kind_configured=self.kind != "auto")
         return UpstreamProfile(kind, definitions, searchable_pairs(document) if is_statement else None,
                                kind.normalises_references)
+
+    async def announce(self) -> None:
+        """Learn the profile now, at start, so that the log says at once what the upstream was
+        taken for; an upstream still down is tried again on first use."""
+        try:
+            await self.get()
+        except UpstreamError as failure:
+            log.warning("upstream_not_detected", status=failure.status, code=failure.code)
