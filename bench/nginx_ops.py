@@ -11,6 +11,8 @@ import re
 import shutil
 from pathlib import Path
 
+from bench.targets import Processes, Target, free_port, wait_ready
+
 TEMPLATE = Path(__file__).resolve().parent.parent / "deploy" / "nginx" / "purgeproxy-operations-only.conf.template"
 NAMES = ("LISTEN", "FHIR_BASE", "UPSTREAM", "PURGEPROXY")
 _PLACEHOLDER = re.compile(r"\$\{(" + "|".join(NAMES) + r")\}")
@@ -66,3 +68,24 @@ def write_conf(workdir: Path, listen: int, fhir_base: str, upstream: str, purgep
 def argv(binary: str, workdir: Path, conf: Path) -> list[str]:
     return [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "nginx-error.log"),
             "-g", "daemon off;"]
+
+
+def start_operations_only(procs: Processes, upstream: Target, proxy: Target) -> Target | None:
+    """The deployment as a bench row: nginx in front of ``upstream``, destructive requests to
+    ``proxy``; the bench's ordinary GETs go straight to the upstream. None without nginx."""
+    binary = nginx_binary()
+    if binary is None:
+        return None
+    workdir = procs.workdir / "nginx-operations-only"
+    workdir.mkdir(exist_ok=True)
+    port = free_port()
+    conf = write_conf(workdir, port, "/fhir", _hostport(upstream.base_url), _hostport(proxy.base_url))
+    child = procs.start("nginx-operations-only", argv(binary, workdir, conf))
+    target = Target("nginx-ops", "nginx operations-only (ordinary → upstream)",
+                    f"http://127.0.0.1:{port}/fhir", child)
+    wait_ready(child, target.patient_url)
+    return target
+
+
+def _hostport(base_url: str) -> str:
+    return base_url.split("://", 1)[1].split("/", 1)[0]
