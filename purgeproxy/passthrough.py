@@ -46,7 +46,8 @@ from purgeproxy.logs import get_logger
 CHUNK = 64 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json")
 # aiohttp adds these when missing; a transparent proxy must send exactly what the client sent.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Set on the session (purgeproxy.app), not per request: per request aiohttp rebuilds the set.
+NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 log = get_logger("purgeproxy.passthrough")
 
@@ -202,7 +203,6 @@ class Passthrough:
                 url,
                 headers=headers,
                 data=data,
-                skip_auto_headers=_NO_AUTO_HEADERS,
                 allow_redirects=False,
                 compress=None,
             )
