@@ -6,7 +6,7 @@ MEDPLUM := upstreams/medplum
 HAPI := upstreams/hapi
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install upstreams medplum hapi postgresql lint test run bench bench-tools clean
+.PHONY: install upstreams medplum hapi postgresql nginx lint test run bench bench-tools clean
 
 install: $(BIN)/purgeproxy
 
@@ -32,12 +32,17 @@ postgresql:
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y postgresql; }
 
+# The operations-only deployment's test (tests/test_nginx_deployment.py) runs Debian's nginx on deploy/nginx/.
+nginx:
+	@command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx; }
+
 # Style and static types (settings in pyproject.toml: mypy is strict on engine, fhir and servers).
 lint: install
 	$(BIN)/ruff check purgeproxy tests bench
 	$(BIN)/mypy purgeproxy
 
-test: install lint upstreams postgresql
+test: install lint upstreams postgresql nginx
 	$(BIN)/pytest -ra
 
 run: install medplum

@@ -31,7 +31,7 @@ from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
 from purgeproxy.operations.unit import advertised
-from purgeproxy.passthrough import Passthrough
+from purgeproxy.passthrough import NO_AUTO_HEADERS, Passthrough
 from purgeproxy.receipts import routes as receipt_routes
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
@@ -56,6 +56,7 @@ def _passthrough_session(config: Config) -> aiohttp.ClientSession:
         timeout=timeout,
         auto_decompress=False,  # Content-Encoding passes through untouched
         cookie_jar=aiohttp.DummyCookieJar(),  # never mix one client's cookies into another's
+        skip_auto_headers=NO_AUTO_HEADERS,  # send exactly the headers the client sent
     )
 
 

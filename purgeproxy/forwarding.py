@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -43,9 +44,10 @@ def unsafe_path_reason(raw_path: str) -> str | None:
     resource than the one the proxy checked.
     """
     path = raw_path.split("?", 1)[0]
-    if _UNSAFE_SEGMENT.search(path):
+    # Without '.' or '%' neither pattern can match (most requests): no regex search for them.
+    if ("." in path or "%" in path) and _UNSAFE_SEGMENT.search(path):
         return "dot segments are not allowed in the path"
-    if _UNSAFE_ESCAPE.search(path):
+    if "%" in path and _UNSAFE_ESCAPE.search(path):
         return "encoded '/', '\\', '?', '#' or NUL are not allowed in the path"
     if "\\" in path or "//" in path:
         return "empty segments and backslashes are not allowed in the path"
@@ -54,15 +56,25 @@ def unsafe_path_reason(raw_path: str) -> str | None:
 
 def _connection_tokens(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
     tokens: set[str] = set()
-    for value in headers.getall("Connection", []):
-        tokens.update(t.strip().lower() for t in value.split(",") if t.strip())
+    for value in headers.getall("Connection", ()):
+        for token in value.split(","):
+            token = token.strip().lower()
+            if token:
+                tokens.add(token)
     return tokens
 
 
 def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> CIMultiDict[str]:
-    """The headers a proxy may pass on: all but hop-by-hop ones and those named in Connection."""
-    drop = HOP_BY_HOP | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+    """The headers a proxy may pass on: all but hop-by-hop ones and those named in Connection.
+
+    A copy with the few names deleted, not a filtered rebuild: multidict copies in C, and a
+    Python-level pass over every header measured ~5x slower per request."""
+    result = CIMultiDict(headers)
+    drop = HOP_BY_HOP | _connection_tokens(headers) if "Connection" in headers else HOP_BY_HOP
+    for name in drop:
+        if name in result:
+            del result[name]
+    return result
 
 
 @dataclass(frozen=True)
@@ -126,20 +138,32 @@ def upstream_request_headers(
     ApacheProxyAddressStrategy) build links that point at the proxy.
     """
     headers = end_to_end(incoming)
-    headers.popall("Host", None)
-    previous_for = ", ".join(headers.popall("X-Forwarded-For", []))
-    headers["X-Forwarded-For"] = f"{previous_for}, {client.address}" if previous_for else client.address
-    headers["X-Forwarded-Proto"] = client.scheme
-    headers["X-Forwarded-Host"] = client.host
-    headers["X-Forwarded-Prefix"] = client.prefix
-    element = (
-        f"for={_forwarded_node(client.address)};proto={client.scheme};"
-        f'host="{quote(client.host, safe=":[]")}"'
-    )
-    previous = ", ".join(headers.popall("Forwarded", []))
-    headers["Forwarded"] = f"{previous}, {element}" if previous else element
-    headers["X-Request-Id"] = client.request_id
+    previous_for = ", ".join(headers.getall("X-Forwarded-For", ()))
+    previous = ", ".join(headers.getall("Forwarded", ()))
+    for name in _SET_BY_PROXY:
+        if name in headers:
+            del headers[name]
+    element = _forwarded_element(client.address, client.scheme, client.host)
+    headers.extend((
+        ("X-Forwarded-For", f"{previous_for}, {client.address}" if previous_for else client.address),
+        ("X-Forwarded-Proto", client.scheme),
+        ("X-Forwarded-Host", client.host),
+        ("X-Forwarded-Prefix", client.prefix),
+        ("Forwarded", f"{previous}, {element}" if previous else element),
+        ("X-Request-Id", client.request_id),
+    ))
     return headers
+
+
+# Replaced (or, for Host, dropped) on the way upstream; the two chains are extended, not replaced.
+_SET_BY_PROXY = ("Host", "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host",
+                 "X-Forwarded-Prefix", "Forwarded", "X-Request-Id")
+
+
+@lru_cache(maxsize=1024)
+def _forwarded_element(address: str, scheme: str, host: str) -> str:
+    """This hop's ``Forwarded`` element; the same few clients call again and again, so cached."""
+    return f'for={_forwarded_node(address)};proto={scheme};host="{quote(host, safe=":[]")}"'
 
 
 @dataclass(frozen=True)

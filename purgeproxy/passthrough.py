@@ -12,8 +12,11 @@ The upstream client is aiohttp's ``ClientSession``: measured in front of a 10 ms
 
 from __future__ import annotations
 
+import asyncio
 import json
+import weakref
 from dataclasses import dataclass
+from functools import cached_property
 
 import aiohttp
 from aiohttp import web
@@ -44,7 +47,8 @@ from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 CHUNK = 64 * 1024
 _JSON_TYPES = ("application/fhir+json", "application/json")
 # aiohttp adds these when missing; a transparent proxy must send exactly what the client sent.
-_NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+# Set on the session (purgeproxy.app), not per request: per request aiohttp rebuilds the set.
+NO_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 
 log = get_logger("purgeproxy.passthrough")
 
@@ -60,21 +64,36 @@ class Mount:
 
     def public_base(self, request: web.Request) -> str:
         """The proxy's FHIR base in URLs it writes (Location, status URLs, Bundle links)."""
+        return self._public_base(self.origin(request))
+
+    def _public_base(self, origin: tuple[str, str]) -> str:
         if self.public_url:
             return self.public_url
-        scheme, host = self.origin(request)
+        scheme, host = origin
         return f"{scheme}://{host}{self.base_path}"
 
     def origin(self, request: web.Request) -> tuple[str, str]:
         """Scheme and host as clients see them: from ``server.public_url``, else forwarded by a
         trusted proxy, else the address the client connected to. Never the client's own Host
         header: it would decide where the URLs the proxy writes send the next request."""
-        if self.public_url:
-            url = URL(self.public_url)
-            return url.scheme, url.raw_authority
+        if self._public_origin:
+            return self._public_origin
         forwarded = (forwarded_origin(request.headers)
-                     if is_trusted(request.remote, self.trusted_proxies) else None)
+                     if self.trusted_proxies and is_trusted(request.remote, self.trusted_proxies)
+                     else None)
         return forwarded or (request.scheme, _listening_address(request))
+
+    @cached_property
+    def _public_origin(self) -> tuple[str, str] | None:
+        """``server.public_url`` parsed once, not per request."""
+        if not self.public_url:
+            return None
+        url = URL(self.public_url)
+        return url.scheme, url.raw_authority
+
+    @cached_property
+    def _prefix(self) -> str:
+        return URL(self.public_url).path.rstrip("/") if self.public_url else self.base_path
 
     def remainder(self, request: web.Request) -> str | None:
         """The raw path and query after the base, exactly as the client encoded them; None when
@@ -86,24 +105,34 @@ class Mount:
             return None
         return rest
 
-    def rewriter(self, request: web.Request) -> UrlRewriter:
-        return UrlRewriter(self.upstream_base, self.public_base(request))
+    def rewriter(self, request: web.Request, origin: tuple[str, str] | None = None) -> UrlRewriter:
+        return UrlRewriter(self.upstream_base, self._public_base(origin or self.origin(request)))
 
-    def client(self, request: web.Request, rid: str) -> Client:
+    def client(self, request: web.Request, rid: str, origin: tuple[str, str] | None = None) -> Client:
         """Who called, and the public base (host, scheme, path) for upstreams that build links
-        from the forwarded headers."""
+        from the forwarded headers. ``origin`` when the caller already has it (once per request)."""
         peer = request.remote or "unknown"
-        prefix = URL(self.public_url).path.rstrip("/") if self.public_url else self.base_path
-        return Client(peer, *self.origin(request), prefix, rid)
+        return Client(peer, *(origin or self.origin(request)), self._prefix, rid)
+
+
+# The local address of each client connection, read once per connection: a getsockname() system
+# call per request showed in the pass-through profile.
+_SOCKNAMES: weakref.WeakKeyDictionary[asyncio.BaseTransport, str] = weakref.WeakKeyDictionary()
 
 
 def _listening_address(request: web.Request) -> str:
     """host:port of this end of the client's connection."""
-    sockname = request.transport.get_extra_info("sockname") if request.transport else None
-    if not sockname:
+    transport = request.transport
+    if transport is None:
         return "localhost"
-    host, port = sockname[0], sockname[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    known = _SOCKNAMES.get(transport)
+    if known is None:
+        sockname = transport.get_extra_info("sockname")
+        if not sockname:
+            return "localhost"
+        host, port = sockname[0], sockname[1]
+        known = _SOCKNAMES[transport] = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return known
 
 
 class Passthrough:
@@ -163,7 +192,8 @@ class Passthrough:
     async def _forward(self, request: web.Request, remainder: str, body: bytes | None) -> web.StreamResponse:
         """Exactly the request that was classified: the same raw path, query and body."""
         url = URL(self.mount.upstream_base + remainder, encoded=True)
-        headers = upstream_request_headers(request.headers, self.mount.client(request, request[REQUEST_ID]))
+        origin = self.mount.origin(request)
+        headers = upstream_request_headers(request.headers, self.mount.client(request, request[REQUEST_ID], origin))
         if body is not None:
             data: bytes | aiohttp.StreamReader | None = body
         else:
@@ -174,7 +204,6 @@ class Passthrough:
                 url,
                 headers=headers,
                 data=data,
-                skip_auto_headers=_NO_AUTO_HEADERS,
                 allow_redirects=False,
                 compress=None,
             )
@@ -189,12 +218,12 @@ class Passthrough:
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         request[UPSTREAM_STATUS] = upstream.status
         async with upstream:
-            return await self._relay(request, upstream)
+            return await self._relay(request, upstream, origin)
 
     async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse
+        self, request: web.Request, upstream: aiohttp.ClientResponse, origin: tuple[str, str]
     ) -> web.StreamResponse:
-        rewriter = self.mount.rewriter(request)
+        rewriter = self.mount.rewriter(request, origin)
         headers = client_response_headers(upstream.headers, rewriter)
         headers["X-Request-Id"] = request[REQUEST_ID]
         if self._may_rewrite(request, upstream):
@@ -227,7 +256,10 @@ class Passthrough:
         measurably cheaper than streaming it); a larger one streams on unchanged.
         """
         try:
-            head = await _read_at_most(upstream, self.rewrite_max + 1)
+            if upstream.content_length is not None:  # within rewrite_max (_may_rewrite): one read
+                head = await upstream.read()
+            else:
+                head = await _read_at_most(upstream, self.rewrite_max + 1)
         except (TimeoutError, aiohttp.ClientError):
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         if len(head) <= self.rewrite_max:
