@@ -40,6 +40,7 @@ class Job:
     owner: str | None
     attempts: int
     updated_at: datetime
+    parent: str | None = None  # the fan-out job this per-patient child belongs to
 
     @property
     def active(self) -> bool:
@@ -72,7 +73,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
     return Job(
         id=row["id"], operation=row["operation"], target=row["target"], payload=_json(row["payload"]),
         status=row["status"], total=row["total"], done=row["done"], result=_json(row["result"]),
-        owner=row["owner"], attempts=row["attempts"], updated_at=updated,
+        owner=row["owner"], attempts=row["attempts"], updated_at=updated, parent=row["parent"],
     )
 
 
@@ -126,4 +127,19 @@ class JobStore(ABC):
 
     @abstractmethod
     async def cancel(self, job_id: str) -> Job | None:
-        """Mark an active job cancelled; returns the job as it now is, None when unknown."""
+        """Mark an active job and its active children cancelled; returns the job as it now is,
+        None when unknown."""
+
+    @abstractmethod
+    async def submit_child(self, job_id: str, parent: str, operation: str, target: str,
+                           payload: dict[str, Any]) -> Job | None:
+        """Store ``parent``'s child ``job_id`` unless it exists (then return it as it is); None
+        while another active job holds ``target``: the child is stored once that job ended."""
+
+    @abstractmethod
+    async def children(self, parent: str) -> list[Job]:
+        """Every child of ``parent``, in the order they were stored."""
+
+    @abstractmethod
+    async def claim_child(self, parent: str, owner: str, lease_seconds: float) -> Job | None:
+        """``claim``, among ``parent``'s children only (the parent's worker helps its children)."""

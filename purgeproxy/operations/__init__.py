@@ -12,6 +12,7 @@ from aiohttp import web
 from purgeproxy.operations import (
     async_status,
     cascade,
+    cohort,
     delete_expunge,
     erase,
     expunge,
@@ -19,7 +20,8 @@ from purgeproxy.operations import (
     unit,
 )
 
-OPERATIONS = [purge.PURGE, erase.ERASE, expunge.EXPUNGE, delete_expunge.DELETE_EXPUNGE, cascade.CASCADE_DELETE]
+OPERATIONS = [purge.PURGE, erase.ERASE, expunge.EXPUNGE, delete_expunge.DELETE_EXPUNGE, cascade.CASCADE_DELETE,
+              cohort.GROUP_PURGE, cohort.BULK_PURGE]
 
 
 def add_routes(app: web.Application, base: str) -> None:

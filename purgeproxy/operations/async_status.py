@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
 from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
+from purgeproxy.jobs import fanout
 from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
 from purgeproxy.operations.common import caller_of
 
+ASYNC_STATUS = "$async"  # [base]/$async/<job-id>: FHIR's asynchronous request pattern
+KODJIN_STATUS = "patient-purge"  # [base]/patient-purge/<job-id>: Kodjin's Parameters shape
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
                 422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
                 504: "Gateway Timeout"}
@@ -31,9 +35,9 @@ def wants_async(request: web.Request) -> bool:
     return "respond-async" in tokens
 
 
-def status_url(request: web.Request, job_id: str) -> str:
+def status_url(request: web.Request, job_id: str, status_path: str = ASYNC_STATUS) -> str:
     """Absolute, under the proxy's public base (``server.public_url`` when set)."""
-    return f"{request.app[PASSTHROUGH].mount.public_base(request)}/$async/{job_id}"
+    return f"{request.app[PASSTHROUGH].mount.public_base(request)}/{status_path}/{job_id}"
 
 
 def _informational(status: int, text: str, headers: dict[str, str]) -> web.Response:
@@ -42,9 +46,10 @@ def _informational(status: int, text: str, headers: dict[str, str]) -> web.Respo
 
 
 async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
-                   what: str) -> web.Response:
-    """Store the job (or find the active one for ``target``) and answer 202 with its status URL;
-    429 when the caller (``payload["caller"]``) or the whole store has too many jobs active."""
+                   what: str, status_path: str = ASYNC_STATUS) -> web.Response:
+    """Store the job (or find the active one for ``target``) and answer 202 with its status URL
+    (``status_path`` names the vendor's shape); 429 when the caller (``payload["caller"]``) or the
+    whole store has too many jobs active."""
     limits = request.app[CALLER_LIMITS]
     quota = Quota(payload["caller"], limits.free(payload["caller"]), request.app[CONFIG].jobs.max_queued)
     try:
@@ -54,10 +59,17 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
         raise (limits.caller_refusal() if full.which == "caller" else limits.queue_refusal(full.limit)) from None
     if created:
         request.app[JOB_WORKERS].notify()
-    url = status_url(request, job.id)
+    url = status_url(request, job.id, status_path)
     text = (f"{what} was accepted as job {job.id}; poll {url} for its progress and result" if created
             else f"{what} is already {job.status} as job {job.id}; poll {url}")
     return _informational(202, text, {"Content-Location": url})
+
+
+async def progress_of(request: web.Request, job: Job) -> str:
+    """A fan-out job's progress is its children's, read now; any other job's is its own."""
+    if fanout.is_parent(job):
+        return fanout.progress(job, await request.app[JOB_STORE].children(job.id)).text
+    return progress_text(job)
 
 
 def progress_text(job: Job) -> str:
@@ -80,7 +92,8 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
-    await caller_of(request, job.operation if job else "$purge", destructive=False,
+    authorized_as = job.payload.get("authorized_as", job.operation) if job else "$purge"
+    await caller_of(request, authorized_as, destructive=False,
                     patient=job.payload.get("request", {}).get("patient_id") if job else None)
     if job is None:
         raise OutcomeError(404, "not-found", "no such job")
@@ -92,7 +105,7 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
 async def status(request: web.Request) -> web.Response:
     job = await _job_for(request)
     if job.active:
-        headers = {"X-Progress": progress_text(job),
+        headers = {"X-Progress": await progress_of(request, job),
                    "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
         return _informational(202, f"job {job.id} is {job.status}: {headers['X-Progress']}", headers)
     return web.Response(text=json.dumps(result_bundle(job)), content_type=FHIR_JSON)
@@ -111,7 +124,8 @@ def kodjin_parameters(job: Job) -> dict[str, Any]:
     """Kodjin's ``patient-purge`` status shape; once the job ended, also why (``statusReason``,
     its answer's verdict; the whole answer is at the ``$async`` URL): a failed job never shows
     only "0 of 0"."""
-    values = [("patientId", "valueString", job.payload.get("request", {}).get("patient_id")),
+    patients = job.payload.get(fanout.PATIENTS) or [job.payload.get("request", {}).get("patient_id")]
+    values = [*(("patientId", "valueString", patient) for patient in patients),
               ("updatedAt", "valueInstant", job.updated_at.isoformat(timespec="seconds")),
               ("status", "valueCode", job.status),
               ("totalResourcesCount", "valueInteger", job.total or 0),
@@ -126,13 +140,16 @@ def kodjin_parameters(job: Job) -> dict[str, Any]:
 
 async def patient_purge_status(request: web.Request) -> web.Response:
     job = await _job_for(request, show_cancelled=True)
-    if job.operation != "$purge":
+    if job.operation != "$purge" and not fanout.is_parent(job):
         raise OutcomeError(404, "not-found", "no such patient purge job")
+    if fanout.is_parent(job) and job.active:  # the counts summed over the patients, read now
+        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id))
+        job = replace(job, done=now.done, total=now.total)
     return web.Response(text=json.dumps(kodjin_parameters(job)), content_type=FHIR_JSON)
 
 
 def add_routes(app: web.Application, base: str) -> None:
-    path = f"{base}/$async/{{job_id}}"
+    path = f"{base}/{ASYNC_STATUS}/{{job_id}}"
     app.router.add_route("GET", path, status)
     app.router.add_route("DELETE", path, cancel)
-    app.router.add_route("GET", f"{base}/patient-purge/{{job_id}}", patient_purge_status)
+    app.router.add_route("GET", f"{base}/{KODJIN_STATUS}/{{job_id}}", patient_purge_status)
