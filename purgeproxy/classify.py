@@ -38,13 +38,14 @@ _DESTRUCTIVE_WORDS = ("purge", "expunge", "erase", "bulkdelete")
 _SHAPES: dict[str, tuple[frozenset[str], tuple[tuple[str, ...], ...]]] = {
     "$purge": (frozenset({"GET", "POST"}), (("Patient", "I", "$"), ("Group", "I", "$"))),
     "$bulk-purge": (frozenset({"POST"}), (("Patient", "$"),)),
+    "$bulk-delete": (frozenset({"DELETE"}), (("$",), ("T", "$"))),
     "$erase": (frozenset({"POST"}), (("T", "I", "$"), ("T", "I", "_history", "I", "$"))),
     "$expunge": (frozenset({"POST"}), (("$",), ("T", "$"), ("T", "I", "$"), ("T", "I", "_history", "I", "$"))),
     "$delete-expunge": (frozenset({"POST"}), (("$",),)),
 }
 _BY_LETTERS = {re.sub("[^a-z]", "", name): name for name in _SHAPES}
 # Spellings authorized as another operation: Kodjin's bulk purge is many $purges.
-_AUTHORIZED_AS = {"$bulk-purge": "$purge"}
+_AUTHORIZED_AS = {"$bulk-purge": "$purge", "$bulk-delete": "$delete-expunge"}
 CASCADE = "cascade-delete"  # the proxy's name for DELETE ... ?_cascade=delete (and X-Cascade)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")

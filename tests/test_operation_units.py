@@ -104,7 +104,7 @@ async def test_the_worker_pool_runs_the_declared_job_runners(upstream: Upstream)
     finally:
         await server.close()
     assert set(runners) == {unit.name for unit in OPERATIONS if unit.job_runner is not None} \
-        == {"$purge", "Group $purge", "$bulk-purge"}
+        == {"$purge", "Group $purge", "$bulk-purge", "$bulk-delete"}
 
 
 @pytest.fixture

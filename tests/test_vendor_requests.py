@@ -79,6 +79,23 @@ BAD = [
     ("group-purge-sync", "POST", "Group/g1/$purge", AUTH, None, 400, "not-supported", "Prefer: respond-async"),
     ("group-purge-unknown-query", "POST", "Group/g1/$purge?patientId=p1", ASYNC, None, 400, "not-supported", "unknown parameter 'patientId'"),
     ("group-purge-wrong-path", "POST", "Group/$purge", ASYNC, None, 400, "invalid", "$purge is carried out"),
+    ("bulk-delete-no-token", "DELETE", "Observation/$bulk-delete?_id=o1", {"Prefer": "respond-async"}, None, 401, "login", "bearer"),
+    ("bulk-delete-sync", "DELETE", "Observation/$bulk-delete?_id=o1", AUTH, None, 400, "not-supported", "Prefer: respond-async"),
+    ("bulk-delete-unknown-criterion", "DELETE", "Observation/$bulk-delete?bogus=1", ASYNC, None, 400, "not-supported", "'bogus' is not a search parameter of Observation"),
+    ("bulk-delete-result-param", "DELETE", "Observation/$bulk-delete?_id=o1&_count=5", ASYNC, None, 400, "not-supported", "shapes search results"),
+    ("bulk-delete-revinclude", "DELETE", "Patient/$bulk-delete?_id=p1&_revinclude=*:*", ASYNC, None, 400, "not-supported", "shapes search results"),
+    ("bulk-delete-empty-criterion", "DELETE", "Observation/$bulk-delete?_id=", ASYNC, None, 400, "invalid", "has no value"),
+    ("bulk-delete-bad-type", "DELETE", "Bogus/$bulk-delete?_id=o1", ASYNC, None, 400, "invalid", "'Bogus' is not a resource type"),
+    ("bulk-delete-audit-event", "DELETE", "AuditEvent/$bulk-delete?_id=a1", ASYNC, None, 422, "business-rule", "audit trail"),
+    ("bulk-delete-bad-excluded", "DELETE", "$bulk-delete?_id=o1&excludedResourceTypes=Observation,Bogus", ASYNC, None, 400, "invalid", "'Bogus' is not a resource type"),
+    ("bulk-delete-excludes-itself", "DELETE", "Observation/$bulk-delete?_id=o1&excludedResourceTypes=Observation", ASYNC, None, 400, "invalid", "excludes Observation"),
+    ("bulk-delete-bad-hard", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=yes", ASYNC, None, 400, "invalid", "_hardDelete must be"),
+    ("bulk-delete-hard-disagree", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true&hardDelete=false", ASYNC, None, 400, "invalid", "different values"),
+    ("bulk-delete-purge-history-soft", "DELETE", "Observation/$bulk-delete?_id=o1&_purgeHistory=true", ASYNC, None, 422, "not-supported", "_purgeHistory"),
+    ("bulk-delete-hard-generic", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true", ASYNC, None, 422, "not-supported", "no hard delete"),
+    ("bulk-delete-everything-off", "DELETE", "$bulk-delete", ASYNC, None, 403, "forbidden", "expunge.allow_everything"),
+    ("bulk-delete-type-unconfirmed", "DELETE", "Observation/$bulk-delete", ASYNC, None, 422, "business-rule", "confirm=true"),
+    ("bulk-delete-post", "POST", "Observation/$bulk-delete?_id=o1", ASYNC, None, 405, "not-supported", "accepts DELETE"),
 ]
 
 

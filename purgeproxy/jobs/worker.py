@@ -50,9 +50,11 @@ class JobOutcome:
     status: Literal["completed", "error"]
     http_status: int
     outcome: dict[str, Any]
+    details: dict[str, Any] | None = None  # what a vendor's status shape needs besides the outcome
 
     def as_result(self) -> dict[str, Any]:
-        return {"status": self.http_status, "outcome": self.outcome}
+        return {"status": self.http_status, "outcome": self.outcome,
+                **({"details": self.details} if self.details is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,8 @@
 Operations stay in charge of validation: they call :func:`kick_off` only with a request that the
 synchronous path would have run, so every 4xx is answered before a job is stored. The status URL
 is ``[base]/$async/<job-id>`` on any replica (the store is shared); Kodjin's
-``[base]/patient-purge/<job-id>`` shows the same job as a ``Parameters``.
+``[base]/patient-purge/<job-id>`` shows the same job as a ``Parameters``; Microsoft's
+``[base]/_operations/bulk-delete/<job-id>`` shows a ``$bulk-delete`` job (``DELETE`` cancels).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from purgeproxy.operations.common import caller_of
 
 ASYNC_STATUS = "$async"  # [base]/$async/<job-id>: FHIR's asynchronous request pattern
 KODJIN_STATUS = "patient-purge"  # [base]/patient-purge/<job-id>: Kodjin's Parameters shape
+MICROSOFT_STATUS = "_operations/bulk-delete"  # [base]/_operations/bulk-delete/<job-id>: $bulk-delete's
+BULK_DELETE = "$bulk-delete"  # the job operation Microsoft's status shape shows
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
                 422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
                 504: "Gateway Timeout"}
@@ -87,6 +90,11 @@ def result_bundle(job: Job) -> dict[str, Any]:
         "status": f"{status} {HTTP_REASONS.get(status, '')}".strip(), "outcome": result["outcome"]}}]}
 
 
+async def job_for(request: web.Request, show_cancelled: bool = False) -> Job:
+    """The job the URL names, as every status route of every shape finds it (``_job_for``)."""
+    return await _job_for(request, show_cancelled)
+
+
 async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     """The job the URL names, once the caller may run its operation; otherwise the refusal, which
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
@@ -148,8 +156,45 @@ async def patient_purge_status(request: web.Request) -> web.Response:
     return web.Response(text=json.dumps(kodjin_parameters(job)), content_type=FHIR_JSON)
 
 
+def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
+    """Microsoft's shape once the job ended: 200 with ``ResourceDeletedCount`` per type (also
+    when cancelled), and the proxy's outcome; a job refused or failed before deleting answers
+    with its own status and OperationOutcome."""
+    result = job.result or {}
+    answer = result.get("outcome") or outcome(issue("error", "exception", "the job ended without a result"))
+    counts = (result.get("details") or {}).get("ResourceDeletedCount")
+    if job.status != CANCELLED and counts is None:  # refused or failed before deleting: its own status
+        return int(result.get("status", 500)), answer
+    parts = [{"name": rtype, "valueInteger64": count} for rtype, count in (counts or {}).items()]
+    return 200, {"resourceType": "Parameters", "parameter": [
+        {"name": "ResourceDeletedCount", "part": parts}, {"name": "outcome", "resource": answer}]}
+
+
+async def bulk_delete_status(request: web.Request) -> web.Response:
+    job = await job_for(request, show_cancelled=True)
+    if job.operation != BULK_DELETE:
+        raise OutcomeError(404, "not-found", "no such bulk-delete job")
+    if job.active:
+        progress = ("searching for matches" if job.total is None and job.status == "processing"
+                    else progress_text(job).replace("purged", "deleted"))
+        headers = {"X-Progress": progress, "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
+        body = outcome(issue("information", "informational", f"job {job.id} is {job.status}: {progress}"))
+        return web.Response(status=202, text=json.dumps(body), content_type=FHIR_JSON, headers=headers)
+    code, body = bulk_delete_parameters(job)
+    return web.Response(status=code, text=json.dumps(body), content_type=FHIR_JSON)
+
+
+async def bulk_delete_cancel(request: web.Request) -> web.Response:
+    job = await job_for(request)
+    if job.operation != BULK_DELETE:
+        raise OutcomeError(404, "not-found", "no such bulk-delete job")
+    return await cancel(request)
+
+
 def add_routes(app: web.Application, base: str) -> None:
     path = f"{base}/{ASYNC_STATUS}/{{job_id}}"
     app.router.add_route("GET", path, status)
     app.router.add_route("DELETE", path, cancel)
     app.router.add_route("GET", f"{base}/{KODJIN_STATUS}/{{job_id}}", patient_purge_status)
+    app.router.add_route("GET", f"{base}/{MICROSOFT_STATUS}/{{job_id}}", bulk_delete_status)
+    app.router.add_route("DELETE", f"{base}/{MICROSOFT_STATUS}/{{job_id}}", bulk_delete_cancel)
