@@ -39,7 +39,7 @@ from purgeproxy.security.authorizer import Caller
 
 GROUP = "Group $purge"
 BULK = "$bulk-purge"
-BULK_SPEC = {"patientId": "strings", "confirm": "boolean", "dryRun": "boolean"}
+BULK_SPEC = {"patientId": "strings", "confirm": "boolean", "dryRun": "boolean", "_remove-references": "boolean"}
 
 
 async def context_for(app: web.Application) -> Context:
@@ -68,7 +68,7 @@ async def handle_group(request: web.Request) -> web.Response:
     cohort = await read_group(ctx, group_id)
     check_size(len(cohort.patients), request.app[CONFIG].purge.max_patients_without_confirm,
                given.confirm or given.dry_run, f"Group/{group_id}")
-    template = _template(ctx, given.compartment_definition, given.dry_run, given.confirm)
+    template = _template(ctx, given.compartment_definition, given.dry_run, given.confirm, given.remove_references)
     target = f"Group/{group_id}" + (" (dry run)" if given.dry_run else "")
     return await kick_off(request, GROUP, target, _payload(caller, cohort, template),
                           f"The $purge of Group/{group_id} ({len(cohort.patients)} patients)")
@@ -83,7 +83,7 @@ async def handle_bulk(request: web.Request) -> web.Response:
     check_size(len(patients), request.app[CONFIG].purge.max_patients_without_confirm,
                confirmed or dry_run, "Patient/$bulk-purge")
     ctx = await _context(request)
-    template = _template(ctx, None, dry_run, confirmed)
+    template = _template(ctx, None, dry_run, confirmed, bool(values.get("_remove-references")))
     digest = hashlib.sha256("\n".join(sorted(patients)).encode()).hexdigest()[:32]
     target = f"patients {digest}" + (" (dry run)" if dry_run else "")
     return await kick_off(request, BULK, target, _payload(caller, Cohort(patients), template),
@@ -96,12 +96,13 @@ async def _context(request: web.Request) -> Context:
     return ctx
 
 
-def _template(ctx: Context, definition: dict[str, Any] | None, dry_run: bool, confirmed: bool) -> PurgeRequest:
+def _template(ctx: Context, definition: dict[str, Any] | None, dry_run: bool, confirmed: bool,
+              remove_references: bool) -> PurgeRequest:
     """Every patient's purge request but the id: validated once, for the whole cohort."""
     definitions = ctx.profile.definitions
     compartment = (compartment_from(definition, definitions) if definition is not None
                    else dict(definitions.patient_compartment))
-    return PurgeRequest("", compartment, dry_run, confirmed)
+    return PurgeRequest("", compartment, dry_run, confirmed, remove_references)
 
 
 def _payload(caller: Caller, cohort: Cohort, template: PurgeRequest) -> dict[str, Any]:

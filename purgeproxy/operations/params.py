@@ -27,6 +27,7 @@ class PurgeInput:
     dry_run: bool
     compartment_definition: dict[str, Any] | None  # validated later, against the FHIR version
     confirm: bool = False  # allows deleting more than purge.max_without_confirm
+    remove_references: bool = False  # _remove-references: kept referrers lose their references
 
 
 def _boolean(value: str, where: str) -> bool:
@@ -68,7 +69,7 @@ def parse_parameters(body: bytes, content_type: str) -> dict[str, Any] | None:
     return document
 
 
-BOOLEAN_PARAMETERS = ("dryRun", "confirm")
+BOOLEAN_PARAMETERS = ("dryRun", "confirm", "_remove-references")
 
 
 def _query_booleans(query: Mapping[str, str]) -> dict[str, bool]:
@@ -101,7 +102,8 @@ def parse_purge(query: Mapping[str, str], body: bytes, content_type: str) -> Pur
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         else:
             raise BadRequest(400, "not-supported", f"unknown parameter '{_printable(name)}'", where)
-    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False))
+    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False),
+                      flags.get("_remove-references", False))
 
 
 def _printable(name: Any) -> str:
