@@ -133,3 +133,28 @@ async def test_cancel_stops_the_bulk_delete(proxy: str, upstream: tuple[str, str
     await asyncio.sleep(2)
     assert seeds.present(base, doomed) == left and 0 < len(left) < len(doomed)
     assert seeds.snapshot(base, keep) == before
+
+
+async def test_remove_references_keeps_the_referrer_and_its_other_content(proxy: str, upstream: tuple[str, str]) -> None:
+    """A kept DiagnosticReport lists a deleted Observation and a kept one: only the deleted one's
+    reference goes (a new version); on HAPI the delete is no longer blocked by it."""
+    _, base = upstream
+    tag, doomed, keep = tagged(base, 3)
+    kept_obs = next(k for k in keep if k[0] == "Observation")
+    report = {"resourceType": "DiagnosticReport", "id": f"{tag}-dr", "status": "final", "code": {"text": "panel"},
+              "result": [ref(*doomed[0]), ref(*kept_obs)], "conclusion": "unchanged"}
+    seeds.write(base, [report])
+    before = seeds.snapshot(base, keep)
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.delete(f"{proxy}/Observation/$bulk-delete", params={
+            "_tag": f"{SYSTEM}|{tag}", "_remove-references": "true"}, headers=ASYNC)
+    assert accepted.status_code == 202, accepted.text
+    done = await finish(proxy, accepted.headers["Content-Location"])
+    assert done.status_code == 200, done.text
+    assert counts(done) == {"Observation": 3}, issues(done)
+    text = "\n".join(i["diagnostics"] for i in issues(done)["issue"])
+    assert f"DiagnosticReport/{report['id']}: reference(s) to {doomed[0][0]}/{doomed[0][1]} removed" in text
+    now = httpx.get(f"{base}/DiagnosticReport/{report['id']}", headers=seeds.FHIR).json()
+    assert {k: v for k, v in now.items() if k != "meta"} == {**report, "result": [ref(*kept_obs)]}
+    assert seeds.present(base, doomed) == []
+    assert seeds.snapshot(base, keep) == before

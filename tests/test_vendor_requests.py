@@ -95,6 +95,7 @@ BAD = [
     ("bulk-delete-hard-generic", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true", ASYNC, None, 422, "not-supported", "no hard delete"),
     ("bulk-delete-everything-off", "DELETE", "$bulk-delete", ASYNC, None, 403, "forbidden", "expunge.allow_everything"),
     ("bulk-delete-type-unconfirmed", "DELETE", "Observation/$bulk-delete", ASYNC, None, 422, "business-rule", "confirm=true"),
+    ("bulk-delete-bad-remove-references", "DELETE", "Observation/$bulk-delete?_id=o1&_remove-references=1", ASYNC, None, 400, "invalid", "_remove-references must be"),
     ("bulk-delete-post", "POST", "Observation/$bulk-delete?_id=o1", ASYNC, None, 405, "not-supported", "accepts DELETE"),
 ]
 

@@ -18,7 +18,10 @@ from typing import Any
 
 from purgeproxy.engine.context import Context, Refused, refuse_protected
 from purgeproxy.engine.delete_expunge import RESULT_PARAMS, Criteria, delete_expunge
+from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.result import Result
+from purgeproxy.engine.unreference import remove_references
+from purgeproxy.fhir.references import Key
 from purgeproxy.servers.profile import UpstreamProfile
 
 OPERATION = "$bulk-delete"
@@ -35,15 +38,16 @@ class BulkDelete:
     hard: bool
     confirmed: bool
     system: bool
+    remove_references: bool = False  # kept resources referencing a match lose those references
 
     def to_json(self) -> dict[str, Any]:
         return {"types": self.types, "criteria": [list(p) for p in self.criteria], "hard": self.hard,
-                "confirmed": self.confirmed, "system": self.system}
+                "confirmed": self.confirmed, "system": self.system, "remove_references": self.remove_references}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> BulkDelete:
         return cls(list(data["types"]), [(n, v) for n, v in data["criteria"]], bool(data["hard"]),
-                   bool(data["confirmed"]), bool(data["system"]))
+                   bool(data["confirmed"]), bool(data["system"]), bool(data.get("remove_references", False)))
 
 
 def _flag(pairs: Sequence[tuple[str, str]], *names: str) -> bool:
@@ -65,9 +69,7 @@ def plan(profile: UpstreamProfile, rtype: str | None, pairs: Sequence[tuple[str,
         raise Refused(422, "not-supported", "_purgeHistory without _hardDelete=true (old versions removed, "
                       "the current one kept) is not carried out: purgeproxy removes history together with "
                       "the resource; send _hardDelete=true; nothing was deleted", expression="_purgeHistory")
-    if _flag(pairs, "_remove-references"):
-        raise Refused(422, "not-supported", "_remove-references is not carried out by $bulk-delete yet; "
-                      "nothing was deleted", expression="_remove-references")
+    remove_refs = _flag(pairs, "_remove-references")
     confirmed = _flag(pairs, "confirm")
     excluded = _excluded(pairs, resource_types)
     criteria = [(name, value) for name, value in pairs if name not in CONTROL]
@@ -88,10 +90,10 @@ def plan(profile: UpstreamProfile, rtype: str | None, pairs: Sequence[tuple[str,
         if rtype in excluded:
             raise Refused(400, "invalid", f"excludedResourceTypes excludes {rtype}, the type named in the URL")
         _check_names(profile, rtype, criteria)
-        return BulkDelete([rtype], criteria, hard, confirmed, False)
+        return BulkDelete([rtype], criteria, hard, confirmed, False, remove_refs)
     types = [t for t in sorted(_listed_types(profile)) if t not in excluded and not _protected(t, excluded_types)
              and _applies(profile, t, criteria)]
-    return BulkDelete(types, criteria, hard, confirmed, True)
+    return BulkDelete(types, criteria, hard, confirmed, True, remove_refs)
 
 
 def _excluded(pairs: Sequence[tuple[str, str]], resource_types: frozenset[str]) -> frozenset[str]:
@@ -147,7 +149,18 @@ async def run(ctx: Context, request: BulkDelete,
     if request.system and not request.types:
         raise Refused(422, "business-rule", "no resource type of this upstream takes these criteria; nothing was deleted")
     searches = [Criteria(rtype, list(request.criteria)) for rtype in request.types]
-    return await delete_expunge(ctx, searches, False, request.confirmed, OPERATION, request.hard, progress)
+
+    async def unreference(removal: Result, matches: set[Key]) -> None:
+        """Every resource that references a match (reverse searches) and is not one loses those
+        references, its other content unchanged; each is reported (a note: the deletes' verdict
+        is about the matches)."""
+        found = await find_referrers(ctx, sorted(matches))
+        holders = set(found.points_at) - matches
+        for (rtype, rid), (_, text) in sorted((await remove_references(ctx, holders, matches, False)).items()):
+            removal.notes.append(f"{rtype}/{rid}: {text}")
+
+    return await delete_expunge(ctx, searches, False, request.confirmed, OPERATION, request.hard, progress,
+                                unreference if request.remove_references else None)
 
 
 def deleted_counts(result: Result) -> dict[str, int]:
