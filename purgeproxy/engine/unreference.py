@@ -4,9 +4,10 @@ with its other content unchanged, instead of being left dangling or, on HAPI, bl
 
 Each holder is read now (so the write starts from its current content) and written back with
 ``If-Match`` on the version read; a reference is removed with its whole ``Reference`` element (an
-item of a list, or the field holding it; a list left empty goes too, as FHIR has no empty
-arrays). Protected types (AuditEvent, ``purge.excluded_types``) and other patients' own records
-are never rewritten. What became of each holder is reported; an upstream that refuses the new
+item of a list, or the field holding it), and an element or list it leaves empty goes too (a
+``Group.member`` whose ``entity`` was the reference; FHIR has no empty elements or arrays).
+Protected types (AuditEvent, ``purge.excluded_types``) and other patients' own records are never
+rewritten. What became of each holder is reported; an upstream that refuses the new
 version (a required reference, a profile) leaves the holder as it was, and says so.
 """
 
@@ -40,9 +41,9 @@ def strip_references(node: Any, doomed: set[Key], base_url: str) -> tuple[Any, l
                 if hit is not None:
                     removed.append(hit)
                     continue
-                child = walk(child)
-                if child != []:
-                    kept[name] = child
+                walked = walk(child)
+                if walked not in ([], {}) or child in ([], {}):  # emptied by a removal: goes too
+                    kept[name] = walked
             return kept
         if isinstance(value, list):
             items = []
@@ -50,8 +51,8 @@ def strip_references(node: Any, doomed: set[Key], base_url: str) -> tuple[Any, l
                 hit = target(child)
                 if hit is not None:
                     removed.append(hit)
-                else:
-                    items.append(walk(child))
+                elif (walked := walk(child)) not in ([], {}) or child in ([], {}):
+                    items.append(walked)
             return items
         return value
 

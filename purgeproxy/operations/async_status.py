@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -20,6 +21,7 @@ from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, P
 from purgeproxy.fhir.outcome import FHIR_JSON, OutcomeError, issue, outcome
 from purgeproxy.jobs import fanout
 from purgeproxy.jobs.store import CANCELLED, Job, Quota, QuotaExceeded
+from purgeproxy.jobs.worker import cancelled_outcome
 from purgeproxy.operations.common import caller_of
 
 ASYNC_STATUS = "$async"  # [base]/$async/<job-id>: FHIR's asynchronous request pattern
@@ -160,7 +162,7 @@ def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
     """Microsoft's shape once the job ended: 200 with ``ResourceDeletedCount`` per type (also
     when cancelled), and the proxy's outcome; a job refused or failed before deleting answers
     with its own status and OperationOutcome."""
-    result = job.result or {}
+    result = job.result or (cancelled_outcome(job.done) if job.status == CANCELLED else {})
     answer = result.get("outcome") or outcome(issue("error", "exception", "the job ended without a result"))
     counts = (result.get("details") or {}).get("ResourceDeletedCount")
     if job.status != CANCELLED and counts is None:  # refused or failed before deleting: its own status
@@ -170,12 +172,20 @@ def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
         {"name": "ResourceDeletedCount", "part": parts}, {"name": "outcome", "resource": answer}]}
 
 
+def _stopping(job: Job, lease_seconds: float) -> bool:
+    """Cancelled, and its worker has not yet recorded what it removed (it does after the batch in
+    flight); a worker silent for two leases is not coming back: the job answers as it is."""
+    age = (datetime.now(UTC) - job.updated_at).total_seconds()
+    return job.status == CANCELLED and job.result is None and job.owner is not None and age < 2 * lease_seconds
+
+
 async def bulk_delete_status(request: web.Request) -> web.Response:
     job = await job_for(request, show_cancelled=True)
     if job.operation != BULK_DELETE:
         raise OutcomeError(404, "not-found", "no such bulk-delete job")
-    if job.active:
+    if job.active or _stopping(job, request.app[CONFIG].jobs.lease_seconds):
         progress = ("searching for matches" if job.total is None and job.status == "processing"
+                    else "cancelled; stopping after the batch in flight" if job.status == CANCELLED
                     else progress_text(job).replace("purged", "deleted"))
         headers = {"X-Progress": progress, "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
         body = outcome(issue("information", "informational", f"job {job.id} is {job.status}: {progress}"))
