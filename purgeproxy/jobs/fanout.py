@@ -19,6 +19,7 @@ from purgeproxy.jobs.store import CANCELLED, COMPLETED, Job, JobStore
 from purgeproxy.jobs.worker import Checkpoint
 
 PATIENTS = "patients"  # the payload key that makes a job a fan-out parent
+REASONS = 3  # problems quoted per incomplete patient; the child's own answer has all of them
 
 
 @dataclass(frozen=True)
@@ -99,4 +100,7 @@ def child_verdict(child: Job) -> tuple[bool, str]:
     dry_run = bool(child.payload.get("request", {}).get("dry_run"))
     if child.status == COMPLETED and (first.get("code") == "success" or dry_run):
         return True, str(first.get("diagnostics", "purged"))
-    return False, str(first.get("diagnostics", f"the job ended as {child.status}"))
+    problems = [str(i.get("diagnostics")) for i in issues[1:] if i.get("severity") in ("error", "warning")]
+    shown = "; ".join(problems[:REASONS]) + (f"; and {len(problems) - REASONS} more" if len(problems) > REASONS else "")
+    return False, (f"{first.get('diagnostics', f'the job ended as {child.status}')}"
+                   + (f": {shown}" if shown else "") + f" (the whole answer: job {child.id})")
