@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
-from bench import memory, passthrough, purge
+from bench import bulk, memory, passthrough, purge
 from bench.report import Section, machine_info, pyplot, write_report
 from bench.targets import Processes
 
@@ -39,7 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run (2 s runs, 1 repetition, 64 MiB bodies) into a temp dir")
-    parser.add_argument("--only", choices=["passthrough", "memory", "purge"], help="run one scenario")
+    parser.add_argument("--only", choices=["passthrough", "memory", "purge", "bulk"], help="run one scenario")
+    parser.add_argument("--bulk-patients", type=int, help="bulk scenario: patients per run (default 12)")
     parser.add_argument("--purge-parts", nargs="+", choices=["medplum", "sweep", "hapi", "isolation"],
                         help="purge scenario: run only these parts (default: all)")
     parser.add_argument("--no-hapi", action="store_true", help="purge scenario without the HAPI rows")
@@ -84,10 +85,14 @@ def _scenarios(args: argparse.Namespace, docs_dir: Path) -> list[Callable[[Proce
     if args.purge_working_tree:
         purge_settings = dataclasses.replace(purge_settings, working_tree=True)
     purge_parts = (tuple(args.purge_parts),) if args.purge_parts else ()
+    bulk_settings = bulk.Settings.quick() if args.quick else bulk.Settings()
+    bulk_settings = dataclasses.replace(bulk_settings, hapi=not args.no_hapi,
+                                        **({"patients": args.bulk_patients} if args.bulk_patients else {}))
     everything = {
         "passthrough": lambda procs: passthrough.run(procs, settings, docs_dir, _say),
         "memory": lambda procs: memory.run(procs, size, docs_dir, _say),
         "purge": lambda procs: purge.run(procs, purge_settings, docs_dir, _say, *purge_parts),
+        "bulk": lambda procs: bulk.run(procs, bulk_settings, docs_dir, _say),
     }
     return [run for name, run in everything.items() if args.only in (None, name)]
 

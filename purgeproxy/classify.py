@@ -36,12 +36,16 @@ _DESTRUCTIVE_WORDS = ("purge", "expunge", "erase", "bulkdelete")
 # The ones the proxy carries out itself, with the paths (relative to the base) its routes accept.
 # "T" is a resource type segment, "I" an id segment, "$" the operation itself.
 _SHAPES: dict[str, tuple[frozenset[str], tuple[tuple[str, ...], ...]]] = {
-    "$purge": (frozenset({"GET", "POST"}), (("Patient", "I", "$"),)),
+    "$purge": (frozenset({"GET", "POST"}), (("Patient", "I", "$"), ("Group", "I", "$"))),
+    "$bulk-purge": (frozenset({"POST"}), (("Patient", "$"),)),
+    "$bulk-delete": (frozenset({"DELETE"}), (("$",), ("T", "$"))),
     "$erase": (frozenset({"POST"}), (("T", "I", "$"), ("T", "I", "_history", "I", "$"))),
     "$expunge": (frozenset({"POST"}), (("$",), ("T", "$"), ("T", "I", "$"), ("T", "I", "_history", "I", "$"))),
     "$delete-expunge": (frozenset({"POST"}), (("$",),)),
 }
 _BY_LETTERS = {re.sub("[^a-z]", "", name): name for name in _SHAPES}
+# Spellings authorized as another operation: Kodjin's bulk purge is many $purges.
+_AUTHORIZED_AS = {"$bulk-purge": "$purge", "$bulk-delete": "$delete-expunge"}
 CASCADE = "cascade-delete"  # the proxy's name for DELETE ... ?_cascade=delete (and X-Cascade)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 _OVERRIDE_HEADERS = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
@@ -226,7 +230,7 @@ def _operation(method: str, effective: str, levels: list[str], segments: list[st
     if levels[1] != "/" + canonical or len(levels) > 2:
         return Refused(400, "invalid", f"'{shown}' is not how purgeproxy accepts {name}: send "
                        f"{'/'.join(sorted(methods))} [base]/{canonical}" + _NOT_FORWARDED)
-    return Operation(name, segments[0] if shape[0] != "$" else None)
+    return Operation(_AUTHORIZED_AS.get(name, name), segments[0] if shape[0] != "$" else None)
 
 
 def _fits(shape: tuple[str, ...], segments: list[str], name: str) -> bool:

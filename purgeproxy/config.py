@@ -300,6 +300,9 @@ class Purge(_Strict):
     max_without_confirm: int = Field(
         1000, ge=0, description="resources one request may delete without confirm=true"
     )
+    max_patients_without_confirm: int = Field(
+        10, ge=0, description="patients one Group $purge or $bulk-purge may name without confirm=true"
+    )
 
     @field_validator("excluded_types")
     @classmethod

@@ -78,7 +78,7 @@ def test_the_rules_operations_are_exactly_the_declared_routes() -> None:
     for name, (methods, shapes) in classify._SHAPES.items():
         for shape in shapes:
             path = "".join("/" + {"T": "*", "I": "*", "$": name}.get(part, part) for part in shape)
-            rule |= {(method, name, path) for method in methods}
+            rule |= {(method, classify._AUTHORIZED_AS.get(name, name), path) for method in methods}
     routes = {(route.method, unit.auth, _pattern(route.path)) for unit, route in declared() if "$" in route.path}
     assert rule == routes
 
@@ -104,7 +104,7 @@ async def test_the_worker_pool_runs_the_declared_job_runners(upstream: Upstream)
     finally:
         await server.close()
     declared_runners = {unit.name for unit in OPERATIONS if unit.job_runner is not None}
-    assert declared_runners == {"$purge"}
+    assert declared_runners == {"$purge", "Group $purge", "$bulk-purge", "$bulk-delete"}
     assert set(runners) == declared_runners | {"$reapply"}  # re-applying erasures (purgeproxy.receipts)
 
 

@@ -57,6 +57,10 @@ BAD = [
     ("compartment-token-param", "Patient/p1/$purge", AUTH, compartment({"code": "Observation", "param": ["code"]}), 422, "invalid", "'code' is not a reference search parameter of Observation"),
     ("compartment-unknown-param", "Patient/p1/$purge", AUTH, compartment({"code": "Observation", "param": ["owner"]}), 422, "invalid", "'owner' is not a reference"),
     ("compartment-wrong-resource", "Patient/p1/$purge", AUTH, params({"name": "compartmentDefinition", "resource": {"resourceType": "Patient"}}), 422, "invalid", "must be a CompartmentDefinition"),
+    ("remove-references-bad-value", "Patient/p1/$purge?_remove-references=yes", AUTH, None, 400, "invalid", "_remove-references must be"),
+    ("remove-references-repeated", "Patient/p1/$purge?_remove-references=true&_remove-references=true", AUTH, None, 400, "invalid", "repeated"),
+    ("remove-references-wrong-type", "Patient/p1/$purge", AUTH, params({"name": "_remove-references", "valueString": "true"}), 400, "invalid", "wrong type"),
+    ("remove-references-disagree", "Patient/p1/$purge?_remove-references=false", AUTH, params({"name": "_remove-references", "valueBoolean": True}), 400, "invalid", "given twice"),
 ]
 
 

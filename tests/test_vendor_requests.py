@@ -29,6 +29,12 @@ def params(**values: Any) -> dict[str, Any]:
             "parameter": [{"name": k, kinds[type(v)]: v} for k, v in values.items()]}
 
 
+def patients(*ids: str) -> dict[str, Any]:
+    """Kodjin's bulk purge body: one ``patientId`` per patient."""
+    return {"resourceType": "Parameters", "parameter": [{"name": "patientId", "valueString": i} for i in ids]}
+
+
+ASYNC = {**AUTH, "Prefer": "respond-async"}
 BAD = [
     # (id, method, path, headers, body, status, issue code, text fragment)
     ("erase-no-token", "POST", "Observation/o1/$erase", {}, None, 401, "login", "bearer token"),
@@ -60,6 +66,37 @@ BAD = [
     ("delete-expunge-audit-event", "DELETE", "AuditEvent?code=x&_expunge=true", AUTH, None, 422, "business-rule", "audit trail"),
     ("delete-expunge-no-criteria", "DELETE", "Observation?_expunge=true", AUTH, None, 422, "business-rule", "without criteria"),
     ("delete-expunge-bad-flag", "DELETE", "Observation?code=x&_expunge=maybe", AUTH, None, 400, "invalid", "_expunge must be"),
+    ("bulk-purge-no-token", "POST", "Patient/$bulk-purge", {"Prefer": "respond-async"}, patients("p1"), 401, "login", "bearer"),
+    ("bulk-purge-sync", "POST", "Patient/$bulk-purge", AUTH, patients("p1"), 400, "not-supported", "Prefer: respond-async"),
+    ("bulk-purge-bad-id", "POST", "Patient/$bulk-purge", ASYNC, patients("p1", "p!2"), 400, "invalid", "patientId number 2"),
+    ("bulk-purge-none", "POST", "Patient/$bulk-purge", ASYNC, params(confirm=True), 422, "business-rule", "names no patient"),
+    ("bulk-purge-too-many", "POST", "Patient/$bulk-purge", ASYNC, patients(*(f"p{i}" for i in range(11))), 422, "business-rule", "max_patients_without_confirm (10)"),
+    ("bulk-purge-unknown-parameter", "POST", "Patient/$bulk-purge", ASYNC, params(patient="p1"), 400, "not-supported", "unknown parameter 'patient'"),
+    ("bulk-purge-wrong-type", "POST", "Patient/$bulk-purge", ASYNC, params(patientId=5), 400, "invalid", "wrong type"),
+    ("bulk-purge-bad-confirm", "POST", "Patient/$bulk-purge?confirm=yes", ASYNC, patients("p1"), 400, "invalid", "confirm must be"),
+    ("group-purge-no-token", "POST", "Group/g1/$purge", {"Prefer": "respond-async"}, None, 401, "login", "bearer"),
+    ("group-purge-bad-id", "POST", "Group/g!1/$purge", ASYNC, None, 400, "invalid", "FHIR id rule"),
+    ("group-purge-sync", "POST", "Group/g1/$purge", AUTH, None, 400, "not-supported", "Prefer: respond-async"),
+    ("group-purge-unknown-query", "POST", "Group/g1/$purge?patientId=p1", ASYNC, None, 400, "not-supported", "unknown parameter 'patientId'"),
+    ("group-purge-wrong-path", "POST", "Group/$purge", ASYNC, None, 400, "invalid", "$purge is carried out"),
+    ("bulk-delete-no-token", "DELETE", "Observation/$bulk-delete?_id=o1", {"Prefer": "respond-async"}, None, 401, "login", "bearer"),
+    ("bulk-delete-sync", "DELETE", "Observation/$bulk-delete?_id=o1", AUTH, None, 400, "not-supported", "Prefer: respond-async"),
+    ("bulk-delete-unknown-criterion", "DELETE", "Observation/$bulk-delete?bogus=1", ASYNC, None, 400, "not-supported", "'bogus' is not a search parameter of Observation"),
+    ("bulk-delete-result-param", "DELETE", "Observation/$bulk-delete?_id=o1&_count=5", ASYNC, None, 400, "not-supported", "shapes search results"),
+    ("bulk-delete-revinclude", "DELETE", "Patient/$bulk-delete?_id=p1&_revinclude=*:*", ASYNC, None, 400, "not-supported", "shapes search results"),
+    ("bulk-delete-empty-criterion", "DELETE", "Observation/$bulk-delete?_id=", ASYNC, None, 400, "invalid", "has no value"),
+    ("bulk-delete-bad-type", "DELETE", "Bogus/$bulk-delete?_id=o1", ASYNC, None, 400, "invalid", "'Bogus' is not a resource type"),
+    ("bulk-delete-audit-event", "DELETE", "AuditEvent/$bulk-delete?_id=a1", ASYNC, None, 422, "business-rule", "audit trail"),
+    ("bulk-delete-bad-excluded", "DELETE", "$bulk-delete?_id=o1&excludedResourceTypes=Observation,Bogus", ASYNC, None, 400, "invalid", "'Bogus' is not a resource type"),
+    ("bulk-delete-excludes-itself", "DELETE", "Observation/$bulk-delete?_id=o1&excludedResourceTypes=Observation", ASYNC, None, 400, "invalid", "excludes Observation"),
+    ("bulk-delete-bad-hard", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=yes", ASYNC, None, 400, "invalid", "_hardDelete must be"),
+    ("bulk-delete-hard-disagree", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true&hardDelete=false", ASYNC, None, 400, "invalid", "different values"),
+    ("bulk-delete-purge-history-soft", "DELETE", "Observation/$bulk-delete?_id=o1&_purgeHistory=true", ASYNC, None, 422, "not-supported", "_purgeHistory"),
+    ("bulk-delete-hard-generic", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true", ASYNC, None, 422, "not-supported", "no hard delete"),
+    ("bulk-delete-everything-off", "DELETE", "$bulk-delete", ASYNC, None, 403, "forbidden", "expunge.allow_everything"),
+    ("bulk-delete-type-unconfirmed", "DELETE", "Observation/$bulk-delete", ASYNC, None, 422, "business-rule", "confirm=true"),
+    ("bulk-delete-bad-remove-references", "DELETE", "Observation/$bulk-delete?_id=o1&_remove-references=1", ASYNC, None, 400, "invalid", "_remove-references must be"),
+    ("bulk-delete-post", "POST", "Observation/$bulk-delete?_id=o1", ASYNC, None, 405, "not-supported", "accepts DELETE"),
 ]
 
 
@@ -108,4 +145,25 @@ async def test_a_cascade_whose_target_cannot_be_read_deletes_nothing(make_proxy,
     outcome = answer.json()
     assert answer.status_code == 502, outcome
     assert "reading Patient/p1 answered 500" in outcome["issue"][0]["diagnostics"]
+    assert writes(upstream) == []
+
+
+@pytest.mark.parametrize(("members", "status", "code", "text"), [
+    (None, 404, "not-found", "Group/g1 was not found"),
+    ([f"Patient/p{i}" for i in range(11)], 422, "business-rule", "names 11 patients"),
+    (["Device/d1"], 422, "business-rule", "names no patient"),
+])
+async def test_a_group_purge_is_refused_on_what_the_group_holds(make_proxy, upstream, members, status, code, text) -> None:
+    """The Group is read at kick-off: missing, too large without confirm=true, or without a
+    patient member, the request is refused and no job is stored, nothing written."""
+    group = {"resourceType": "Group", "id": "g1", "type": "person", "actual": True,
+             "member": [{"entity": {"reference": m}} for m in members or []]}
+    route = upstream.get(f"{BASE}/Group/g1")
+    route.respond(404, json={"resourceType": "OperationOutcome", "issue": []}) if members is None else route.respond(200, json=group)
+    proxy = await make_proxy(BASE, auth={"admin_token": TOKEN})
+    async with httpx.AsyncClient() as http:
+        answer = await http.post(f"{proxy}/Group/g1/$purge", headers=ASYNC)
+    outcome = answer.json()
+    assert answer.status_code == status, outcome
+    assert outcome["issue"][0]["code"] == code and text in outcome["issue"][0]["diagnostics"]
     assert writes(upstream) == []

@@ -15,11 +15,13 @@ what remains, measured rather than assumed.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from purgeproxy.engine.context import refuse_protected
+from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.removal import (
     Context,
     Recheck,
@@ -123,10 +125,16 @@ def _still_matching(ctx: Context, searches: list[Criteria], found_by: dict[Key, 
     return recheck
 
 
-async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool) -> Result:
-    """Find every match, refuse an over-broad request, then delete, expunge and verify."""
+async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool,
+                         operation: str = "$delete-expunge", permanent: bool = True,
+                         progress: Callable[[int, int], Awaitable[None]] | None = None,
+                         before_delete: Callable[[Result, set[Key]], Awaitable[None]] | None = None) -> Result:
+    """Find every match, refuse an over-broad request, then delete, expunge and verify.
+    ``permanent=False`` (Microsoft's soft ``$bulk-delete``): history is not promised away;
+    ``before_delete`` runs once every match is known and before the first delete (e.g. removing
+    references to the matches from kept resources)."""
     ctx.require_hard_delete_possible()
-    removal = Result("$delete-expunge", ", ".join(c.shown for c in searches), dry_run)
+    removal = Result(operation, ", ".join(c.shown for c in searches), dry_run, permanent=permanent)
     matches: dict[Key, dict[str, Any]] = {}
     found_by: dict[Key, int] = {}
     for index, criteria in enumerate(searches):
@@ -137,8 +145,12 @@ async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, 
         found = await find_matches(ctx, criteria, removal)
         matches.update(found)
         found_by.update(dict.fromkeys(found, index))
+    if before_delete is not None and matches and not dry_run:
+        check_confirmed(len(matches), ctx.max_without_confirm, confirmed, f"this {operation}",
+                        ctx.confirm_param, ctx.dry_run_param)  # before the first write of any kind
+        await before_delete(removal, set(matches))
     await remove(ctx, removal, order_resources(matches, ctx.client.base_url), confirmed,
-                 versions_of(matches), _still_matching(ctx, searches, found_by))
+                 versions_of(matches), _still_matching(ctx, searches, found_by), progress)
     if not dry_run and matches and removal.interruption is None:
         await _measure_remaining(ctx, searches, removal)
     return removal

@@ -31,6 +31,7 @@ from purgeproxy.engine.plan import Plan, Policy, make_plan
 from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.result import PurgeDetails, Result
+from purgeproxy.engine.unreference import remove_references
 from purgeproxy.engine.verify import version_of
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from purgeproxy.fhir.references import Key
@@ -62,17 +63,19 @@ class PurgeRequest:
     compartment: Compartment
     dry_run: bool = False
     confirmed: bool = False  # the caller said confirm=true: no max_without_confirm
+    remove_references: bool = False  # _remove-references: kept referrers lose their references
 
     def to_json(self) -> dict[str, Any]:
         """The validated request as plain JSON, so that a stored job can run it later."""
         compartment = {rtype: list(params) for rtype, params in self.compartment.items()}
         return {"patient_id": self.patient_id, "compartment": compartment, "dry_run": self.dry_run,
-                "confirmed": self.confirmed}
+                "confirmed": self.confirmed, "remove_references": self.remove_references}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PurgeRequest:
         compartment = {rtype: tuple(params) for rtype, params in data["compartment"].items()}
-        return cls(data["patient_id"], compartment, bool(data["dry_run"]), bool(data["confirmed"]))
+        return cls(data["patient_id"], compartment, bool(data["dry_run"]), bool(data["confirmed"]),
+                   bool(data.get("remove_references", False)))
 
 
 @dataclass
@@ -145,9 +148,13 @@ class PurgeEngine:
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
                                        self.settings.policy)
         details.earlier_deleted = await earlier.find(resolution)
+        if not request.dry_run:  # before the first write, a removed reference included
+            check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
+        if request.remove_references:  # before deleting: on HAPI the references would block it
+            holders = set(first.outside_references) | set(first.shared)
+            details.references_removed = await remove_references(ctx, holders, set(first.order), request.dry_run)
         if request.dry_run:
             return result
-        check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
         tally = _Tally(progress)
         try:
             await self._rounds(resolver, first, {**_versions(resolution), **details.attachments.versions},

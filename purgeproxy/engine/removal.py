@@ -17,7 +17,7 @@ from __future__ import annotations
 __all__ = ["Context", "Recheck", "Refused", "Result", "SearchResult", "history_left",
            "order_resources", "remove", "search_all", "still_readable", "versions_of"]
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from purgeproxy.engine import execute, verify
@@ -44,13 +44,15 @@ def versions_of(resources: Mapping[Key, dict[str, Any]]) -> dict[Key, str | None
 
 
 async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: bool = False,
-                 versions: Mapping[Key, str | None] | None = None, recheck: Recheck | None = None) -> Result:
+                 versions: Mapping[Key, str | None] | None = None, recheck: Recheck | None = None,
+                 progress: Callable[[int, int], Awaitable[None]] | None = None) -> Result:
     """Delete ``order`` (already proven in scope), hard-delete, then verify; fills ``removal``.
 
     ``versions``: the version each was examined in; ``recheck``: the operation's scope check for
     resources changed since (None: a changed resource is still in scope, e.g. one named by id).
     The confirmation rail is checked here, after planning and before the first delete, so that
-    every operation has it and a dry run always shows the plan."""
+    every operation has it and a dry run always shows the plan. ``progress(removed, planned)``
+    hears of every batch (a stored job checkpoints, and stops there when cancelled)."""
     removal.planned = list(order)
     removal.hard_delete_method = ctx.hard_method
     if removal.dry_run or not order:
@@ -62,6 +64,8 @@ async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: boo
     async def count(so_far: int) -> None:
         nonlocal removed
         removed = so_far
+        if progress is not None:
+            await progress(so_far, len(order))
 
     try:
         removal.deletion = await execute.delete(ctx, execute.deleter(ctx, recheck), list(order), count, versions)

@@ -243,10 +243,18 @@ def _receipt(result: Result) -> list[dict[str, Any]]:
                              {"url": RECEIPT_SALT_EXTENSION, "valueString": receipt.salt}])]
 
 
+def _references_removed(purge: PurgeDetails) -> list[dict[str, Any]]:
+    """``_remove-references``: one issue per kept referrer, saying what became of it."""
+    return [_info(f"{t}/{i}: {text}", expression=[f"{t}/{i}"]) if done
+            else issue("warning", "incomplete", f"{t}/{i}: {text}", expression=[f"{t}/{i}"])
+            for (t, i), (done, text) in sorted(purge.references_removed.items())]
+
+
 def result_outcome(result: Result) -> dict[str, Any]:
     """The one OperationOutcome of every destructive operation."""
     purge = [] if result.purge is None else [*_attachments(result, result.purge),
-                                             *_earlier_deleted(result, result.purge)]
+                                             *_earlier_deleted(result, result.purge),
+                                             *_references_removed(result.purge)]
     return outcome(verdict(result), *_earlier(result), *_counts(result), *_history(result), *_kept(result),
                    *purge, *_problems(result), *_receipt(result))
 

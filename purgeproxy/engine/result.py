@@ -30,6 +30,8 @@ class PurgeDetails:
     earlier_deleted: EarlierDeleted = field(default_factory=EarlierDeleted)
     versions_unknown: str | None = None  # why versioned references to the patient were not searched
     referrers_searched: int | None = None  # planned resources whose outside referrers were searched
+    # _remove-references: each kept referrer -> (its references were removed, what happened)
+    references_removed: dict[Key, tuple[bool, str]] = field(default_factory=dict)
 
     def left_over(self, hard: bool) -> bool:
         """Something the purge could not search, read or (with a hard delete) remove."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from purgeproxy.jobs.sql import ADDED_COLUMNS, SCHEMA, TABLE, SqlJobStore, numbered
+from purgeproxy.jobs.sql import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, TABLE, SqlJobStore, numbered
 
 SCHEMA_LOCK = 0x70757267  # an advisory lock id: replicas starting together create the schema once
 SUBMIT_LOCK = 0x70757268  # taken by each submit, so that two replicas cannot both pass a quota
@@ -36,6 +36,8 @@ class PostgresJobStore(SqlJobStore):
                 await connection.execute(statement)
             for column, kind in ADDED_COLUMNS:
                 await connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
+            for statement in ADDED_INDEXES:
+                await connection.execute(statement)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:
         assert self._pool is not None, "the job store is not open"

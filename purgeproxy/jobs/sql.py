@@ -40,16 +40,19 @@ SCHEMA = (
     f"CREATE INDEX IF NOT EXISTS {TABLE}_queue ON {TABLE} (status, created_at)",
 )
 # Columns added after the table's first release: each backend adds those an older table lacks.
-ADDED_COLUMNS = (("caller", "TEXT"),)
+# ``parent``: the fan-out job a per-patient child belongs to (NULL for a job somebody submitted).
+ADDED_COLUMNS = (("caller", "TEXT"), ("parent", "TEXT"))
+# Indexes on added columns, created once the columns exist.
+ADDED_INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_parent ON {TABLE} (parent)",)
 # The quota is checked by the statement that inserts, so that two submits cannot both pass it.
 INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, caller, status, created_at, updated_at)
     SELECT :id, :operation, :target, :payload, :caller, 'new', {{now}}, {{now}}
     WHERE (SELECT COUNT(*) FROM {TABLE} WHERE status IN {_ACTIVE} AND caller = :caller) < :per_caller
-      AND (SELECT COUNT(*) FROM {TABLE} WHERE status IN {_ACTIVE}) < :total
+      AND (SELECT COUNT(*) FROM {TABLE} WHERE status IN {_ACTIVE} AND parent IS NULL) < :total
     ON CONFLICT (target) WHERE status IN {_ACTIVE} DO NOTHING RETURNING *"""
 ACTIVE_COUNTS = f"""SELECT COUNT(*) AS total,
         COALESCE(SUM(CASE WHEN caller = :caller THEN 1 ELSE 0 END), 0) AS mine
-    FROM {TABLE} WHERE status IN {_ACTIVE}"""
+    FROM {TABLE} WHERE status IN {_ACTIVE} AND parent IS NULL"""
 ACTIVE_FOR = f"SELECT * FROM {TABLE} WHERE target = :target AND status IN {_ACTIVE}"
 GET = f"SELECT * FROM {TABLE} WHERE id = :id"
 CLAIM = f"""UPDATE {TABLE} SET status = 'processing', owner = :owner, attempts = attempts + 1,
@@ -72,7 +75,7 @@ CANCEL = f"""UPDATE {TABLE} SET status = 'cancelled', updated_at = {{now}}
 # The job list: every filter is optional (NULL: not filtered), so one text serves every request;
 # the casts let PostgreSQL type a parameter that may be NULL.
 LIST = f"""SELECT * FROM {TABLE}
-    WHERE (CAST(:caller AS TEXT) IS NULL OR caller = :caller)
+    WHERE parent IS NULL AND (CAST(:caller AS TEXT) IS NULL OR caller = :caller)
       AND (CAST(:status AS TEXT) IS NULL OR status = :status)
       AND (CAST(:operation AS TEXT) IS NULL OR operation = :operation)
       AND (CAST(:since AS DOUBLE PRECISION) IS NULL OR updated_at >= :since)
@@ -80,6 +83,21 @@ LIST = f"""SELECT * FROM {TABLE}
 # Retention: finished jobs untouched for longer than ``jobs.retention_days``; active ones stay.
 REMOVE_FINISHED = f"""DELETE FROM {TABLE}
     WHERE status NOT IN {_ACTIVE} AND updated_at < {{now}} - :age RETURNING id"""
+# Fan-out: a child has no caller (it counts against no quota: its parent does) and a
+# deterministic id; it is not stored while another active job holds its target (the patient).
+INSERT_CHILD = f"""INSERT INTO {TABLE} (id, operation, target, payload, parent, status, created_at, updated_at)
+    SELECT :id, :operation, :target, :payload, :parent, 'new', {{now}}, {{now}}
+    WHERE NOT EXISTS (SELECT 1 FROM {TABLE} WHERE id = :id)
+    ON CONFLICT (target) WHERE status IN {_ACTIVE} DO NOTHING RETURNING *"""
+CHILDREN = f"SELECT * FROM {TABLE} WHERE parent = :parent ORDER BY created_at, id"
+CLAIM_CHILD = f"""UPDATE {TABLE} SET status = 'processing', owner = :owner, attempts = attempts + 1,
+        lease_until = {{now}} + :lease, updated_at = {{now}}
+    WHERE id = (SELECT id FROM {TABLE} WHERE parent = :parent AND status IN {_ACTIVE}
+                AND (lease_until IS NULL OR lease_until < {{now}})
+                ORDER BY created_at LIMIT 1 {{skip_locked}})
+    RETURNING *"""
+CANCEL_CHILDREN = f"""UPDATE {TABLE} SET status = 'cancelled', updated_at = {{now}}
+    WHERE parent = :parent AND status IN {_ACTIVE} RETURNING id"""
 
 UNLIMITED = 2**62  # the quota of a submit without one; fits PostgreSQL's bigint
 
@@ -171,8 +189,8 @@ class SqlJobStore(JobStore):
 
     async def cancel(self, job_id: str) -> Job | None:
         await self.rows(CANCEL, id=job_id)
+        await self.rows(CANCEL_CHILDREN, parent=job_id)
         return await self.get(job_id)
-
 
     async def list_jobs(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:
         since = where.since.timestamp() if where.since is not None else None
@@ -182,3 +200,17 @@ class SqlJobStore(JobStore):
 
     async def remove_finished(self, older_than_seconds: float) -> int:
         return len(await self.rows(REMOVE_FINISHED, age=float(older_than_seconds)))
+
+    async def submit_child(self, job_id: str, parent: str, operation: str, target: str,
+                           payload: dict[str, Any]) -> Job | None:
+        created = await self.fetch_serialized(self.render(INSERT_CHILD), dict(
+            id=job_id, operation=operation, target=target, payload=json.dumps(payload), parent=parent))
+        return job_from_row(created[0]) if created else await self.get(job_id)
+
+    async def children(self, parent: str) -> list[Job]:
+        return [job_from_row(row) for row in await self.rows(CHILDREN, parent=parent)]
+
+    async def claim_child(self, parent: str, owner: str, lease_seconds: float) -> Job | None:
+        claimed = await self.rows(CLAIM_CHILD, parent=parent, owner=owner, lease=float(lease_seconds))
+        return job_from_row(claimed[0]) if claimed else None
+

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from purgeproxy.jobs.sql import ADDED_COLUMNS, SCHEMA, TABLE, SqlJobStore
+from purgeproxy.jobs.sql import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, TABLE, SqlJobStore
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -46,6 +46,8 @@ class SqliteJobStore(SqlJobStore):
         for column, kind in ADDED_COLUMNS:
             if column not in present:
                 connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}")
+        for statement in ADDED_INDEXES:
+            connection.execute(statement)
         self._connection = connection
 
     def _fetch(self, sql: str, params: Mapping[str, Any]) -> list[sqlite3.Row]:

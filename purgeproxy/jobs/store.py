@@ -41,6 +41,7 @@ class Job:
     attempts: int
     updated_at: datetime
     created_at: datetime | None = None  # rows always have it; None only for jobs built by hand
+    parent: str | None = None  # the fan-out job this per-patient child belongs to
 
     @property
     def active(self) -> bool:
@@ -86,7 +87,7 @@ def job_from_row(row: Mapping[str, Any]) -> Job:
         id=row["id"], operation=row["operation"], target=row["target"], payload=_json(row["payload"]),
         status=row["status"], total=row["total"], done=row["done"], result=_json(row["result"]),
         owner=row["owner"], attempts=row["attempts"], updated_at=_instant(row["updated_at"]),
-        created_at=_instant(row["created_at"]),
+        created_at=_instant(row["created_at"]), parent=row["parent"],
     )
 
 
@@ -140,7 +141,23 @@ class JobStore(ABC):
 
     @abstractmethod
     async def cancel(self, job_id: str) -> Job | None:
-        """Mark an active job cancelled; returns the job as it now is, None when unknown."""
+        """Mark an active job and its active children cancelled; returns the job as it now is,
+        None when unknown."""
+
+    @abstractmethod
+    async def submit_child(self, job_id: str, parent: str, operation: str, target: str,
+                           payload: dict[str, Any]) -> Job | None:
+        """Store ``parent``'s child ``job_id`` unless it exists (then return it as it is); None
+        while another active job holds ``target``: the child is stored once that job ended."""
+
+    @abstractmethod
+    async def children(self, parent: str) -> list[Job]:
+        """Every child of ``parent``, in the order they were stored."""
+
+    @abstractmethod
+    async def claim_child(self, parent: str, owner: str, lease_seconds: float) -> Job | None:
+        """``claim``, among ``parent``'s children only (the parent's worker helps its children)."""
+
 
     @abstractmethod
     async def list_jobs(self, where: JobFilter, limit: int, offset: int = 0) -> list[Job]:

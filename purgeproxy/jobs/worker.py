@@ -53,9 +53,11 @@ class JobOutcome:
     status: Literal["completed", "error"]
     http_status: int
     outcome: dict[str, Any]
+    details: dict[str, Any] | None = None  # what a vendor's status shape needs besides the outcome
 
     def as_result(self) -> dict[str, Any]:
-        return {"status": self.http_status, "outcome": self.outcome}
+        return {"status": self.http_status, "outcome": self.outcome,
+                **({"details": self.details} if self.details is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -72,10 +74,16 @@ class Checkpoint:
     """The progress callback for one claimed job; counts continue those of earlier attempts."""
 
     def __init__(self, store: JobStore, job: Job, owner: str, lease: float,
-                 stopping: asyncio.Event) -> None:
+                 stopping: asyncio.Event, pool: WorkerPool | None = None) -> None:
         self.store, self.job, self.owner, self.lease, self.stopping = store, job, owner, lease, stopping
         self.earlier = job.done  # removed by attempts that died before finishing
         self.done = job.done
+        self.pool = pool  # lets a fan-out job run its own children while it waits for them
+
+    async def totals(self, done: int, total: int) -> None:
+        """Record counts that already cover every attempt (a fan-out job sums its children's)."""
+        self.earlier = 0
+        await self(done, total)
 
     async def __call__(self, done: int, total: int) -> None:
         self.done = self.earlier + done
@@ -141,7 +149,7 @@ class WorkerPool:
                 await self._idle()
                 continue
             try:
-                await self._run(job, owner)
+                await self.run_claimed(job, owner)
             except Exception:  # e.g. the store went away while recording: the lease will expire
                 log.exception("job_worker_error", job_id=job.id, worker=owner)
 
@@ -163,16 +171,18 @@ class WorkerPool:
             await asyncio.wait_for(self.wake.wait(), self.settings.poll_seconds)
         self.wake.clear()
 
-    async def _run(self, job: Job, owner: str) -> None:
-        """One attempt, its log lines carrying the id of the request that created the job (sent
-        upstream as ``X-Request-Id`` too) and the job's id."""
+    async def run_claimed(self, job: Job, owner: str) -> None:
+        """Run a job claimed for ``owner`` to its end, its log lines carrying the id of the request
+        that created the job (sent upstream as ``X-Request-Id`` too) and the job's id."""
         with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
                 metrics.job_running(job.operation, job.attempts):
             metrics.job_finished(job.operation, await self._attempt(job, owner))
 
     async def _attempt(self, job: Job, owner: str) -> str:
-        """Run the job; how the attempt ended (the job's final status, or released / lease-lost)."""
-        checkpoint = Checkpoint(self.store, job, owner, self.settings.lease_seconds, self.stopping)
+        """Run the job; how the attempt ended (the job's final status, or released / lease-lost).
+        A fan-out job's worker runs its own children between polls: a parent never waits on the
+        workers it occupies."""
+        checkpoint = Checkpoint(self.store, job, owner, self.settings.lease_seconds, self.stopping, self)
         heart = asyncio.create_task(self._heartbeat(job, owner))
         log.info("job_started", job_id=job.id, operation=job.operation, attempt=job.attempts,
                  worker=owner, resumed_from=job.done)

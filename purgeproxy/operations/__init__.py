@@ -11,7 +11,9 @@ from aiohttp import web
 
 from purgeproxy.operations import (
     async_status,
+    bulk_delete,
     cascade,
+    cohort,
     delete_expunge,
     erase,
     expunge,
@@ -19,7 +21,9 @@ from purgeproxy.operations import (
     unit,
 )
 
-OPERATIONS = [purge.PURGE, erase.ERASE, expunge.EXPUNGE, delete_expunge.DELETE_EXPUNGE, cascade.CASCADE_DELETE]
+# $bulk-delete before the units routing DELETE /{type} and /{type}/{id}: the first matching route wins.
+OPERATIONS = [bulk_delete.BULK_DELETE, purge.PURGE, erase.ERASE, expunge.EXPUNGE, delete_expunge.DELETE_EXPUNGE,
+              cascade.CASCADE_DELETE, cohort.GROUP_PURGE, cohort.BULK_PURGE]
 
 
 def add_routes(app: web.Application, base: str) -> None:

@@ -3,13 +3,15 @@
 Operations stay in charge of validation: they call :func:`kick_off` only with a request that the
 synchronous path would have run, so every 4xx is answered before a job is stored. The status URL
 is ``[base]/$async/<job-id>`` on any replica (the store is shared); Kodjin's
-``[base]/patient-purge/<job-id>`` shows the same job as a ``Parameters``.
+``[base]/patient-purge/<job-id>`` shows the same job as a ``Parameters``; Microsoft's
+``[base]/_operations/bulk-delete/<job-id>`` shows a ``$bulk-delete`` job (``DELETE`` cancels).
 """
 
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any, get_args
 from urllib.parse import urlencode
 
@@ -20,7 +22,9 @@ from purgeproxy.access_log import REQUEST_ID
 from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, JOB_STORE, JOB_WORKERS, PASSTHROUGH
 from purgeproxy.config import Operation
 from purgeproxy.fhir.outcome import OutcomeError, issue, outcome
+from purgeproxy.jobs import fanout
 from purgeproxy.jobs.store import CANCELLED, Job, JobFilter, JobStatus, Quota, QuotaExceeded
+from purgeproxy.jobs.worker import cancelled_outcome
 from purgeproxy.operations.common import caller_of
 from purgeproxy.operations.params import BadRequest
 from purgeproxy.render import render
@@ -28,6 +32,10 @@ from purgeproxy.security.errors import Denied
 
 # jobs stored under a name that is not an operation the authorizer knows, and what they are authorized as
 AUTHORIZED_AS = {"$reapply": "$purge"}  # re-applying erasures (purgeproxy.receipts.routes)
+ASYNC_STATUS = "$async"  # [base]/$async/<job-id>: FHIR's asynchronous request pattern
+KODJIN_STATUS = "patient-purge"  # [base]/patient-purge/<job-id>: Kodjin's Parameters shape
+MICROSOFT_STATUS = "_operations/bulk-delete"  # [base]/_operations/bulk-delete/<job-id>: $bulk-delete's
+BULK_DELETE = "$bulk-delete"  # the job operation Microsoft's status shape shows
 HTTP_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 409: "Conflict",
                 422: "Unprocessable Entity", 500: "Internal Server Error", 502: "Bad Gateway",
                 504: "Gateway Timeout"}
@@ -40,9 +48,9 @@ def wants_async(request: web.Request) -> bool:
     return "respond-async" in tokens
 
 
-def status_url(request: web.Request, job_id: str) -> str:
+def status_url(request: web.Request, job_id: str, status_path: str = ASYNC_STATUS) -> str:
     """Absolute, under the proxy's public base (``server.public_url`` when set)."""
-    return f"{request.app[PASSTHROUGH].mount.public_base(request)}/$async/{job_id}"
+    return f"{request.app[PASSTHROUGH].mount.public_base(request)}/{status_path}/{job_id}"
 
 
 def _informational(request: web.Request, status: int, text: str, headers: dict[str, str]) -> web.Response:
@@ -50,9 +58,10 @@ def _informational(request: web.Request, status: int, text: str, headers: dict[s
 
 
 async def kick_off(request: web.Request, operation: str, target: str, payload: dict[str, Any],
-                   what: str) -> web.Response:
-    """Store the job (or find the active one for ``target``) and answer 202 with its status URL;
-    429 when the caller (``payload["caller"]``) or the whole store has too many jobs active."""
+                   what: str, status_path: str = ASYNC_STATUS) -> web.Response:
+    """Store the job (or find the active one for ``target``) and answer 202 with its status URL
+    (``status_path`` names the vendor's shape); 429 when the caller (``payload["caller"]``) or the
+    whole store has too many jobs active."""
     limits = request.app[CALLER_LIMITS]
     quota = Quota(payload["caller"], limits.free(payload["caller"]), request.app[CONFIG].jobs.max_queued)
     carried = {**payload, "request_id": request[REQUEST_ID]}  # the job's log lines and upstream calls carry it
@@ -64,10 +73,17 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
     if created:
         metrics.job_queued(operation)
         request.app[JOB_WORKERS].notify()
-    url = status_url(request, job.id)
+    url = status_url(request, job.id, status_path)
     text = (f"{what} was accepted as job {job.id}; poll {url} for its progress and result" if created
             else f"{what} is already {job.status} as job {job.id}; poll {url}")
     return _informational(request, 202, text, {"Content-Location": url})
+
+
+async def progress_of(request: web.Request, job: Job) -> str:
+    """A fan-out job's progress is its children's, read now; any other job's is its own."""
+    if fanout.is_parent(job):
+        return fanout.progress(job, await request.app[JOB_STORE].children(job.id)).text
+    return progress_text(job)
 
 
 def progress_text(job: Job) -> str:
@@ -85,12 +101,13 @@ def result_bundle(job: Job) -> dict[str, Any]:
         "status": f"{status} {HTTP_REASONS.get(status, '')}".strip(), "outcome": result["outcome"]}}]}
 
 
-async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
+async def job_for(request: web.Request, show_cancelled: bool = False) -> Job:
     """The job the URL names, once the caller may run its operation; otherwise the refusal, which
     comes before any 404 so that job ids cannot be probed. A cancelled job is gone for the FHIR
     async pattern (404) but still visible in Kodjin's shape."""
     job = await request.app[JOB_STORE].get(request.match_info["job_id"])
-    await caller_of(request, AUTHORIZED_AS.get(job.operation, job.operation) if job else "$purge", destructive=False,
+    authorized_as = job.payload.get("authorized_as") or AUTHORIZED_AS.get(job.operation, job.operation) if job else "$purge"
+    await caller_of(request, authorized_as, destructive=False,
                     patient=job.payload.get("request", {}).get("patient_id") if job else None)
     if job is None:
         raise OutcomeError(404, "not-found", "no such job")
@@ -100,16 +117,16 @@ async def _job_for(request: web.Request, show_cancelled: bool = False) -> Job:
 
 
 async def status(request: web.Request) -> web.Response:
-    job = await _job_for(request)
+    job = await job_for(request)
     if job.active:
-        headers = {"X-Progress": progress_text(job),
+        headers = {"X-Progress": await progress_of(request, job),
                    "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
         return _informational(request, 202, f"job {job.id} is {job.status}: {headers['X-Progress']}", headers)
     return render(request, result_bundle(job))
 
 
 async def cancel(request: web.Request) -> web.Response:
-    job = await _job_for(request)
+    job = await job_for(request)
     if not job.active:
         raise OutcomeError(409, "conflict", f"job {job.id} has already finished ({job.status})")
     job = await request.app[JOB_STORE].cancel(job.id) or job
@@ -121,7 +138,8 @@ def kodjin_parameters(job: Job) -> dict[str, Any]:
     """Kodjin's ``patient-purge`` status shape; once the job ended, also why (``statusReason``,
     its answer's verdict; the whole answer is at the ``$async`` URL): a failed job never shows
     only "0 of 0"."""
-    values = [("patientId", "valueString", job.payload.get("request", {}).get("patient_id")),
+    patients = job.payload.get(fanout.PATIENTS) or [job.payload.get("request", {}).get("patient_id")]
+    values = [*(("patientId", "valueString", patient) for patient in patients),
               ("updatedAt", "valueInstant", job.updated_at.isoformat(timespec="seconds")),
               ("status", "valueCode", job.status),
               ("totalResourcesCount", "valueInteger", job.total or 0),
@@ -135,9 +153,12 @@ def kodjin_parameters(job: Job) -> dict[str, Any]:
 
 
 async def patient_purge_status(request: web.Request) -> web.Response:
-    job = await _job_for(request, show_cancelled=True)
-    if job.operation != "$purge":
+    job = await job_for(request, show_cancelled=True)
+    if job.operation != "$purge" and not fanout.is_parent(job):
         raise OutcomeError(404, "not-found", "no such patient purge job")
+    if fanout.is_parent(job) and job.active:  # the counts summed over the patients, read now
+        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id))
+        job = replace(job, done=now.done, total=now.total)
     return render(request, kodjin_parameters(job))
 
 
@@ -237,9 +258,54 @@ def _page_url(base: str, query: dict[str, str]) -> str:
     return f"{base}?{urlencode(query)}" if query else base
 
 
+def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
+    """Microsoft's shape once the job ended: 200 with ``ResourceDeletedCount`` per type (also
+    when cancelled), and the proxy's outcome; a job refused or failed before deleting answers
+    with its own status and OperationOutcome."""
+    result = job.result or (cancelled_outcome(job.done) if job.status == CANCELLED else {})
+    answer = result.get("outcome") or outcome(issue("error", "exception", "the job ended without a result"))
+    counts = (result.get("details") or {}).get("ResourceDeletedCount")
+    if job.status != CANCELLED and counts is None:  # refused or failed before deleting: its own status
+        return int(result.get("status", 500)), answer
+    parts = [{"name": rtype, "valueInteger64": count} for rtype, count in (counts or {}).items()]
+    return 200, {"resourceType": "Parameters", "parameter": [
+        {"name": "ResourceDeletedCount", "part": parts}, {"name": "outcome", "resource": answer}]}
+
+
+def _stopping(job: Job, lease_seconds: float) -> bool:
+    """Cancelled, and its worker has not yet recorded what it removed (it does after the batch in
+    flight); a worker silent for two leases is not coming back: the job answers as it is."""
+    age = (datetime.now(UTC) - job.updated_at).total_seconds()
+    return job.status == CANCELLED and job.result is None and job.owner is not None and age < 2 * lease_seconds
+
+
+async def bulk_delete_status(request: web.Request) -> web.Response:
+    job = await job_for(request, show_cancelled=True)
+    if job.operation != BULK_DELETE:
+        raise OutcomeError(404, "not-found", "no such bulk-delete job")
+    if job.active or _stopping(job, request.app[CONFIG].jobs.lease_seconds):
+        progress = ("searching for matches" if job.total is None and job.status == "processing"
+                    else "cancelled; stopping after the batch in flight" if job.status == CANCELLED
+                    else progress_text(job).replace("purged", "deleted"))
+        headers = {"X-Progress": progress, "Retry-After": str(request.app[CONFIG].jobs.retry_after_seconds)}
+        body = outcome(issue("information", "informational", f"job {job.id} is {job.status}: {progress}"))
+        return render(request, body, 202, headers)
+    code, body = bulk_delete_parameters(job)
+    return render(request, body, code)
+
+
+async def bulk_delete_cancel(request: web.Request) -> web.Response:
+    job = await job_for(request)
+    if job.operation != BULK_DELETE:
+        raise OutcomeError(404, "not-found", "no such bulk-delete job")
+    return await cancel(request)
+
+
 def add_routes(app: web.Application, base: str) -> None:
-    app.router.add_route("GET", f"{base}/$async", job_list)
-    path = f"{base}/$async/{{job_id}}"
+    app.router.add_route("GET", f"{base}/{ASYNC_STATUS}", job_list)
+    path = f"{base}/{ASYNC_STATUS}/{{job_id}}"
     app.router.add_route("GET", path, status)
     app.router.add_route("DELETE", path, cancel)
-    app.router.add_route("GET", f"{base}/patient-purge/{{job_id}}", patient_purge_status)
+    app.router.add_route("GET", f"{base}/{KODJIN_STATUS}/{{job_id}}", patient_purge_status)
+    app.router.add_route("GET", f"{base}/{MICROSOFT_STATUS}/{{job_id}}", bulk_delete_status)
+    app.router.add_route("DELETE", f"{base}/{MICROSOFT_STATUS}/{{job_id}}", bulk_delete_cancel)

@@ -34,6 +34,7 @@ class PurgeInput:
     compartment_definition: dict[str, Any] | None  # validated later, against the FHIR version
     confirm: bool = False  # allows deleting more than purge.max_without_confirm
     reason: str | None = None  # why, for the erasure receipt (LinuxForHealth's $erase requires one)
+    remove_references: bool = False  # _remove-references: kept referrers lose their references
 
 
 def _boolean(value: str, where: str) -> bool:
@@ -108,7 +109,7 @@ def _from_json(body: bytes) -> Any:
         raise BadRequest(400, "structure", "the body nests JSON too deeply") from None
 
 
-BOOLEAN_PARAMETERS = ("dryRun", "confirm")
+BOOLEAN_PARAMETERS = ("dryRun", "confirm", "_remove-references")
 
 
 def _query_booleans(query: Mapping[str, str]) -> dict[str, bool]:
@@ -158,7 +159,8 @@ def parse_purge(query: Mapping[str, str], body: bytes, content_type: str,
             raise BadRequest(400, "invalid", f"parameter '{name}' has the wrong type", where)
         else:
             raise BadRequest(400, "not-supported", f"unknown parameter '{_printable(name)}'", where)
-    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False), reason)
+    return PurgeInput(flags.get("dryRun", False), definition, flags.get("confirm", False), reason,
+                      flags.get("_remove-references", False))
 
 
 def _without(query: Mapping[str, str], name: str) -> Mapping[str, str]:

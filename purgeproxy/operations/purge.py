@@ -49,7 +49,8 @@ async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, Upstre
                    if given.compartment_definition is not None
                    else dict(profile.definitions.patient_compartment))
     require_hard_delete_possible(request.app[CONFIG].purge.hard_delete, profile.kind)
-    return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm), profile, given.reason
+    return caller, PurgeRequest(patient_id, compartment, given.dry_run, given.confirm,
+                                given.remove_references), profile, given.reason
 
 
 async def audit_result(app: web.Application, caller: Caller, result: Result, reason: str | None = None) -> None:

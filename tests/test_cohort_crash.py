@@ -1,0 +1,89 @@
+"""A fan-out job survives a ``kill -9`` of a replica: two ``purgeproxy serve`` sharing a
+PostgreSQL store in front of the Medplum engine; the replica running children is killed, and the
+other finishes them (their leases expire) and the parent, with nothing else touched."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+from tests import seed as seeds
+from tests.helpers import AUTH, texts
+from tests.served import Proxy, serving
+from tests.test_async_crash import _config, postgres_store  # noqa: F401 - the fixture, shared
+
+SIZES = {"Observation": 400, "Encounter": 5, "Condition": 20}
+
+
+def _kick_off(proxy: Proxy, patients: list[str]) -> str:
+    body = {"resourceType": "Parameters", "parameter": [{"name": "patientId", "valueString": p} for p in patients]}
+    answer = httpx.post(f"{proxy.base}/Patient/$bulk-purge", json=body,
+                        headers={**AUTH, "Prefer": "respond-async"}, timeout=60)
+    assert answer.status_code == 202, answer.text
+    return answer.headers["Content-Location"].rsplit("/", 1)[1]
+
+
+def _purged(proxy: Proxy, job_id: str) -> int:
+    answer = httpx.get(f"{proxy.base}/patient-purge/{job_id}", headers=AUTH, timeout=30)
+    return next(p["valueInteger"] for p in answer.json()["parameter"] if p["name"] == "purgedResourcesCount")
+
+
+def _wait_for(proxy: Proxy, job_id: str, at_least: int) -> int:
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if (purged := _purged(proxy, job_id)) >= at_least:
+            return purged
+        time.sleep(0.05)
+    raise AssertionError(proxy.log.read_text()[-3000:])
+
+
+def _result(proxy: Proxy, job_id: str, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = httpx.get(f"{proxy.base}/$async/{job_id}", headers=AUTH, timeout=30)
+        if answer.status_code == 200:
+            return answer.json()["entry"][0]["response"]
+        assert answer.status_code == 202, answer.text
+        time.sleep(0.2)
+    raise AssertionError(f"the job did not finish:\n{proxy.log.read_text()[-3000:]}")
+
+
+async def _owners(store: str, job_id: str) -> set[int]:
+    """The processes holding the job's running children (host:pid:nonce/worker)."""
+    connection = await asyncpg.connect(store)
+    rows = await connection.fetch("SELECT owner FROM purgeproxy_jobs WHERE parent = $1 AND status = 'processing'",
+                                  job_id)
+    await connection.close()
+    return {int(row["owner"].split(":")[1]) for row in rows if row["owner"]}
+
+
+async def test_children_move_to_the_surviving_replica(medplum_base: str, tmp_path: Path,
+                                                      postgres_store: str) -> None:  # noqa: F811
+    built = [seeds.build(sizes=SIZES, shared=False) for _ in range(4)]
+    for seed in built:
+        seeds.write(medplum_base, seed.resources)
+    keep = [key for seed in built for key in seed.untouchable]
+    before = seeds.snapshot(medplum_base, keep)
+    total = sum(len(seed.in_scope) for seed in built)
+    config = _config(tmp_path, medplum_base, postgres_store)
+    with serving(config, tmp_path) as one, serving(config, tmp_path) as two:
+        job_id = _kick_off(one, [seed.patient for seed in built])
+        killed_at = await asyncio.to_thread(_wait_for, two, job_id, total // 4)
+        owners = await _owners(postgres_store, job_id)
+        victim, survivor = (one, two) if one.process.pid in owners else (two, one)
+        assert victim.process.pid in owners  # it was running a child when it died
+        victim.kill()
+        response = await asyncio.to_thread(_result, survivor, job_id)
+        final = await asyncio.to_thread(_purged, survivor, job_id)
+    assert response["status"] == "200 OK"
+    assert response["outcome"]["issue"][0]["code"] == "success", texts(response["outcome"])
+    assert "All 4 patient(s) purged completely" in texts(response["outcome"])
+    for seed in built:
+        assert seeds.present(medplum_base, seed.in_scope) == []
+    assert seeds.snapshot(medplum_base, keep) == before
+    assert killed_at < final and total - 10 <= final <= total
+    print(f"\n[fan-out postgresql] {total} resources over 4 patients; killed at {killed_at}", flush=True)

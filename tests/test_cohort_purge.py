@@ -1,0 +1,207 @@
+"""Many patients at once on the real upstreams: R6 ``Group/[id]/$purge`` and Kodjin's
+``Patient/$bulk-purge`` run as fan-out jobs (one ``$purge`` child per patient). A cohort with
+control patients outside it (byte-identical afterwards, history included), a resource shared by
+two members, a Group edited during the job, a cancelled job."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import httpx
+import pytest
+
+from tests import seed as seeds
+from tests.helpers import ASYNC, AUTH, TOKEN, texts
+from tests.seed import ref
+
+SIZES = {"Encounter": 3, "Observation": 30, "Condition": 5, "DiagnosticReport": 3}
+
+
+@pytest.fixture
+async def proxy(make_proxy: Any, upstream: tuple[str, str]) -> str:
+    return await make_proxy(upstream[1], auth={"admin_token": TOKEN}, purge={"batch_size": 10},
+                            jobs={"poll_seconds": 0.2, "retry_after_seconds": 1})
+
+
+def cohort(base: str, count: int, sizes: dict[str, int] = SIZES) -> tuple[list[seeds.Seed], list[seeds.Key]]:
+    """``count`` patients (each seed also writes a control patient and its traps); returns the
+    seeds and everything that must stay: every control, trap and shared resource."""
+    built = [seeds.build(sizes=sizes, shared=False) for _ in range(count)]
+    for seed in built:
+        seeds.write(base, seed.resources)
+    return built, [key for seed in built for key in seed.untouchable]
+
+
+async def poll(url: str, progress: list[str] | None = None, timeout: float = 300) -> httpx.Response:
+    async with httpx.AsyncClient(timeout=60) as http:
+        for _ in range(int(timeout / 0.1)):
+            answer = await http.get(url, headers=AUTH)
+            if answer.status_code != 202:
+                return answer
+            if progress is not None:
+                progress.append(answer.headers["X-Progress"])
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{url} still running after {timeout}s")
+
+
+async def kodjin_status(proxy: str, job_id: str) -> dict[str, list[Any]]:
+    async with httpx.AsyncClient(timeout=30) as http:
+        answer = await http.get(f"{proxy}/patient-purge/{job_id}", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    values: dict[str, list[Any]] = {}
+    for parameter in answer.json()["parameter"]:
+        values.setdefault(parameter["name"], []).append(next(v for k, v in parameter.items() if k.startswith("value")))
+    return values
+
+
+def bulk_body(*patients: str, confirm: bool = False) -> dict[str, Any]:
+    parameters = [{"name": "patientId", "valueString": p} for p in patients]
+    return {"resourceType": "Parameters", "parameter": parameters + ([{"name": "confirm", "valueBoolean": True}]
+                                                                     if confirm else [])}
+
+
+async def test_group_purge_takes_its_members_and_nothing_else(proxy: str, upstream: tuple[str, str]) -> None:
+    kind, base = upstream
+    built, keep = cohort(base, 3)
+    a, b, c = (seed.patient for seed in built)
+    tag = seeds.new_tag()
+    # a resource in two members' compartments: shared, so kept (and on HAPI it blocks both deletes)
+    shared = {"resourceType": "Coverage", "id": f"{tag}-cov", "status": "active", "subscriber": ref("Patient", a),
+              "beneficiary": ref("Patient", b), "payor": [ref("Patient", b)]}
+    device = {"resourceType": "Device", "id": f"{tag}-dev"}
+    group = {"resourceType": "Group", "id": f"{tag}-grp", "type": "person", "actual": True,
+             "member": [{"entity": ref("Patient", p)} for p in (a, b, c)] + [{"entity": ref("Device", device["id"])}]}
+    seeds.write(base, [shared, device, group])
+    keep += [("Coverage", shared["id"]), ("Device", device["id"])]
+    before = seeds.snapshot(base, keep)
+
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{proxy}/Group/{group['id']}/$purge", headers=ASYNC)
+        assert accepted.status_code == 202, accepted.text
+        url = accepted.headers["Content-Location"]
+    progress: list[str] = []
+    done = await poll(url, progress)
+    assert done.status_code == 200, done.text
+    outcome = done.json()["entry"][0]["response"]["outcome"]
+    report = texts(outcome)
+    assert all(re.fullmatch(r"patients \d+ of 3, resources [\d,]+ of [\d,]+", p) for p in progress), progress
+    assert f"Group member Device/{device['id']} is not a Patient: reported, not followed" in report
+    assert f"Patient/{c}: success" in report
+    for seed in built[2:]:
+        assert seeds.present(base, seed.in_scope) == []
+    if kind == "hapi":  # the kept Coverage references both: HAPI refuses their Patient deletes
+        assert outcome["issue"][0]["code"] == "incomplete"
+        assert f"Patient/{a}: incomplete" in report and f"Patient/{b}: incomplete" in report
+        assert f"Coverage/{shared['id']}" in report
+    else:
+        assert f"Patient/{a}: success" in report and f"Patient/{b}: success" in report, report
+        for seed in built:
+            assert seeds.present(base, seed.in_scope) == []
+    assert f"Group/{group['id']} was deleted" in report
+    assert seeds.snapshot(base, keep) == before  # controls, traps, the shared Coverage, the Device
+
+
+async def test_a_group_edited_after_kick_off_does_not_widen_the_job(make_proxy: Any, upstream: tuple[str, str],
+                                                                    tmp_path: Any) -> None:
+    """Kick-off on a proxy that runs no jobs, then a control patient joins the Group, then a
+    second proxy on the same store runs the job: the member read at kick-off is purged, the one
+    added later is not, and the Group (changed since kick-off) is kept. ``_remove-references``
+    takes the purged member out of the kept Group (on HAPI it would block the Patient's delete)."""
+    _, base = upstream
+    store = {"store": str(tmp_path / "jobs.sqlite3"), "poll_seconds": 0.2}
+    accepting = await make_proxy(base, auth={"admin_token": TOKEN}, jobs={**store, "workers": 0})
+    built, keep = cohort(base, 1)
+    seed = built[0]
+    group = {"resourceType": "Group", "id": f"{seeds.new_tag()}-grp", "type": "person", "actual": True,
+             "member": [{"entity": ref("Patient", seed.patient)}]}
+    seeds.write(base, [group])
+    before = seeds.snapshot(base, keep)
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{accepting}/Group/{group['id']}/$purge?_remove-references=true", headers=ASYNC)
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+        edited = {**group, "member": group["member"] + [{"entity": ref("Patient", seed.control)}]}
+        assert (await http.put(f"{base}/Group/{group['id']}", json=edited, headers=seeds.FHIR)).status_code == 200
+    running = await make_proxy(base, auth={"admin_token": TOKEN}, jobs=store)
+    done = await poll(f"{running}/$async/{job_id}")
+    outcome = done.json()["entry"][0]["response"]["outcome"]
+    report = texts(outcome)
+    assert f"Patient/{seed.patient}: success" in report, report
+    assert seed.control not in report.replace(f"Group/{group['id']}", "")  # never followed
+    assert f"Group/{group['id']} was kept: it changed since the job started" in report
+    assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, keep) == before  # the control patient who joined later, untouched
+    now = httpx.get(f"{base}/Group/{group['id']}", headers=seeds.FHIR).json()
+    assert now["member"] == [{"entity": ref("Patient", seed.control)}]
+
+
+async def test_kodjin_bulk_purge_reports_each_patient_and_sums_counts(proxy: str, upstream: tuple[str, str]) -> None:
+    _, base = upstream
+    built, keep = cohort(base, 2)
+    before = seeds.snapshot(base, keep)
+    ids = [seed.patient for seed in built]
+    missing = f"{seeds.new_tag()}-gone"
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{proxy}/Patient/$bulk-purge", json=bulk_body(*ids, ids[0], missing), headers=ASYNC)
+    assert accepted.status_code == 202, accepted.text
+    url = accepted.headers["Content-Location"]
+    assert re.fullmatch(re.escape(proxy) + r"/patient-purge/[0-9a-f]{32}", url)
+    job_id = url.rsplit("/", 1)[1]
+    done = await poll(f"{proxy}/$async/{job_id}")
+    outcome = done.json()["entry"][0]["response"]["outcome"]
+    report = texts(outcome)
+    assert outcome["issue"][0]["code"] == "success", report
+    assert "All 3 patient(s) purged completely" in report  # the repeated id counts once
+    assert f"no Patient/{missing} was found" in report  # reported as its own purge says
+    status = await kodjin_status(proxy, job_id)
+    assert status["patientId"] == [*ids, missing] and status["status"] == ["completed"]
+    expected = sum(len(seed.in_scope) for seed in built)
+    assert status["purgedResourcesCount"] == status["totalResourcesCount"] == [expected]
+    for seed in built:
+        assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, keep) == before
+
+
+async def test_a_patient_is_not_purged_by_two_jobs_at_once(proxy: str, upstream: tuple[str, str]) -> None:
+    """A single $purge of a member is already running: the bulk job's child for that patient is
+    stored only once it ended, and both succeed."""
+    _, base = upstream
+    built, keep = cohort(base, 2, {**SIZES, "Observation": 150})
+    before = seeds.snapshot(base, keep)
+    async with httpx.AsyncClient(timeout=60) as http:
+        single = await http.post(f"{proxy}/Patient/{built[0].patient}/$purge", headers=ASYNC)
+        bulk = await http.post(f"{proxy}/Patient/$bulk-purge", json=bulk_body(*(s.patient for s in built)), headers=ASYNC)
+    single_url, bulk_id = single.headers["Content-Location"], bulk.headers["Content-Location"].rsplit("/", 1)[1]
+    done = await poll(f"{proxy}/$async/{bulk_id}")
+    assert (await poll(single_url)).json()["entry"][0]["response"]["outcome"]["issue"][0]["code"] == "success"
+    outcome = done.json()["entry"][0]["response"]["outcome"]
+    assert outcome["issue"][0]["code"] == "success", texts(outcome)
+    for seed in built:
+        assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, keep) == before
+
+
+async def test_cancel_stops_every_child(proxy: str, upstream: tuple[str, str]) -> None:
+    _, base = upstream
+    built, keep = cohort(base, 3, {**SIZES, "Observation": 400})
+    before = seeds.snapshot(base, keep)
+    ids = [seed.patient for seed in built]
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{proxy}/Patient/$bulk-purge", json=bulk_body(*ids), headers=ASYNC)
+        job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+        for _ in range(600):
+            if (await kodjin_status(proxy, job_id))["purgedResourcesCount"][0] > 0:
+                break
+            await asyncio.sleep(0.05)
+        cancelled = await http.delete(f"{proxy}/$async/{job_id}", headers=AUTH)
+        assert cancelled.status_code == 202, cancelled.text
+        assert (await http.get(f"{proxy}/$async/{job_id}", headers=AUTH)).status_code == 404
+    await asyncio.sleep(3)  # the batches in flight end
+    left = [seeds.present(base, seed.in_scope) for seed in built]
+    await asyncio.sleep(2)
+    assert [seeds.present(base, seed.in_scope) for seed in built] == left  # nothing more is deleted
+    assert sum(map(len, left)) > 0  # it really stopped mid-way
+    assert (await kodjin_status(proxy, job_id))["status"] == ["cancelled"]
+    assert seeds.snapshot(base, keep) == before
