@@ -139,7 +139,9 @@ class PurgeEngine:
 
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> Result:
         resolver = self.resolver(request.compartment)
-        resolution = await self._resolve(resolver, request.patient_id, sweep=self._sweeps(request))
+        sweep = self._sweeps(request)
+        resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
+                                         only=_first_params(request.compartment) if sweep else None)
         first = self._plan(resolution)
         searched = None
         if self.settings.outside_references:
@@ -370,6 +372,14 @@ def _history_sample(deleted: list[Key], all_of_them: bool) -> list[Key]:
         return list(deleted)
     step = len(deleted) / HISTORY_SAMPLE
     return [deleted[int(i * step)] for i in range(HISTORY_SAMPLE)]
+
+
+def _first_params(compartment: Compartment) -> set[tuple[str, str]]:
+    """What the sweeps search: one parameter per type, the compartment's first. An upstream that
+    scans a type's store for every search (the Medplum engine) would otherwise scan each full
+    store once per parameter before anything is deleted; the full resolution after the sweeps
+    runs every search, on stores the sweeps emptied."""
+    return {(rtype, params[0]) for rtype, params in compartment.items() if params}
 
 
 def _held_back(resolution: Resolution) -> set[str]:
