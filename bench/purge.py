@@ -366,7 +366,7 @@ async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     result = await engine.run(request)
     wall = time.perf_counter() - started
     await http.aclose()
-    phases["delete"] -= phases.get("expunge", 0.0)
+    phases["delete"] = max(0.0, phases.get("delete", 0.0) - phases.get("expunge", 0.0))  # overlapping
     return {"wall": wall, "deleted": len(result.deletion.deleted) + len(result.deletion.already_gone),
             "complete": result.complete and len(result.deletion.deleted) == job["expected"],
             "errors": result.errors[:3], "rss0": rss0, "phases": dict(phases),
