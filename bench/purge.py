@@ -76,6 +76,7 @@ class Settings:
     medplum_sizes: tuple[int, ...] = (10, 650, 10_000, 100_000)
     hapi_sizes: tuple[int, ...] = (10, 650, 10_000)
     hapi_auto_sizes: tuple[int, ...] = (10, 650, 10_000)
+    script_max_size: int = 10_000  # the 102-search script pages deep: not run on bigger patients
     sweep_size: int = 2_000
     sweep_batches: tuple[int, ...] = (25, 50, 100, 200, 500)
     sweep_concurrency: tuple[int, ...] = (1, 2, 4, 8)
@@ -517,7 +518,8 @@ class Bench:
     def scaling_medplum(self) -> None:
         for size in self.s.medplum_sizes:
             for contender in ("purgeproxy", "floor", "script", "loop"):
-                self.runs.append(self.medplum_run(contender, size))
+                if contender != "script" or size <= self.s.script_max_size:
+                    self.runs.append(self.medplum_run(contender, size))
         self.fixed.append(self.medplum_run("purgeproxy", 1))
 
     def sweep_medplum(self) -> None:
