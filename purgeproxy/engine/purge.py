@@ -1,5 +1,11 @@
 """Patient purge: resolve the compartment, plan, delete, and prove what is gone.
 
+A confirmed purge starts with sweeps, as an experienced operator's loop does: page one of each
+search (one parameter per type) is read, every candidate checked and planned, what is in scope
+deleted, and the searches that had more pages run again, until none has; deep pages, which an
+upstream paging by ``_offset`` answers ever slower, are never read, and memory holds one page per
+search. Then the rounds below run unchanged, from a full resolution.
+
 Runs in rounds: each round resolves the compartment afresh and deletes what it finds, so pages
 that an upstream skipped while its result set shrank are caught by the next round. The round
 that finds nothing left to delete is the verification. A resource that comes back after it was
@@ -250,7 +256,7 @@ class PurgeEngine:
         so that upstreams enforcing referential integrity accept each batch. Returns the plan and
         versions of the first full resolution, which the rounds take on from."""
         plan = first
-        while True:
+        for _ in range(MAX_SWEEPS):
             held = _held_back(resolution) if resolution.truncated else set()
             todo = [key for key in plan.order if key[0] not in held]
             self._check_not_back(gone, todo, result)
@@ -360,6 +366,7 @@ async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo:
 
 
 HISTORY_SAMPLE = 25
+MAX_SWEEPS = 10_000  # each deletes something; then the rounds (and max_rounds) take over
 
 
 def _history_sample(deleted: list[Key], all_of_them: bool) -> list[Key]:
