@@ -61,14 +61,14 @@ async def _read_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[K
     entries = answer.body.get("entry") if _is_bundle(answer) else None
     if not isinstance(entries, list) or len(entries) != len(keys):
         return None
-    return [_entry(entry) for entry in entries]
+    return [batch_entry(entry) for entry in entries]
 
 
 def _is_bundle(answer: FhirResponse) -> bool:
     return answer.status == 200 and answer.resource_type == "Bundle"
 
 
-def _entry(entry: Any) -> tuple[int, Any]:
+def batch_entry(entry: Any) -> tuple[int, Any]:
     """(status, resource) of one batch entry; status 0 when the entry is not understood."""
     if not isinstance(entry, dict):
         return 0, None
@@ -137,7 +137,7 @@ async def _history_batch(client: FhirClient, limit: asyncio.Semaphore, keys: lis
 
 
 def _history_entry(entry: Any) -> bool | None:
-    status, body = _entry(entry)
+    status, body = batch_entry(entry)
     if status in GONE:
         return False
     if status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle" \
