@@ -90,9 +90,12 @@ class Resolver:
                     result.unsearchable[(rtype, param)] = why
                 else:
                     pairs.append((rtype, param))
-        values = result.values = await self._search_values(result.patient_key)
-        searches = [(rtype, [(param, value)]) for rtype, param in pairs for value in values]
+        result.values = await self._search_values(result.patient_key)
+        # a sweep asks for the plain reference only (an OR of forms costs a scan per form on some
+        # upstreams); the full resolution after the sweeps asks for every form
+        values = [f"{result.patient_key[0]}/{patient_id}"] if sweep else result.values
         truncated: set[int] = set()
+        searches = [(rtype, [(param, value)]) for rtype, param in pairs for value in values]
         problems = await search_each(
             self.client, self.limit, searches, self.page_size, self.parts,
             lambda index, page: self._take(result, *pairs[index // len(values)], page),
