@@ -281,7 +281,7 @@ class Purge(_Strict):
         "keep", description="resources also in another patient's compartment"
     )
     batch_size: int = Field(100, ge=1, le=5000, description="DELETE entries per transaction")
-    page_size: int = Field(200, ge=1, le=5000, description="_count of compartment searches")
+    page_size: int = Field(1000, ge=1, le=5000, description="_count of compartment searches")
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
     max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
     hard_delete: HardDelete = "auto"

@@ -150,3 +150,38 @@ async def test_a_document_written_during_the_purge_goes_with_its_bytes(engine, u
     assert result.complete, result.errors
     assert seeds.present(upstream, seed.in_scope) == []
     assert seeds.snapshot(upstream, seed.untouchable) == before
+
+
+async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(upstream) -> None:
+    """A page of 7: the purge deletes page one of each search and searches again many times
+    (deep pages never read), referencing resources before what they reference (HAPI refuses
+    otherwise), and ends with the full resolution: shared resources and the control patient
+    stay byte-identical, history included, and every deleted resource is in what was planned."""
+    seed = seeds.build(sizes={"Encounter": 6, "Observation": 40, "DiagnosticReport": 9, "Condition": 10})
+    seeds.write(upstream, seed.resources)
+    before = seeds.snapshot(upstream, seed.untouchable)
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    client = FhirClient(upstream, http)
+    observer = Phases()
+    settings = replace(SETTINGS, page_size=7, batch_size=10, observer=observer)
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
+    try:
+        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment),
+                                               confirmed=True))
+    finally:
+        await http.aclose()
+    patient = ("Patient", seed.patient)
+    assert observer.entered.count("resolve") >= 6  # 40 Observations, 7 a page: it swept
+    assert not result.errors and not result.deletion.failed, result.errors
+    assert seeds.snapshot(upstream, seed.untouchable) == before  # byte-identical, _history too
+    if engine.profile.kind.name == "hapi":  # referential integrity: the kept shared ones block the Patient
+        assert not result.complete and list(result.deletion.blocked) == [patient], result.deletion.blocked
+        assert seeds.present(upstream, seed.in_scope) == [patient]
+        assert sorted(result.deletion.deleted) == sorted(k for k in seed.in_scope if k != patient)
+    else:
+        assert result.complete, result
+        assert not result.deletion.blocked
+        assert seeds.present(upstream, seed.in_scope) == []
+        assert sorted(result.deletion.deleted) == sorted(seed.in_scope)
+    assert set(result.planned) == set(seed.in_scope) and result.planned[-1] == ("Patient", seed.patient)
+    assert result.purge is not None and result.purge.plan.shared  # the shared Group/Coverage: kept, reported

@@ -47,6 +47,8 @@ class Resolution:
     ignored: dict[Key, set[str]] = field(default_factory=dict)  # returned, but not referencing
     unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)  # pair -> why
     values: list[str] = field(default_factory=list)  # the search values that named the patient
+    # (type, param) searches that had more pages than this resolution read (a sweep reads one)
+    truncated: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def patient_key(self) -> Key:
@@ -68,25 +70,40 @@ class Resolver:
     # patients whose versions could not be read, so versioned references were not searched: why
     versions_unknown: dict[Key, str] = field(default_factory=dict)
 
-    async def resolve(self, patient_id: str) -> Resolution:
+    async def resolve(self, patient_id: str, sweep: bool = False,
+                      only: set[tuple[str, str]] | None = None) -> Resolution:
+        """The compartment as the upstream serves it now, every candidate checked.
+
+        ``sweep``: read only the first page of each search (a purge deletes what it found and
+        sweeps again); the searches with more pages go into ``truncated``.
+        ``only``: run only these (type, param) searches (a later sweep).
+        """
         result = Resolution(patient_id, "Patient" in self.compartment)
         result.patient = await self._read_patient(patient_id)
         pairs = []
         for rtype, params in self.compartment.items():
             for param in params:
+                if only is not None and (rtype, param) not in only:
+                    continue
                 why = self._not_searchable(rtype, param)
                 if why:
                     result.unsearchable[(rtype, param)] = why
                 else:
                     pairs.append((rtype, param))
-        values = result.values = await self._search_values(result.patient_key)
+        result.values = await self._search_values(result.patient_key)
+        # a sweep asks for the plain reference only (an OR of forms costs a scan per form on some
+        # upstreams); the full resolution after the sweeps asks for every form
+        values = [f"{result.patient_key[0]}/{patient_id}"] if sweep else result.values
+        truncated: set[int] = set()
         searches = [(rtype, [(param, value)]) for rtype, param in pairs for value in values]
         problems = await search_each(
             self.client, self.limit, searches, self.page_size, self.parts,
             lambda index, page: self._take(result, *pairs[index // len(values)], page),
+            max_pages=1 if sweep else None, truncated=truncated,
         )
         for index, why in problems.items():
             result.unsearchable[pairs[index // len(values)]] = why
+        result.truncated = {pairs[index // len(values)] for index in truncated}
         return result
 
     async def _search_values(self, patient: Key) -> list[str]:

@@ -24,7 +24,7 @@ from typing import Any
 
 from purgeproxy.engine.compartment import Resolution, Resolver
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.verify import GONE, history_left
+from purgeproxy.engine.verify import GONE, HISTORY_BATCH, batch_entry, history_left, read_current
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.fhir.search import ResolutionError, next_link, outcome_text
@@ -73,7 +73,7 @@ class DeletedHistoryFinder:
         deleted = await self._deleted_since(since)
         wanted = [key for key in deleted if key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)]
-        judged = await asyncio.gather(*(self._judge(key, patient) for key in wanted))
+        judged = await self._judge_all(wanted, patient)
         for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
                 continue
@@ -120,24 +120,38 @@ class DeletedHistoryFinder:
             url, params = next_link(answer.body, self.client.base_url, seen), None
         raise ResolutionError("the upstream's history paging does not end")
 
-    async def _judge(self, key: Key, patient: Key) -> frozenset[str] | None:
-        """None: not the patient's (or not deleted any more); else the other patients it names."""
+    async def _judge_all(self, keys: list[Key], patient: Key) -> list[frozenset[str] | None]:
+        """Each key judged (see ``_judge``), read in batch Bundles: on a busy server the system
+        history since the patient was created lists every resource deleted since, the patient's
+        or not, and one read and one history read each made this the slowest part of a purge."""
+        reading = await read_current(self.client, self.limit, keys)
+        deleted = set(reading.gone)
+        gone = [key for key in keys if key in deleted]
+        histories = dict(zip(gone, await self._histories(gone), strict=True))
+        # still there, or unreadable: live resources are the compartment searches' business
+        return [_judge(key, patient, self.resolver, histories[key]) if key in histories else None
+                for key in keys]
+
+    async def _histories(self, keys: list[Key]) -> list[list[dict[str, Any]] | None]:
+        """Every version of each key (None: 404/410): in batch Bundles of ``_history`` reads, a
+        history that has more pages or is answered in a shape we do not trust read on its own."""
+        groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
+        firsts = [v for group in await asyncio.gather(*(self._history_batch(g) for g in groups)) for v in group]
+        return list(await asyncio.gather(*(
+            self._history(f"{key[0]}/{key[1]}/_history") if first is UNSURE else _done(first)
+            for key, first in zip(keys, firsts, strict=True))))
+
+    async def _history_batch(self, keys: list[Key]) -> list[Any]:
+        if len(keys) < 2:
+            return [UNSURE] * len(keys)
+        bundle = {"resourceType": "Bundle", "type": "batch",
+                  "entry": [{"request": {"method": "GET", "url": f"{t}/{i}/_history"}} for t, i in keys]}
         async with self.limit:
-            answer = await self.client.request("GET", f"{key[0]}/{key[1]}")
-        if answer.status not in GONE:
-            return None  # it exists again: live resources are the compartment searches' business
-        versions = await self._history(f"{key[0]}/{key[1]}/_history") or []
-        if key == patient:
-            return frozenset() if versions else None
-        mine, others = False, set[str]()
-        for body in versions:
-            if body.get("resourceType") != key[0] or body.get("id") != key[1]:
-                continue
-            member = self.resolver.check(body, patient)
-            if member is not None:
-                mine = True
-                others |= member.other_patients
-        return frozenset(others) if mine else None
+            answer = await self.client.request("POST", "", json=bundle)
+        entries = answer.body.get("entry") if answer.status == 200 and answer.resource_type == "Bundle" else None
+        if not isinstance(entries, list) or len(entries) != len(keys):
+            return [UNSURE] * len(keys)
+        return [_history_entry(entry) for entry in entries]
 
     async def _history(self, path: str) -> list[dict[str, Any]] | None:
         """The resources of every version in an instance history (None: 404/410)."""
@@ -156,6 +170,44 @@ class DeletedHistoryFinder:
             bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
             url = next_link(answer.body, self.client.base_url, seen)
         raise ResolutionError(f"the paging of {path} does not end")
+
+
+UNSURE = object()  # a batch entry that proves nothing: read that history on its own
+
+
+async def _done(versions: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    return versions
+
+
+def _history_entry(entry: Any) -> Any:
+    """The versions in one batch entry (None: 404/410), or UNSURE (more pages, or not a history)."""
+    status, body = batch_entry(entry)
+    if status in GONE:
+        return None
+    if not (status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle"
+            and body.get("type") == "history"):
+        return UNSURE
+    if any(link.get("relation") == "next" for link in body.get("link") or [] if isinstance(link, dict)):
+        return UNSURE  # paged: the paging is followed on its own
+    return [e["resource"] for e in body.get("entry") or [] if isinstance(e.get("resource"), dict)]
+
+
+def _judge(key: Key, patient: Key, resolver: Resolver,
+           versions: list[dict[str, Any]] | None) -> frozenset[str] | None:
+    """None: not the patient's; else the other patients it names. ``versions``: every version of
+    the deleted resource (None: its history is gone)."""
+    versions = versions or []
+    if key == patient:
+        return frozenset() if versions else None
+    mine, others = False, set[str]()
+    for body in versions:
+        if body.get("resourceType") != key[0] or body.get("id") != key[1]:
+            continue
+        member = resolver.check(body, patient)
+        if member is not None:
+            mine = True
+            others |= member.other_patients
+    return frozenset(others) if mine else None
 
 
 def _earliest(versions: list[dict[str, Any]]) -> str | None:

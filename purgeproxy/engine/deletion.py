@@ -111,15 +111,22 @@ class Deleter:
         report = DeletionReport()
         pinned = dict(versions or {})
         pending = list(order)
-        while pending:
-            batch, pending = pending[: self.batch_size], pending[self.batch_size:]
-            done = await self._batch(batch, pending, pinned, report)
-            if self.hard_delete and done:
-                with self.observer.phase("expunge"):
-                    await self._hard_delete(done, report)
-            if progress:
-                await progress(len(report.deleted) + len(report.already_gone))
+        hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes
+        try:
+            while pending:
+                batch, pending = pending[: self.batch_size], pending[self.batch_size:]
+                done = await self._batch(batch, pending, pinned, report)
+                if self.hard_delete and done:
+                    hard.append(asyncio.ensure_future(self._timed_hard_delete(done, report)))
+                if progress:
+                    await progress(len(report.deleted) + len(report.already_gone))
+        finally:
+            await asyncio.gather(*hard)
         return report
+
+    async def _timed_hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
+        with self.observer.phase("expunge"):
+            await self._hard_delete(keys, report)
 
     async def _examine(self, keys: list[Key], pinned: dict[Key, str | None],
                        report: DeletionReport) -> list[Key]:

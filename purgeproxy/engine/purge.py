@@ -1,5 +1,11 @@
 """Patient purge: resolve the compartment, plan, delete, and prove what is gone.
 
+A confirmed purge starts with sweeps, as an experienced operator's loop does: page one of each
+search (one parameter per type) is read, every candidate checked and planned, what is in scope
+deleted, and the searches that had more pages run again, until none has; deep pages, which an
+upstream paging by ``_offset`` answers ever slower, are never read, and memory holds one page per
+search. Then the rounds below run unchanged, from a full resolution.
+
 Runs in rounds: each round resolves the compartment afresh and deletes what it finds, so pages
 that an upstream skipped while its result set shrank are caught by the next round. The round
 that finds nothing left to delete is the verification. A resource that comes back after it was
@@ -50,6 +56,9 @@ class PurgeSettings:
     outside_references_members: int = 0  # plans up to this size: citing any member (purge.outside_references_members)
     attachments: str = "delete"  # delete | keep: Binaries holding the patient's documents
     observer: Observer = NO_OBSERVER  # told when each stage starts and ends (the benchmark's timing)
+    # a confirmed purge deletes what the first page of each search holds and searches again, like
+    # an operator's loop, before its full rounds; False: resolve it all first
+    sweep: bool = True
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -98,9 +107,19 @@ class PurgeEngine:
                        settings.hard_delete, max_without_confirm=settings.max_without_confirm,
                        observer=settings.observer)
 
-    async def _resolve(self, resolver: Resolver, patient_id: str) -> Resolution:
+    async def _resolve(self, resolver: Resolver, patient_id: str, sweep: bool = False,
+                       only: set[tuple[str, str]] | None = None) -> Resolution:
         with self.settings.observer.phase("resolve"):
-            return await resolver.resolve(patient_id)
+            return await resolver.resolve(patient_id, sweep, only)
+
+    def _sweeps(self, request: PurgeRequest) -> bool:
+        """Whether the purge may start by sweeping first pages: only when nothing needs the whole
+        plan before the first delete (a dry run, the confirmation rail, outside references of
+        every member do)."""
+        settings = self.settings
+        return (settings.sweep and not request.dry_run
+                and (request.confirmed or settings.max_without_confirm is None)
+                and settings.outside_references_members == 0)
 
     def _plan(self, resolution: Resolution) -> Plan:
         with self.settings.observer.phase("plan"):
@@ -129,7 +148,9 @@ class PurgeEngine:
 
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> Result:
         resolver = self.resolver(request.compartment)
-        resolution = await self._resolve(resolver, request.patient_id)
+        sweep = self._sweeps(request)
+        resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
+                                         only=_first_params(request.compartment) if sweep else None)
         first = self._plan(resolution)
         searched = None
         if self.settings.outside_references:
@@ -156,9 +177,15 @@ class PurgeEngine:
         if request.dry_run:
             return result
         tally = _Tally(progress)
+        versions: Versions = {**_versions(resolution), **details.attachments.versions}
+        deleter = execute.deleter(ctx, self._recheck(resolver, request.patient_id))
+        gone: set[Key] = set()
         try:
-            await self._rounds(resolver, first, {**_versions(resolution), **details.attachments.versions},
-                               execute.deleter(ctx, self._recheck(resolver, request.patient_id)), result, tally)
+            plan = first
+            if resolution.truncated:
+                plan, versions = await self._sweep(resolver, resolution, first, versions, deleter, result,
+                                                   tally, gone)
+            await self._rounds(resolver, first, plan, versions, deleter, result, tally, gone)
         except (ResolutionError, UpstreamError) as failure:
             result.errors.append(str(failure))
             execute.interrupted(result, failure, tally.removed)
@@ -225,10 +252,60 @@ class PurgeEngine:
                         if {path.steps for path in definitions.reference_paths(rtype, param) or ()} <= searched}
         return frozenset(covered)
 
-    async def _rounds(self, resolver: Resolver, first: Plan, versions: Versions, deleter: Deleter,
-                      result: Result, progress: PurgeProgress | None) -> None:
+    async def _sweep(self, resolver: Resolver, resolution: Resolution, first: Plan, versions: Versions,
+                     deleter: Deleter, result: Result, progress: PurgeProgress | None,
+                     gone: set[Key]) -> tuple[Plan, Versions]:
+        """Delete what the first pages hold and search again, while some search has more pages
+        and the last sweep deleted something: deep pages are never read (an upstream paging by
+        ``_offset`` answers them ever slower), and what a sweep holds in memory is one page per
+        search. Each sweep is a fresh resolution: every candidate read, checked and planned, and
+        deleted in the version read, as in the rounds. A resource that a search still to be
+        finished may reference (its type is referenced from a truncated search's pages) waits,
+        so that upstreams enforcing referential integrity accept each batch. Returns the plan and
+        versions of the first full resolution, which the rounds take on from."""
         plan = first
-        gone: set[Key] = set()
+        for _ in range(MAX_SWEEPS):
+            held = _held_back(resolution) if resolution.truncated else set()
+            todo = [key for key in plan.order if key[0] not in held]
+            self._check_not_back(gone, todo, result)
+            _forget(result.deletion, todo)
+            report = await execute.delete(self.context, deleter, todo,
+                                          await _overall(progress, result.deletion, len(todo)), versions)
+            result.deletion.merge(report)
+            gone.update(report.deleted, report.already_gone)
+            if not (resolution.truncated and (report.deleted or report.already_gone)):
+                break
+            waiting = {(key[0], param) for key, member in resolution.members.items() if key[0] in held
+                       for param in member.via}
+            resolution = await self._resolve(resolver, plan.patient_id, sweep=True,
+                                             only=resolution.truncated | waiting)
+            plan, versions = await self._swept(resolution, first, result)
+        # the rounds take on from a full resolution: every search, every page
+        return await self._swept(await self._resolve(resolver, first.patient_id), first, result)
+
+    async def _swept(self, resolution: Resolution, first: Plan, result: Result) -> tuple[Plan, Versions]:
+        """A sweep's resolution planned, its findings and new members joined to the purge's plan,
+        and the documents of those members added (they are the patient's too)."""
+        plan, versions = self._plan(resolution), _versions(resolution)
+        _carry_over(first, plan)
+        _add_planned(first, plan)
+        if plan.order and result.purge is not None:
+            later = await self._attachments(resolution, plan)
+            result.purge.attachments.merge(later)
+            versions = {**versions, **later.versions}
+        return plan, versions
+
+    @staticmethod
+    def _check_not_back(gone: set[Key], todo: list[Key], result: Result) -> None:
+        back = gone.intersection(todo)
+        if back:
+            result.remaining = sorted(back)
+            raise ResolutionError(
+                f"the upstream still returns {len(back)} resource(s) after deleting them"
+            )
+
+    async def _rounds(self, resolver: Resolver, first: Plan, plan: Plan, versions: Versions, deleter: Deleter,
+                      result: Result, progress: PurgeProgress | None, gone: set[Key]) -> None:
         progressed = True
         for _ in range(self.settings.max_rounds):
             stuck = set(result.deletion.blocked) | set(result.deletion.failed)
@@ -236,12 +313,7 @@ class PurgeEngine:
             if not todo:
                 result.remaining = list(plan.order)  # found afresh: only what was blocked or failed
                 return
-            back = gone.intersection(todo)
-            if back:
-                result.remaining = sorted(back)
-                raise ResolutionError(
-                    f"the upstream still returns {len(back)} resource(s) after deleting them"
-                )
+            self._check_not_back(gone, todo, result)
             _forget(result.deletion, todo)  # tried again: this round says what became of them
             report = await execute.delete(self.context, deleter, todo,
                                           await _overall(progress, result.deletion, len(todo)), versions)
@@ -302,6 +374,7 @@ async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo:
 
 
 HISTORY_SAMPLE = 25
+MAX_SWEEPS = 10_000  # each deletes something; then the rounds (and max_rounds) take over
 
 
 def _history_sample(deleted: list[Key], all_of_them: bool) -> list[Key]:
@@ -314,6 +387,32 @@ def _history_sample(deleted: list[Key], all_of_them: bool) -> list[Key]:
         return list(deleted)
     step = len(deleted) / HISTORY_SAMPLE
     return [deleted[int(i * step)] for i in range(HISTORY_SAMPLE)]
+
+
+def _first_params(compartment: Compartment) -> set[tuple[str, str]]:
+    """What the sweeps search: one parameter per type, the compartment's first. An upstream that
+    scans a type's store for every search (the Medplum engine) would otherwise scan each full
+    store once per parameter before anything is deleted; the full resolution after the sweeps
+    runs every search, on stores the sweeps emptied."""
+    return {(rtype, params[0]) for rtype, params in compartment.items() if params}
+
+
+def _held_back(resolution: Resolution) -> set[str]:
+    """The types a search not read to its end may still reference: what its pages so far
+    reference (the Patient among them), so the members of those types wait for the next sweep."""
+    open_types = {rtype for rtype, _ in resolution.truncated}
+    return {target[0] for key, member in resolution.members.items() if key[0] in open_types
+            for target in member.references} | {"Patient"}
+
+
+def _add_planned(first: Plan, later: Plan) -> None:
+    """A sweep's new members join the purge's plan (what it reports as planned), before the
+    Patient, which stays last."""
+    known = set(first.order)
+    new = [key for key in later.order if key not in known]
+    at = len(first.order) - 1 if first.order and first.order[-1] == ("Patient", first.patient_id) \
+        else len(first.order)
+    first.order[at:at] = new
 
 
 def _carry_over(first: Plan, later: Plan) -> None:

@@ -76,17 +76,19 @@ def _key(resource: dict[str, Any]) -> tuple[Any, Any]:
 
 async def search_pages(client: FhirClient, limit: asyncio.Semaphore, rtype: str,
                        params: list[tuple[str, str]], page_size: int,
-                       first_page: FhirResponse | None = None) -> AsyncIterator[list[dict[str, Any]]]:
+                       first_page: FhirResponse | None = None, max_pages: int | None = None,
+                       on_more: Callable[[], None] | None = None) -> AsyncIterator[list[dict[str, Any]]]:
     """Yield the match resources of a strict search, page by page, until there are no more.
 
     ``first_page``: the first answer, when it was already fetched (in a batch Bundle).
+    ``max_pages``: stop after that many pages; ``on_more`` is called when more were left.
     """
     first = params + [("_count", str(page_size))]
     url = rtype
     query: list[tuple[str, str]] | None = first  # None on later pages: the next link carries it
     seen_links: set[str] = set()
     seen: set[tuple[Any, Any]] = set()
-    for _ in range(MAX_PAGES):
+    for _ in range(max_pages or MAX_PAGES):
         if first_page is not None:
             answer, first_page = first_page, None
         else:
@@ -106,7 +108,10 @@ async def search_pages(client: FhirClient, limit: asyncio.Semaphore, rtype: str,
         if not (isinstance(total, int) and total > len(seen) and fresh):
             return
         url, query = rtype, first + [("_offset", str(len(seen)))]  # pages by offset, no links
-    raise ResolutionError("the upstream's paging does not end")
+    if max_pages is None:
+        raise ResolutionError("the upstream's paging does not end")
+    if on_more is not None:
+        on_more()
 
 
 Search = tuple[str, list[tuple[str, str]]]  # (resource type, query parameters)
@@ -114,8 +119,12 @@ Search = tuple[str, list[tuple[str, str]]]  # (resource type, query parameters)
 
 async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Sequence[Search],
                       page_size: int, parts: int,
-                      on_page: Callable[[int, list[dict[str, Any]]], None]) -> dict[int, str]:
+                      on_page: Callable[[int, list[dict[str, Any]]], None],
+                      max_pages: int | None = None, truncated: set[int] | None = None) -> dict[int, str]:
     """Run many strict searches to the end; ``on_page(index, matches)`` sees every page.
+
+    ``max_pages``: read at most that many pages of each search; the index of every search that
+    had more then goes into ``truncated``.
 
     The first pages travel in ``parts`` batch Bundles sent side by side: a purge runs a hundred
     searches that mostly find nothing, and one round trip per search is what made it slow on
@@ -129,7 +138,9 @@ async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Se
         for index, first in zip(indices, firsts, strict=True):
             rtype, params = searches[index]
             try:
-                async for page in search_pages(client, limit, rtype, params, page_size, first):
+                more = (lambda i=index: truncated.add(i)) if truncated is not None else None
+                async for page in search_pages(client, limit, rtype, params, page_size, first,
+                                               max_pages, more):
                     on_page(index, page)
             except SearchFailed as failure:
                 problems[index] = str(failure)

@@ -1,0 +1,77 @@
+"""History read-back in batch Bundles: trusted only entry by entry, anything unsure read again alone.
+
+A scripted upstream (``httpx.MockTransport``) serves instance histories; real upstreams are covered
+by the purge tests (tests/test_purge.py reads back every hard-deleted resource on HAPI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+
+from purgeproxy.engine.verify import history_left
+from purgeproxy.fhir.client import FhirClient
+
+BASE = "http://upstream.test/fhir"
+
+
+def history(*versions: str) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "history",
+            "entry": [{"resource": {"resourceType": "Observation", "meta": {"versionId": v}}} for v in versions]}
+
+
+class Upstream:
+    """Histories by path; ``batch``: how a batch Bundle is answered ("ok", "refuse", "odd")."""
+
+    def __init__(self, histories: dict[str, dict[str, Any] | None], batch: str = "ok") -> None:
+        self.histories, self.batch = histories, batch
+        self.requests: list[str] = []
+        self.client = FhirClient(BASE, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
+
+    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+        found = self.histories.get(path)
+        return (200, found) if found is not None else (410, {"resourceType": "OperationOutcome"})
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            path = request.url.path.removeprefix("/fhir/")
+            self.requests.append(f"GET {path}")
+            status, body = self.answer(path)
+            return httpx.Response(status, json=body)
+        self.requests.append("POST batch")
+        if self.batch == "refuse":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome"})
+        entries = []
+        for entry in json.loads(request.content)["entry"]:
+            status, body = self.answer(entry["request"]["url"])
+            if self.batch == "odd" and status == 200:
+                body = {"resourceType": "Bundle", "type": "searchset"}  # not a history: unsure
+            entries.append({"response": {"status": f"{status}"}, "resource": body})
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries})
+
+
+KEYS = [("Observation", "a"), ("Observation", "b"), ("Observation", "c")]
+HISTORIES = {"Observation/a/_history": history("1", "2"), "Observation/b/_history": None,
+             "Observation/c/_history": history()}
+
+
+async def test_histories_are_read_in_one_batch() -> None:
+    upstream = Upstream(HISTORIES)
+    assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert upstream.requests == ["POST batch"]
+
+
+async def test_a_refused_batch_is_read_one_by_one() -> None:
+    upstream = Upstream(HISTORIES, batch="refuse")
+    assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert sorted(upstream.requests) == ["GET Observation/a/_history", "GET Observation/b/_history",
+                                         "GET Observation/c/_history", "POST batch"]
+
+
+async def test_an_entry_that_is_not_a_history_is_read_again_alone() -> None:
+    upstream = Upstream(HISTORIES, batch="odd")  # a and c answered 200 with a searchset: unsure
+    assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert sorted(upstream.requests) == ["GET Observation/a/_history", "GET Observation/c/_history", "POST batch"]
