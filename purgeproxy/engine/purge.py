@@ -115,9 +115,9 @@ class PurgeEngine:
     def _sweeps(self, request: PurgeRequest) -> bool:
         """Whether the purge may start by sweeping first pages: only when nothing needs the whole
         plan before the first delete (a dry run, the confirmation rail, outside references of
-        every member do)."""
+        every member, ``_remove-references`` of every kept referrer do)."""
         settings = self.settings
-        return (settings.sweep and not request.dry_run
+        return (settings.sweep and not request.dry_run and not request.remove_references
                 and (request.confirmed or settings.max_without_confirm is None)
                 and settings.outside_references_members == 0)
 
