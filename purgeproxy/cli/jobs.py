@@ -8,7 +8,9 @@ cancelled, 2 when the proxy cannot be asked or refuses the caller.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -40,9 +42,16 @@ def register(app: typer.Typer) -> None:
     app.add_typer(jobs)
 
 
-def _client(proxy: str | None, token: str | None, output: Output) -> ProxyClient:
+@contextlib.contextmanager
+def _talking(proxy: str | None, token: str | None, output: Output) -> Iterator[ProxyClient]:
+    """A client of the running proxy for one command: closed after it, and a proxy that cannot be
+    reached (or a refused token) is one line and the exit status ``UNREACHABLE``."""
     try:
-        return ProxyClient(proxy, token)
+        client = ProxyClient(proxy, token)
+        try:
+            yield client
+        finally:
+            client.close()
     except ProxyError as failure:
         output.error(str(failure))
         raise typer.Exit(UNREACHABLE) from None
@@ -61,16 +70,10 @@ def list_command(
 ) -> None:
     """List jobs, newest first (your own, or every job if your token may run every operation)."""
     output = Output(as_json)
-    client = _client(proxy, token, output)
     filters = {name: value for name, value in
                (("status", status), ("operation", operation), ("_since", since)) if value is not None}
-    try:
+    with _talking(proxy, token, output) as client:
         jobs = client.list_jobs(filters, min(limit, 500), limit)
-    except ProxyError as failure:
-        output.error(str(failure))
-        raise typer.Exit(UNREACHABLE) from None
-    finally:
-        client.close()
     if as_json:
         output.json({"jobs": jobs})
         return
@@ -83,14 +86,8 @@ def show_command(job: JobId, proxy: ProxyOption = None, token: TokenOption = Non
                  as_json: JsonOption = False) -> None:
     """Show one job: its progress while it runs, its whole answer once it ended."""
     output = Output(as_json)
-    client = _client(proxy, token, output)
-    try:
+    with _talking(proxy, token, output) as client:
         state = client.state(job)
-    except ProxyError as failure:
-        output.error(str(failure))
-        raise typer.Exit(UNREACHABLE) from None
-    finally:
-        client.close()
     _print_state(output, state)
     raise typer.Exit(_status(state))
 
@@ -100,21 +97,14 @@ def watch_command(job: JobId, proxy: ProxyOption = None, token: TokenOption = No
                   as_json: JsonOption = False) -> None:
     """Follow a job with a progress bar until it ends; the exit status says how it ended."""
     output = Output(as_json)
-    client = _client(proxy, token, output)
     name = f"job {job.rstrip('/').rsplit('/', 1)[-1]}"
-    try:
-        with output.progress([name]) as view:
+    with _talking(proxy, token, output) as client, output.progress([name]) as view:
+        state = client.state(job)
+        while state.active:
+            view.update(name, state.progress, state.done, state.total)
+            time.sleep(poll)
             state = client.state(job)
-            while state.active:
-                view.update(name, state.progress, state.done, state.total)
-                time.sleep(poll)
-                state = client.state(job)
-            view.finish(name, verdict_of(state.outcome)[0])
-    except ProxyError as failure:
-        output.error(str(failure))
-        raise typer.Exit(UNREACHABLE) from None
-    finally:
-        client.close()
+        view.finish(name, verdict_of(state.outcome)[0])
     _print_state(output, state)
     raise typer.Exit(_status(state))
 
@@ -123,14 +113,8 @@ def cancel_command(job: JobId, proxy: ProxyOption = None, token: TokenOption = N
                    as_json: JsonOption = False) -> None:
     """Cancel a queued or running job; it stops after the batch in flight."""
     output = Output(as_json)
-    client = _client(proxy, token, output)
-    try:
+    with _talking(proxy, token, output) as client:
         answer = client.cancel(job)
-    except ProxyError as failure:
-        output.error(str(failure))
-        raise typer.Exit(UNREACHABLE) from None
-    finally:
-        client.close()
     body = body_of(answer)
     if answer.status_code in (401, 403):
         output.error(f"the proxy answered {answer.status_code}: {verdict_of(body)[1]}")

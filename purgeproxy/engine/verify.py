@@ -53,15 +53,20 @@ async def _read_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> t
     return answer.status, answer.body
 
 
-async def _read_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[tuple[int, Any]] | None:
+async def _batch_get(client: FhirClient, limit: asyncio.Semaphore, urls: list[str]) -> list[Any] | None:
+    """The entries of one batch Bundle of GETs, one per URL in order; None when the answer is not
+    such a Bundle (the caller then reads one by one or says it is unsure)."""
     bundle = {"resourceType": "Bundle", "type": "batch",
-              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}"}} for t, i in keys]}
+              "entry": [{"request": {"method": "GET", "url": url}} for url in urls]}
     async with limit:
         answer = await client.request("POST", "", json=bundle)
     entries = answer.body.get("entry") if _is_bundle(answer) else None
-    if not isinstance(entries, list) or len(entries) != len(keys):
-        return None
-    return [batch_entry(entry) for entry in entries]
+    return entries if isinstance(entries, list) and len(entries) == len(urls) else None
+
+
+async def _read_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[tuple[int, Any]] | None:
+    entries = await _batch_get(client, limit, [f"{t}/{i}" for t, i in keys])
+    return None if entries is None else [batch_entry(entry) for entry in entries]
 
 
 def _is_bundle(answer: FhirResponse) -> bool:
@@ -126,14 +131,8 @@ async def _history_batch(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     """Whether each key still has history, from one batch Bundle; None where the answer is unsure."""
     if len(keys) < 2:
         return [None] * len(keys)
-    bundle = {"resourceType": "Bundle", "type": "batch",
-              "entry": [{"request": {"method": "GET", "url": f"{t}/{i}/_history"}} for t, i in keys]}
-    async with limit:
-        answer = await client.request("POST", "", json=bundle)
-    entries = answer.body.get("entry") if _is_bundle(answer) else None
-    if not isinstance(entries, list) or len(entries) != len(keys):
-        return [None] * len(keys)
-    return [_history_entry(entry) for entry in entries]
+    entries = await _batch_get(client, limit, [f"{t}/{i}/_history" for t, i in keys])
+    return [None] * len(keys) if entries is None else [_history_entry(entry) for entry in entries]
 
 
 def _history_entry(entry: Any) -> bool | None:
