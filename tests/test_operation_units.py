@@ -108,6 +108,21 @@ async def test_the_worker_pool_runs_the_declared_job_runners(upstream: Upstream)
     assert set(runners) == declared_runners | {"$reapply"}  # re-applying erasures (purgeproxy.receipts)
 
 
+async def test_the_worker_pool_sweeps_with_the_configured_retention(upstream: Upstream) -> None:
+    """``jobs.retention_days`` reaches the running pool's sweep (the sweep itself is tested on
+    both stores in test_job_store.py); a read-only pool does not sweep at all."""
+    for read_only, sweeps in ((False, True), (True, False)):
+        app = create_app(config_for(upstream[0], jobs={"retention_days": 7}, safety={"read_only": read_only}))
+        server = TestServer(app, host="127.0.0.1")
+        await server.start_server()
+        try:
+            pool = app[JOB_WORKERS]
+            assert pool.settings.retention_seconds == 7 * 86400
+            assert ("job-retention" in {task.get_name() for task in pool.tasks}) is sweeps
+        finally:
+            await server.close()
+
+
 @pytest.fixture
 async def upstream() -> AsyncIterator[Upstream]:
     """Answers ``metadata`` with a small CapabilityStatement and records every other request."""
