@@ -51,8 +51,8 @@ def _purged(proxy: Proxy, job_id: str) -> int:
     return next(p["valueInteger"] for p in answer.json()["parameter"] if p["name"] == "purgedResourcesCount")
 
 
-def _wait_for_progress(proxy: Proxy, job_id: str, at_least: int) -> int:
-    deadline = time.monotonic() + 120
+def _wait_for_progress(proxy: Proxy, job_id: str, at_least: int, seconds: float = 120) -> int:
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         purged = _purged(proxy, job_id)
         if purged >= at_least:

@@ -14,7 +14,7 @@ import httpx
 from tests import seed as seeds
 from tests.helpers import AUTH, texts
 from tests.served import Proxy, serving
-from tests.test_async_crash import _config, postgres_store  # noqa: F401 - the fixture, shared
+from tests.test_async_crash import _config, _purged, _wait_for_progress, postgres_store  # noqa: F401 - the fixture, shared
 
 SIZES = {"Observation": 400, "Encounter": 5, "Condition": 20}
 
@@ -25,20 +25,6 @@ def _kick_off(proxy: Proxy, patients: list[str]) -> str:
                         headers={**AUTH, "Prefer": "respond-async"}, timeout=60)
     assert answer.status_code == 202, answer.text
     return answer.headers["Content-Location"].rsplit("/", 1)[1]
-
-
-def _purged(proxy: Proxy, job_id: str) -> int:
-    answer = httpx.get(f"{proxy.base}/patient-purge/{job_id}", headers=AUTH, timeout=30)
-    return next(p["valueInteger"] for p in answer.json()["parameter"] if p["name"] == "purgedResourcesCount")
-
-
-def _wait_for(proxy: Proxy, job_id: str, at_least: int) -> int:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if (purged := _purged(proxy, job_id)) >= at_least:
-            return purged
-        time.sleep(0.05)
-    raise AssertionError(proxy.log.read_text()[-3000:])
 
 
 def _result(proxy: Proxy, job_id: str, timeout: float = 240) -> dict:
@@ -72,7 +58,7 @@ async def test_children_move_to_the_surviving_replica(medplum_base: str, tmp_pat
     config = _config(tmp_path, medplum_base, postgres_store)
     with serving(config, tmp_path) as one, serving(config, tmp_path) as two:
         job_id = _kick_off(one, [seed.patient for seed in built])
-        killed_at = await asyncio.to_thread(_wait_for, two, job_id, total // 4)
+        killed_at = await asyncio.to_thread(_wait_for_progress, two, job_id, total // 4, 180)
         owners = await _owners(postgres_store, job_id)
         victim, survivor = (one, two) if one.process.pid in owners else (two, one)
         assert victim.process.pid in owners  # it was running a child when it died
