@@ -1,7 +1,8 @@
 """Many patients at once on the real upstreams: R6 ``Group/[id]/$purge`` and Kodjin's
 ``Patient/$bulk-purge`` run as fan-out jobs (one ``$purge`` child per patient). A cohort with
 control patients outside it (byte-identical afterwards, history included), a resource shared by
-two members, a Group edited during the job, a cancelled job."""
+two members (the cohort's data: deleted, counted once) and one shared with a patient outside it
+(kept), members' data referencing each other, a Group edited during the job, a cancelled job."""
 
 from __future__ import annotations
 
@@ -63,18 +64,18 @@ def bulk_body(*patients: str, confirm: bool = False) -> dict[str, Any]:
 
 
 async def test_group_purge_takes_its_members_and_nothing_else(proxy: str, upstream: tuple[str, str]) -> None:
-    kind, base = upstream
+    _, base = upstream
     built, keep = cohort(base, 3)
     a, b, c = (seed.patient for seed in built)
     tag = seeds.new_tag()
-    # a resource in two members' compartments: shared, so kept (and on HAPI it blocks both deletes)
+    # a resource in two members' compartments and no one else's: the cohort's data, deleted
     shared = {"resourceType": "Coverage", "id": f"{tag}-cov", "status": "active", "subscriber": ref("Patient", a),
               "beneficiary": ref("Patient", b), "payor": [ref("Patient", b)]}
     device = {"resourceType": "Device", "id": f"{tag}-dev"}
     group = {"resourceType": "Group", "id": f"{tag}-grp", "type": "person", "actual": True,
              "member": [{"entity": ref("Patient", p)} for p in (a, b, c)] + [{"entity": ref("Device", device["id"])}]}
     seeds.write(base, [shared, device, group])
-    keep += [("Coverage", shared["id"]), ("Device", device["id"])]
+    keep += [("Device", device["id"])]
     before = seeds.snapshot(base, keep)
 
     async with httpx.AsyncClient(timeout=60) as http:
@@ -91,16 +92,81 @@ async def test_group_purge_takes_its_members_and_nothing_else(proxy: str, upstre
     assert f"Patient/{c}: success" in report
     for seed in built[2:]:
         assert seeds.present(base, seed.in_scope) == []
-    if kind == "hapi":  # the kept Coverage references both: HAPI refuses their Patient deletes
-        assert outcome["issue"][0]["code"] == "incomplete"
-        assert f"Patient/{a}: incomplete" in report and f"Patient/{b}: incomplete" in report
-        assert f"Coverage/{shared['id']}" in report
-    else:
-        assert f"Patient/{a}: success" in report and f"Patient/{b}: success" in report, report
-        for seed in built:
-            assert seeds.present(base, seed.in_scope) == []
+    assert outcome["issue"][0]["code"] == "success", report
+    assert f"Patient/{a}: success" in report and f"Patient/{b}: success" in report, report
+    for seed in built:
+        assert seeds.present(base, seed.in_scope) == []
+    assert seeds.present(base, [("Coverage", shared["id"])]) == []
+    job_id = url.rsplit("/", 1)[1]
+    said = [await child_report(proxy, f"{job_id}-{index:05d}") for index in (0, 1)]
+    within = f"(shared only within the cohort): Coverage/{shared['id']} is also in the compartment of"
+    assert all(within in text for text in said), said  # each member's purge says what became of it
+    assert any(f"deleted {within}" in text for text in said), said
+    status = await kodjin_status(proxy, job_id)  # the Coverage counted once over the cohort
+    assert status["purgedResourcesCount"] == [sum(len(seed.in_scope) for seed in built) + 1], status
     assert f"Group/{group['id']} was deleted" in report
-    assert seeds.snapshot(base, keep) == before  # controls, traps, the shared Coverage, the Device
+    assert seeds.snapshot(base, keep) == before  # controls, traps, the Device
+
+
+async def child_report(proxy: str, child: str) -> str:
+    """A child job's own answer (one member's purge), as text."""
+    async with httpx.AsyncClient(timeout=60) as http:
+        answer = await http.get(f"{proxy}/$async/{child}", headers=AUTH)
+    assert answer.status_code == 200, answer.text
+    return texts(answer.json()["entry"][0]["response"]["outcome"])
+
+
+async def test_members_data_referencing_each_other_goes_whichever_member_runs_first(
+        make_proxy: Any, upstream: tuple[str, str]) -> None:
+    """A's Observation has B's as a member and B's has A's, and B's Patient record links A's: on
+    HAPI each blocks the other member's delete until its own member's purge deleted it. One worker
+    runs the children one by one, so the first member's purge is blocked whichever it is; once all
+    ended, the parent runs it again, once, and both end success. D shares a Coverage with a
+    patient outside the cohort: kept, byte-identical, and (on HAPI, where it blocks D's Patient)
+    D is not run again, since what blocks it is not going away."""
+    kind, base = upstream
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"batch_size": 10},
+                             jobs={"poll_seconds": 0.2, "retry_after_seconds": 1, "workers": 1})
+    built, keep = cohort(base, 3, {"Encounter": 1, "Observation": 4, "Condition": 1})
+    a, b, d = built
+    tag = seeds.new_tag()
+    first_obs = {seed.patient: next(k[1] for k in seed.in_scope if k[0] == "Observation") for seed in built}
+    cross = [{"resourceType": "Observation", "id": f"{tag}-{mine}", "status": "final", "code": {"text": "x"},
+              "subject": ref("Patient", owner.patient), "hasMember": [ref("Observation", first_obs[other.patient])]}
+             for mine, owner, other in (("ab", a, b), ("ba", b, a))]
+    linked = {"resourceType": "Patient", "id": b.patient, "name": [{"family": "Purge"}],
+              "link": [{"other": ref("Patient", a.patient), "type": "seealso"}]}
+    outsider = {"resourceType": "Coverage", "id": f"{tag}-out", "status": "active", "subscriber": ref("Patient", d.patient),
+                "beneficiary": ref("Patient", a.control), "payor": [ref("Patient", a.control)]}
+    seeds.write(base, [*cross, linked, outsider])
+    keep.append(("Coverage", outsider["id"]))
+    before = seeds.snapshot(base, keep)
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{proxy}/Patient/$bulk-purge", json=bulk_body(*(s.patient for s in built)),
+                                   headers=ASYNC)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+    done = await poll(f"{proxy}/$async/{job_id}")
+    report = texts(done.json()["entry"][0]["response"]["outcome"])
+    assert f"Patient/{a.patient}: success" in report and f"Patient/{b.patient}: success" in report, report
+    for seed in (a, b):
+        assert seeds.present(base, seed.in_scope) == []
+    assert seeds.present(base, [("Observation", o["id"]) for o in cross]) == []
+    assert f"kept (shared): Coverage/{outsider['id']} is also in the compartment of Patient/{a.control}" \
+        in await child_report(proxy, f"{job_id}-00002")
+    async with httpx.AsyncClient(timeout=60) as http:
+        again = [(await http.get(f"{proxy}/$async/{job_id}-{i:05d}-2", headers=AUTH)).status_code for i in range(3)]
+    if kind == "hapi":
+        assert f"Patient/{d.patient}: incomplete" in report and f"Coverage/{outsider['id']}" in report, report
+        assert seeds.present(base, d.in_scope) == [("Patient", d.patient)]
+        assert again == [200, 404, 404], again  # the first member run again; D not: its blocker stays
+    else:
+        assert f"Patient/{d.patient}: success" in report and seeds.present(base, d.in_scope) == [], report
+        assert again == [404, 404, 404], again
+    status = await kodjin_status(proxy, job_id)
+    removed = sum(len(seed.in_scope) for seed in built) + len(cross) - (kind == "hapi")
+    assert status["purgedResourcesCount"] == [removed], status
+    assert seeds.snapshot(base, keep) == before  # controls, traps, the Coverage shared with a control
 
 
 async def test_a_group_edited_after_kick_off_does_not_widen_the_job(make_proxy: Any, upstream: tuple[str, str],
