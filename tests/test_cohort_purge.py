@@ -271,3 +271,42 @@ async def test_cancel_stops_every_child(proxy: str, upstream: tuple[str, str]) -
     assert sum(map(len, left)) > 0  # it really stopped mid-way
     assert (await kodjin_status(proxy, job_id))["status"] == ["cancelled"]
     assert seeds.snapshot(base, keep) == before
+
+
+async def test_remove_references_leaves_another_members_data_to_its_own_purge(proxy: str,
+                                                                              upstream: tuple[str, str]) -> None:
+    """``_remove-references`` on a cohort: B's Observation about A (``focus``, not a compartment
+    parameter) is B's data, which B's purge deletes: A's purge does not rewrite it (on HAPI it
+    blocks A's Patient until B's purge deleted it; A is then run again). An Observation of a
+    patient outside the cohort about A is a real outside referrer: it loses only that reference."""
+    _, base = upstream
+    built, keep = cohort(base, 2, {"Encounter": 1, "Observation": 3})
+    a, b = built
+    tag = seeds.new_tag()
+    theirs = {"resourceType": "Observation", "id": f"{tag}-theirs", "status": "final", "code": {"text": "x"},
+              "subject": ref("Patient", b.patient), "focus": [ref("Patient", a.patient)]}
+    outside = {"resourceType": "Observation", "id": f"{tag}-outside", "status": "final", "code": {"text": "x"},
+               "subject": ref("Patient", a.control), "focus": [ref("Patient", a.patient)], "valueString": "kept"}
+    seeds.write(base, [theirs, outside])
+    before = seeds.snapshot(base, keep)
+    body = bulk_body(a.patient, b.patient)
+    body["parameter"].append({"name": "_remove-references", "valueBoolean": True})
+    async with httpx.AsyncClient(timeout=60) as http:
+        accepted = await http.post(f"{proxy}/Patient/$bulk-purge", json=body, headers=ASYNC)
+    assert accepted.status_code == 202, accepted.text
+    job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+    done = await poll(f"{proxy}/$async/{job_id}")
+    outcome = done.json()["entry"][0]["response"]["outcome"]
+    assert outcome["issue"][0]["code"] == "success", texts(outcome)
+    for seed in built:
+        assert seeds.present(base, seed.in_scope) == []
+    assert seeds.present(base, [("Observation", theirs["id"])]) == []
+    async with httpx.AsyncClient(timeout=60) as http:
+        children = [(await http.get(f"{proxy}/$async/{job_id}-00000{suffix}", headers=AUTH)) for suffix in ("", "-2")]
+    said = "\n".join(texts(c.json()["entry"][0]["response"]["outcome"]) for c in children if c.status_code == 200)
+    assert f"Observation/{theirs['id']} references Patient/{a.patient}; it is another cohort member's data" in said
+    assert f"Observation/{theirs['id']}: reference" not in said  # never rewritten
+    assert f"Observation/{outside['id']}: reference(s) to Patient/{a.patient} removed" in said, said
+    now = httpx.get(f"{base}/Observation/{outside['id']}", headers=seeds.FHIR).json()
+    assert {k: v for k, v in now.items() if k != "meta"} == {k: v for k, v in outside.items() if k != "focus"}
+    assert seeds.snapshot(base, keep) == before
