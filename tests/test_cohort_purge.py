@@ -120,7 +120,7 @@ async def test_members_data_referencing_each_other_goes_whichever_member_runs_fi
         make_proxy: Any, upstream: tuple[str, str]) -> None:
     """A's Observation has B's as a member and B's has A's, and B's Patient record links A's: on
     HAPI each blocks the other member's delete until its own member's purge deleted it. One worker
-    runs the children one by one, so the first member's purge is blocked whichever it is; once all
+    runs the children one by one, so the first member's purge is blocked, whichever it is; once all
     ended, the parent runs it again, once, and both end success. D shares a Coverage with a
     patient outside the cohort: kept, byte-identical, and (on HAPI, where it blocks D's Patient)
     D is not run again, since what blocks it is not going away."""
@@ -159,7 +159,8 @@ async def test_members_data_referencing_each_other_goes_whichever_member_runs_fi
     if kind == "hapi":
         assert f"Patient/{d.patient}: incomplete" in report and f"Coverage/{outsider['id']}" in report, report
         assert seeds.present(base, d.in_scope) == [("Patient", d.patient)]
-        assert again == [200, 404, 404], again  # the first member run again; D not: its blocker stays
+        assert sorted(again[:2]) == [200, 404] and again[2] == 404, again  # whichever ran first, once; D not
+
     else:
         assert f"Patient/{d.patient}: success" in report and seeds.present(base, d.in_scope) == [], report
         assert again == [404, 404, 404], again
