@@ -160,7 +160,6 @@ async def test_members_data_referencing_each_other_goes_whichever_member_runs_fi
         assert f"Patient/{d.patient}: incomplete" in report and f"Coverage/{outsider['id']}" in report, report
         assert seeds.present(base, d.in_scope) == [("Patient", d.patient)]
         assert sorted(again[:2]) == [200, 404] and again[2] == 404, again  # whichever ran first, once; D not
-
     else:
         assert f"Patient/{d.patient}: success" in report and seeds.present(base, d.in_scope) == [], report
         assert again == [404, 404, 404], again

@@ -142,7 +142,7 @@ def _plan_kept(result: Result, purge: PurgeDetails) -> list[dict[str, Any]]:
 
 def _within_cohort(result: Result, plan: Plan) -> list[dict[str, Any]]:
     """Resources shared only with other members of the same many-patient purge: deleted, by
-    this purge or (measured: found gone when this one came to it) by another member's."""
+    this purge or (measured: found gone when this one came to delete it) by another member's."""
     within = {key: others for key, others in plan.shared.items() if others <= plan.cohort}
     if not within:
         return []
@@ -150,7 +150,8 @@ def _within_cohort(result: Result, plan: Plan) -> list[dict[str, Any]]:
     texts = []
     for (t, i), others in sorted(within.items()):
         what = ("would be deleted" if result.dry_run else "deleted" if (t, i) in deleted
-                else "already gone when this purge came to it (another member's purge deleted it)"
+                else "already gone when this purge came to it (deleted since it was read, e.g. by another "
+                     "member's purge)"
                 if (t, i) in gone else "not deleted")
         texts.append(_info(f"{what} (shared only within the cohort): {t}/{i} is also in the compartment of "
                            f"{_refs(('Patient', p) for p in others)}, all of them patients of this purge's cohort"))
