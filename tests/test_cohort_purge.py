@@ -13,6 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
+from purgeproxy.engine.plan import Policy
+from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
+from purgeproxy.fhir.client import FhirClient, make_http_client
+from purgeproxy.servers.profile import ProfileCache
 from tests import seed as seeds
 from tests.helpers import ASYNC, AUTH, TOKEN, texts
 from tests.seed import ref
@@ -310,3 +314,43 @@ async def test_remove_references_leaves_another_members_data_to_its_own_purge(pr
     now = httpx.get(f"{base}/Observation/{outside['id']}", headers=seeds.FHIR).json()
     assert {k: v for k, v in now.items() if k != "meta"} == {k: v for k, v in outside.items() if k != "focus"}
     assert seeds.snapshot(base, keep) == before
+
+
+async def test_a_resource_that_gains_a_patient_outside_the_cohort_after_it_was_read_is_kept(
+        upstream: tuple[str, str]) -> None:
+    """The cohort rule at delete time: a Coverage of A and B (both members) is planned for
+    deletion; before the first delete someone adds A's control patient (outside the cohort) as its
+    payor. The re-check of the changed version applies the same rule: kept, as it now is."""
+    kind, base = upstream
+    a, b = (seeds.build(sizes={"Observation": 3}, shared=False) for _ in range(2))
+    tag = seeds.new_tag()
+    coverage = {"resourceType": "Coverage", "id": f"{tag}-cov", "status": "active", "subscriber": ref("Patient", a.patient),
+                "beneficiary": ref("Patient", b.patient), "payor": [ref("Patient", b.patient)]}
+    seeds.write(base, [*a.resources, *b.resources, coverage])
+    widened = {**coverage, "payor": [ref("Patient", b.patient), ref("Patient", a.control)]}
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    try:
+        client = FhirClient(base, http)
+        profile = await ProfileCache(client, "auto", "auto").get()
+        settings = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False), batch_size=25, page_size=50,
+                                 max_rounds=5, hard_delete="auto", sweep=False)  # all read, then deleted
+        engine = PurgeEngine(client, profile, settings, asyncio.Semaphore(4))
+        request = PurgeRequest(a.patient, dict(profile.definitions.patient_compartment), confirmed=True,
+                               cohort=frozenset({b.patient}))
+        assert ("Coverage", coverage["id"]) in (await engine.plan(request)).order  # the cohort's, as read
+
+        written: list[bool] = []
+
+        async def widen_before_the_first_delete(done: int, planned: int) -> None:
+            if not written:  # the first progress call comes before the first batch
+                written.append(True)
+                seeds.write(base, [widened])
+
+        result = await engine.run(request, widen_before_the_first_delete)
+    finally:
+        await http.aclose()
+    assert ("Coverage", coverage["id"]) in result.deletion.changed, result.deletion
+    now = httpx.get(f"{base}/Coverage/{coverage['id']}", headers=seeds.FHIR).json()
+    assert {k: v for k, v in now.items() if k != "meta"} == widened  # kept as it now is
+    assert seeds.present(base, [k for k in a.in_scope if k[0] != "Patient"]) == []
+    assert result.complete == (kind != "hapi")  # on HAPI the kept Coverage blocks A's Patient
