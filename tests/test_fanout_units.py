@@ -1,14 +1,29 @@
 """Fan-out bookkeeping and reference removal as plain functions: progress summed over children,
-a child's verdict read from its own answer, and exactly the Reference elements removed."""
+a child's verdict read from its own answer, and exactly the Reference elements removed; and the
+cohort rule: what a member's purge may delete, planned and re-checked with the same rule."""
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
+from purgeproxy.engine.cohort import BLOCKED_BY, SHARED_REMOVED, child_details
+from purgeproxy.engine.compartment import Member, Resolution
+from purgeproxy.engine.deletion import DeletionReport
+from purgeproxy.engine.plan import Plan, Policy, make_plan
+from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
+from purgeproxy.engine.result import PurgeDetails, Result
 from purgeproxy.engine.unreference import strip_references
+from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.definitions import definitions_for
 from purgeproxy.jobs.fanout import child_verdict, progress
 from purgeproxy.jobs.store import Job
+from purgeproxy.servers.profile import UpstreamProfile
+from purgeproxy.servers.registry import kind_named
 
 BASE = "http://upstream.test/fhir"
 
@@ -53,3 +68,84 @@ def test_strip_references_removes_only_the_doomed_and_what_they_leave_empty() ->
               "result": [{"reference": "Observation/o1"}], "code": {"text": "x"}}
     stripped, removed = strip_references(report, {("Patient", "a"), ("Observation", "o1")}, BASE)
     assert stripped == {"resourceType": "DiagnosticReport", "code": {"text": "x"}}
+
+
+def member(rtype: str, rid: str, *others: str) -> Member:
+    return Member((rtype, rid), "1", frozenset({"subject"}), frozenset(others), frozenset())
+
+
+def planned(policy: Policy, *members: Member) -> Plan:
+    resolution = Resolution("a", True, patient={"resourceType": "Patient", "id": "a"},
+                            members={m.key: m for m in members})
+    return make_plan(resolution, policy)
+
+
+def test_shared_only_within_the_cohort_is_deleted_and_shared_with_anyone_else_is_kept() -> None:
+    cohort = Policy(frozenset(), False, cohort=frozenset({"b", "c"}))
+    plan = planned(cohort, member("Coverage", "ab", "b"), member("Coverage", "abc", "b", "c"),
+                   member("Coverage", "ax", "b", "x"), member("Patient", "b", "b"), member("Observation", "own"))
+    assert plan.order == [("Coverage", "ab"), ("Coverage", "abc"), ("Observation", "own"), ("Patient", "a")]
+    assert plan.shared == {("Coverage", "ab"): {"b"}, ("Coverage", "abc"): {"b", "c"}, ("Coverage", "ax"): {"b", "x"}}
+    assert set(plan.other_records) == {("Patient", "b")}  # another member's own record: its own purge's
+    assert plan.cohort == frozenset({"b", "c"})
+    single = planned(Policy(frozenset(), False), member("Coverage", "ab", "b"))
+    assert single.order == [("Patient", "a")] and single.shared == {("Coverage", "ab"): {"b"}}
+    excluded = planned(Policy(frozenset({"Coverage"}), False, cohort=frozenset({"b"})), member("Coverage", "ab", "b"))
+    assert excluded.order == [("Patient", "a")] and excluded.excluded == [("Coverage", "ab")]
+
+
+BASE = "http://upstream.test/fhir"
+
+
+def offline_engine(cohort: frozenset[str]) -> PurgeEngine:
+    """An engine whose re-check runs without an upstream (it judges bodies it is given)."""
+    profile = UpstreamProfile(kind_named("generic"), definitions_for("4.0.1"), None)
+    settings = PurgeSettings(Policy(frozenset({"AuditEvent"}), False), batch_size=10, page_size=10,
+                             max_rounds=2, hard_delete="auto")
+    engine = PurgeEngine(FhirClient(BASE, httpx.AsyncClient()), profile, settings, asyncio.Semaphore(1))
+    return engine._for(PurgeRequest("a", dict(profile.definitions.patient_compartment), cohort=cohort))
+
+
+def coverage(*patients: str) -> dict[str, Any]:
+    return {"resourceType": "Coverage", "id": "cov", "status": "active", "meta": {"versionId": "2"},
+            "beneficiary": {"reference": f"Patient/{patients[0]}"},
+            "payor": [{"reference": f"Patient/{p}"} for p in patients[1:]]}
+
+
+async def test_the_recheck_of_a_changed_resource_applies_the_same_cohort_rule() -> None:
+    engine = offline_engine(frozenset({"b"}))
+    assert engine.settings.policy.cohort == frozenset({"b"})
+    still = engine._recheck(engine.resolver(dict(engine.profile.definitions.patient_compartment)), "a")
+    assert await still([coverage("a", "b")]) == {("Coverage", "cov")}  # still only the cohort's
+    assert await still([coverage("a", "b", "x")]) == set()  # gained a patient outside it: kept
+    alone = offline_engine(frozenset())
+    assert await alone._recheck(alone.resolver(dict(alone.profile.definitions.patient_compartment)), "a")(
+        [coverage("a", "b")]) == set()  # no cohort: shared, kept
+    assert PurgeRequest.from_json({**PurgeRequest("a", {}).to_json()}, frozenset({"a", "b"})).cohort == {"b"}
+
+
+def cohort_result(plan: Plan, report: DeletionReport, remaining: list[tuple[str, str]]) -> Result:
+    return Result("$purge", "Patient/a", False, deletion=report, remaining=remaining,
+                  purge=PurgeDetails("a", plan))
+
+
+def test_a_child_reports_its_cohort_removals_and_only_the_blockers_that_alone_kept_it_incomplete() -> None:
+    plan = planned(Policy(frozenset(), False, cohort=frozenset({"b"})), member("Coverage", "ab", "b"),
+                   member("Observation", "o"))
+    blocked = DeletionReport(already_gone=[("Coverage", "ab")], deleted=[("Observation", "o")],
+                             blocked={("Patient", "a"): "still referenced by Observation/o2",
+                                      ("Observation", "o2"): "still referenced by Observation/theirs"},
+                             blockers={("Patient", "a"): ("Observation", "o2"),
+                                       ("Observation", "o2"): ("Observation", "theirs")})
+    details = child_details(cohort_result(plan, blocked, [("Patient", "a"), ("Observation", "o2")]))
+    assert details == {SHARED_REMOVED: ["Coverage/ab"], BLOCKED_BY: ["Observation/theirs"]}
+    failed = replace(blocked, failed={("Observation", "o3"): "DELETE answered 500"})
+    assert BLOCKED_BY not in child_details(cohort_result(plan, failed, [("Patient", "a")]))
+
+
+def test_progress_counts_a_resource_two_members_removed_once_and_a_retried_child_once() -> None:
+    parent = job("p", "processing", patients=["a", "b"])
+    both = {"details": {SHARED_REMOVED: ["Coverage/ab"]}}
+    children = [job("p-00000", "error", 40, 42, result=both), job("p-00001", "completed", 51, 51, result=both),
+                job("p-00000-2", "completed", 2, 2, result={"details": {SHARED_REMOVED: []}})]
+    assert progress(parent, children).text == "patients 2 of 2, resources 92 of 92"

@@ -8,6 +8,14 @@ member that is not a Patient, or is marked inactive, is reported and not followe
 wrong data is worse than leaving some. The Group itself goes first, and only in the version read
 at kick-off (one edited since is kept): it references every member, so on an upstream with
 referential integrity (HAPI) a kept Group would block every member's Patient delete.
+
+What a member's purge may delete is decided with the cohort (``Policy.cohort``): a resource shared
+only among members is the cohort's data and goes. Members' purges run side by side, so two may
+delete the same such resource (the second finds it gone: counted once over the cohort, from the
+keys each child reports, ``child_details``), and one member's data may reference another's (on
+HAPI that blocks the referenced delete until the referrer's own purge deleted it): once every
+child ended, a child that ended incomplete only because of resources that are gone by now is
+run once more (``worth_retrying``).
 """
 
 from __future__ import annotations
@@ -16,9 +24,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.removal import Context, Refused, Result, remove
-from purgeproxy.engine.verify import GONE, version_of
+from purgeproxy.engine.verify import GONE, read_current, version_of
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key, is_valid_id, parse_reference
+
+SHARED_REMOVED = "cohort_shared_removed"  # a child's details: resources shared only within the cohort it removed
+BLOCKED_BY = "blocked_by"  # a child's details: what kept it from completing, when nothing else did
 
 
 @dataclass(frozen=True)
@@ -130,3 +141,50 @@ def _group_issue(group_id: str, group: Result | None) -> dict[str, Any]:
         return issue("information", "success", f"Group/{group_id} was deleted")
     return issue("warning", "incomplete", f"Group/{group_id} could not be removed completely: "
                  + "; ".join(group.errors or [f"{len(group.remaining)} still present"]))
+
+
+def child_details(result: Result) -> dict[str, list[str]]:
+    """What the parent needs from a member's purge besides its answer: the resources shared only
+    within the cohort that it counted as removed (deleted, or found gone), so that the cohort's
+    totals count each once; and, when it ended incomplete only because resources it does not
+    delete still reference what it had to delete, those resources (``worth_retrying``)."""
+    if result.purge is None:
+        return {}
+    plan, deletion = result.purge.plan, result.deletion
+    within = {key for key, others in plan.shared.items() if others <= plan.cohort}
+    removed = within & (set(deletion.deleted) | set(deletion.already_gone))
+    details = {SHARED_REMOVED: [f"{t}/{i}" for t, i in sorted(removed)]}
+    if _only_blocked(result):
+        roots = {blocker for blocker in deletion.blockers.values() if blocker not in deletion.blocked}
+        details[BLOCKED_BY] = [f"{t}/{i}" for t, i in sorted(roots)]
+    return details
+
+
+def _only_blocked(result: Result) -> bool:
+    """Incomplete, and for no reason but resources referencing what it had to delete."""
+    deletion, hard = result.deletion, result.hard_delete_method is not None
+    others = (result.errors or result.interruption or deletion.failed or deletion.unexamined
+              or deletion.hard_delete_failed or result.history_remaining
+              or (result.purge is not None and result.purge.left_over(hard)))
+    return bool(deletion.blocked) and not others and set(result.remaining) <= set(deletion.blocked)
+
+
+async def worth_retrying(ctx: Context, details: dict[str, Any]) -> bool:
+    """A member's purge ended incomplete only because of resources that, read now, are all gone
+    (another member's purge deleted them): running it once more can complete it."""
+    blockers = [parse_reference(text, ctx.client.base_url) for text in details.get(BLOCKED_BY) or []]
+    keys = [key for key in blockers if key is not None]
+    if not keys or len(keys) != len(blockers):
+        return False
+    reading = await read_current(ctx.client, ctx.limit, keys)
+    return len(reading.gone) == len(keys)
+
+
+def shared_duplicates(details: list[dict[str, Any]]) -> int:
+    """How many removals the children's counts hold twice: a resource shared only within the
+    cohort that more than one member's purge counted (one deleted it, another found it gone)."""
+    seen: dict[str, int] = {}
+    for child in details:
+        for key in child.get(SHARED_REMOVED) or []:
+            seen[key] = seen.get(key, 0) + 1
+    return sum(count - 1 for count in seen.values())

@@ -79,7 +79,7 @@ class DeletedHistoryFinder:
                 continue
             if key[0] in self.policy.excluded_types:
                 result.kept[key] = f"excluded type {key[0]}"
-            elif verdict and not self.policy.delete_shared:
+            elif verdict and not self.policy.deletes_shared(verdict):
                 result.kept[key] = "shared with " + ", ".join(f"Patient/{p}" for p in sorted(verdict))
             else:
                 result.found.append(key)

@@ -50,6 +50,7 @@ class DeletionReport:
     hard_delete_failed: dict[Key, str] = field(default_factory=dict)
     changed: dict[Key, str] = field(default_factory=dict)  # changed since planning, now out of scope
     unexamined: dict[Key, str] = field(default_factory=dict)  # deleted in a version never read
+    blockers: dict[Key, Key] = field(default_factory=dict)  # blocked -> the resource referencing it
 
     def merge(self, other: DeletionReport) -> None:
         self.deleted += other.deleted
@@ -60,6 +61,7 @@ class DeletionReport:
         self.hard_delete_failed.update(other.hard_delete_failed)
         self.changed.update(other.changed)
         self.unexamined.update(other.unexamined)
+        self.blockers.update(other.blockers)
 
 
 def _if_match(version: str | None) -> dict[str, str]:
@@ -175,6 +177,7 @@ class Deleter:
                 why = ("itself kept" if blocker in report.blocked else "itself not deleted" if blocker in report.failed
                        else "not planned for deletion: outside the scope, or kept by policy")
                 report.blocked[blocked] = f"still referenced by {blocker[0]}/{blocker[1]} ({why})"
+                report.blockers[blocked] = blocker
             else:
                 break
         return done + await self._one_by_one(batch, pinned, report)
@@ -235,6 +238,8 @@ class Deleter:
         reason = (f"still referenced by {conflict[1][0]}/{conflict[1][1]}" if conflict
                   else f"DELETE answered {answer.status}")
         (report.blocked if conflict else report.failed)[key] = reason
+        if conflict:
+            report.blockers[key] = conflict[1]
         return []
 
     async def _hard_delete(self, keys: list[Key], report: DeletionReport) -> None:

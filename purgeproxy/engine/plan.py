@@ -1,7 +1,11 @@
 """Planning: what a purge deletes, what it keeps and why, and in which order.
 
 Policies (excluded types, resources shared with other patients) decide what is kept, except that
-another patient's own Patient record is kept whatever the policy says; the order
+another patient's own Patient record is kept whatever the policy says. A purge that is one
+patient's part of a many-patient purge (Group ``$purge``, ``$bulk-purge``) knows the cohort: a
+resource whose other patients are all members of it is the cohort's data and goes (each member's
+own purge deletes that member's Patient); one that also belongs to anyone outside it is shared
+and kept as for a single purge. The order
 puts every resource before the resources it references, and the Patient last, so that servers
 that enforce referential integrity (HAPI) accept each batch.
 """
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter, defaultdict
+from collections.abc import Set
 from dataclasses import dataclass, field
 
 from purgeproxy.engine.compartment import Member, Resolution
@@ -20,6 +25,17 @@ from purgeproxy.fhir.references import Key
 class Policy:
     excluded_types: frozenset[str]
     delete_shared: bool
+    cohort: frozenset[str] = frozenset()  # the other patients of the same many-patient purge
+
+    def deletes_shared(self, others: Set[str]) -> bool:
+        """Whether a resource also in ``others``' compartments goes: under ``purge.shared:
+        delete``, or when every one of them is a member of this purge's cohort (the operator
+        erases all of them; one patient outside it keeps it)."""
+        return self.delete_shared or self.within_cohort(others)
+
+    def within_cohort(self, others: Set[str]) -> bool:
+        """Shared, but only with members of the cohort: deleted for that reason alone."""
+        return bool(others) and others <= self.cohort
 
 
 @dataclass
@@ -33,6 +49,9 @@ class Plan:
     unsearchable: dict[tuple[str, str], str] = field(default_factory=dict)
     outside_references: dict[Key, set[Key]] = field(default_factory=dict)  # kept -> deleted it references
     patient_exists: bool = False
+    cohort: frozenset[str] = frozenset()  # the policy's cohort: which shared resources are the cohort's
+    # other cohort members' data (deleted by their own purges) referencing what this one deletes
+    cohort_references: dict[Key, set[Key]] = field(default_factory=dict)
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(rtype for rtype, _ in self.order).items()))
@@ -43,7 +62,7 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
     doomed: dict[Key, Member] = {}
     plan = Plan(resolution.patient_id, [], ignored=dict(resolution.ignored),
                 unsearchable=dict(resolution.unsearchable),
-                patient_exists=resolution.patient is not None)
+                patient_exists=resolution.patient is not None, cohort=policy.cohort)
     for key, member in sorted(resolution.members.items()):
         if key[0] in policy.excluded_types:
             plan.excluded.append(key)
@@ -53,7 +72,7 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
             kept.append(member)
         elif member.other_patients:
             plan.shared[key] = set(member.other_patients)
-            if policy.delete_shared:
+            if policy.deletes_shared(member.other_patients):
                 doomed[key] = member
             else:
                 kept.append(member)

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from purgeproxy.engine import execute
 from purgeproxy.engine.attachments import AttachmentFinder, Attachments
-from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver
+from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver, patients_of
 from purgeproxy.engine.context import Context
 from purgeproxy.engine.deleted_history import DeletedHistoryFinder
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
@@ -73,18 +73,22 @@ class PurgeRequest:
     dry_run: bool = False
     confirmed: bool = False  # the caller said confirm=true: no max_without_confirm
     remove_references: bool = False  # _remove-references: kept referrers lose their references
+    # the other patients of a many-patient purge (Group $purge, $bulk-purge), as recorded at its
+    # kick-off: what is shared only with them is deleted (``Policy.cohort``)
+    cohort: frozenset[str] = frozenset()
 
     def to_json(self) -> dict[str, Any]:
-        """The validated request as plain JSON, so that a stored job can run it later."""
+        """The validated request as plain JSON, so that a stored job can run it later. (A cohort
+        child's cohort is its parent's list of patients, read from the parent job when it runs.)"""
         compartment = {rtype: list(params) for rtype, params in self.compartment.items()}
         return {"patient_id": self.patient_id, "compartment": compartment, "dry_run": self.dry_run,
                 "confirmed": self.confirmed, "remove_references": self.remove_references}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> PurgeRequest:
+    def from_json(cls, data: dict[str, Any], cohort: frozenset[str] = frozenset()) -> PurgeRequest:
         compartment = {rtype: tuple(params) for rtype, params in data["compartment"].items()}
         return cls(data["patient_id"], compartment, bool(data["dry_run"]), bool(data["confirmed"]),
-                   bool(data.get("remove_references", False)))
+                   bool(data.get("remove_references", False)), cohort - {data["patient_id"]})
 
 
 @dataclass
@@ -142,11 +146,24 @@ class PurgeEngine:
 
         return still_in_scope
 
+    def _for(self, request: PurgeRequest) -> PurgeEngine:
+        """This engine with the request's cohort in its policy, so that every plan of the purge
+        (each round, each sweep, the re-check of a changed resource, history of earlier deleted
+        resources) applies the one rule of what a cohort's purge may delete."""
+        if request.cohort == self.settings.policy.cohort:
+            return self
+        policy = replace(self.settings.policy, cohort=request.cohort)
+        return replace(self, settings=replace(self.settings, policy=policy))
+
     async def plan(self, request: PurgeRequest) -> Plan:
         """The compartment resolved and planned, as the purge's first round sees it."""
-        return self._plan(await self._resolve(self.resolver(request.compartment), request.patient_id))
+        engine = self._for(request)
+        return engine._plan(await engine._resolve(engine.resolver(request.compartment), request.patient_id))
 
     async def run(self, request: PurgeRequest, progress: PurgeProgress | None = None) -> Result:
+        return await self._for(request)._run(request, progress)
+
+    async def _run(self, request: PurgeRequest, progress: PurgeProgress | None) -> Result:
         resolver = self.resolver(request.compartment)
         sweep = self._sweeps(request)
         resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
@@ -172,7 +189,9 @@ class PurgeEngine:
         if not request.dry_run:  # before the first write, a removed reference included
             check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
         if request.remove_references:  # before deleting: on HAPI the references would block it
-            holders = set(first.outside_references) | set(first.shared)
+            # what this purge deletes anyway (shared only within the cohort, or purge.shared:
+            # delete) is not rewritten: a new version would no longer reference the patient
+            holders = (set(first.outside_references) | set(first.shared)) - set(first.order)
             details.references_removed = await remove_references(ctx, holders, set(first.order), request.dry_run)
         if request.dry_run:
             return result
@@ -221,8 +240,10 @@ class PurgeEngine:
         The Patient is searched through every reference parameter that can point at a Patient and
         is not a compartment parameter (those found the members); the members through every
         parameter that can point at their type. Nothing found here is deleted: it is listed,
-        because it will dangle (or, with referential integrity, block the delete). Returns how
-        many of the resources to delete had their referrers searched.
+        because it will dangle (or, with referential integrity, block the delete). A referrer that
+        is another cohort member's data, which that member's own purge deletes, is listed apart
+        (``cohort_references``): ``_remove-references`` leaves it alone. Returns how many of the
+        resources to delete had their referrers searched.
         """
         patient = ("Patient", request.patient_id)
         members = ([key for key in plan.order if key != patient]
@@ -232,11 +253,25 @@ class PurgeEngine:
         if patient in plan.order:
             searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
         in_scope = set(plan.order) | set(plan.excluded) | set(plan.shared) | set(plan.other_records)
+        resolver = self.resolver(request.compartment)
         for found in await asyncio.gather(*searches):
             for key, targets in found.points_at.items():
                 if key not in in_scope:
-                    plan.outside_references.setdefault(key, set()).update(targets)
+                    cohort_data = self._cohort_data(resolver, found.found[key])
+                    listed = plan.cohort_references if cohort_data else plan.outside_references
+                    listed.setdefault(key, set()).update(targets)
         return len(members) + (patient in plan.order)
+
+    def _cohort_data(self, resolver: Resolver, resource: dict[str, Any]) -> bool:
+        """Whether a member of the cohort's own purge deletes ``resource``: it is in that
+        member's compartment as requested, of a type not excluded and not a Patient record, and
+        every patient whose (full) compartment holds it is a member of the cohort."""
+        policy, rtype = self.settings.policy, resource["resourceType"]
+        if not policy.cohort or rtype == "Patient" or rtype in policy.excluded_types:
+            return False
+        owners = patients_of(resource, self.profile.definitions, self.client.base_url)
+        return policy.within_cohort(owners) and any(
+            resolver.check(resource, ("Patient", owner)) is not None for owner in sorted(owners))
 
     def _covered(self, compartment: Compartment) -> frozenset[tuple[str, str]]:
         """Parameters whose every path a compartment parameter already searched.
@@ -356,6 +391,7 @@ def _forget(report: DeletionReport, keys: list[Key]) -> None:
     """Earlier rounds' verdicts on resources tried again."""
     for key in keys:
         report.blocked.pop(key, None)
+        report.blockers.pop(key, None)
         report.failed.pop(key, None)
         report.changed.pop(key, None)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from purgeproxy.engine.plan import by_type
+from purgeproxy.engine.plan import Plan, by_type
 from purgeproxy.engine.result import PurgeDetails, Result
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key
@@ -129,7 +129,8 @@ def _plan_kept(result: Result, purge: PurgeDetails) -> list[dict[str, Any]]:
     deleting = "would be deleted" if result.dry_run else "deleted"
     texts += [_info(f"{deleting if (t, i) in plan.order else 'kept'} (shared): {t}/{i} is also in "
                     f"the compartment of {_refs(('Patient', p) for p in others)}")
-              for (t, i), others in sorted(plan.shared.items())]
+              for (t, i), others in sorted(plan.shared.items()) if not others <= plan.cohort]
+    texts += _within_cohort(result, plan)
     texts += [_info(f"kept (another patient's own record): {t}/{i} references Patient/{plan.patient_id} "
                     f"through {', '.join(sorted(params))}; a purge never deletes another patient's record")
               for (t, i), params in sorted(plan.other_records.items())]
@@ -139,6 +140,24 @@ def _plan_kept(result: Result, purge: PurgeDetails) -> list[dict[str, Any]]:
                     for (t, i), params in sorted(plan.ignored.items())]
 
 
+def _within_cohort(result: Result, plan: Plan) -> list[dict[str, Any]]:
+    """Resources shared only with other members of the same many-patient purge: deleted, by
+    this purge or (measured: found gone when this one came to delete it) by another member's."""
+    within = {key: others for key, others in plan.shared.items() if others <= plan.cohort}
+    if not within:
+        return []
+    deleted, gone = set(result.deletion.deleted), set(result.deletion.already_gone)
+    texts = []
+    for (t, i), others in sorted(within.items()):
+        what = ("would be deleted" if result.dry_run else "deleted" if (t, i) in deleted
+                else "already gone when this purge came to it (deleted since it was read, e.g. by another "
+                     "member's purge)"
+                if (t, i) in gone else "not deleted")
+        texts.append(_info(f"{what} (shared only within the cohort): {t}/{i} is also in the compartment of "
+                           f"{_refs(('Patient', p) for p in others)}, all of them patients of this purge's cohort"))
+    return texts
+
+
 def _outside(purge: PurgeDetails) -> list[dict[str, Any]]:
     """Resources outside the scope that still reference what is deleted, and what was searched."""
     plan = purge.plan
@@ -146,6 +165,9 @@ def _outside(purge: PurgeDetails) -> list[dict[str, Any]]:
     texts = [_info(f"{t}/{i} is {'kept' if (t, i) in kept else 'outside the compartment'} and still "
                    f"references {_refs(targets)}")
              for (t, i), targets in sorted(plan.outside_references.items())]
+    texts += [_info(f"{t}/{i} references {_refs(targets)}; it is another cohort member's data, which that "
+                    "member's own purge deletes: its references are left as they are")
+              for (t, i), targets in sorted(plan.cohort_references.items())]
     return texts + _referrers_searched(purge)
 
 

@@ -7,19 +7,28 @@ rest like any job (each child has its own lease and checkpoint). A child's targe
 patient's, the one a single ``$purge`` uses: while another job purges that patient, the child
 is not stored, and the parent stores it once that job ended, so no patient is purged twice at
 once. Cancelling the parent cancels its children (``JobStore.cancel``).
+
+Once every child ended, the parent may run a child once more (``retry``: a member's purge that
+only other members' data kept from completing, now gone); that second child (``<id>-2``) is
+the patient's answer, and the first one's removals still count.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from purgeproxy.jobs.store import CANCELLED, COMPLETED, Job, JobStore
+from purgeproxy.engine.cohort import shared_duplicates
+from purgeproxy.jobs.store import CANCELLED, COMPLETED, ERROR, Job, JobStore
 from purgeproxy.jobs.worker import Checkpoint
 
 PATIENTS = "patients"  # the payload key that makes a job a fan-out parent
 REASONS = 3  # problems quoted per incomplete patient; the child's own answer has all of them
+RETRY = "-2"  # a child run once more after its siblings ended: the first child's id and this
+# whether a child that ended incomplete is worth running once more (given its result's details)
+Retry = Callable[[dict[str, Any]], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -52,36 +61,66 @@ def child_id(parent: str, index: int) -> str:
     return f"{parent}-{index:05d}"
 
 
+def _details(child: Job) -> dict[str, Any]:
+    details = (child.result or {}).get("details")
+    return details if isinstance(details, dict) else {}
+
+
 def progress(parent: Job, children: list[Job]) -> Progress:
-    """Measured from the children as the store has them now (finished ones count as done)."""
-    done = sum(child.done for child in children)
-    total = sum(child.total if child.total is not None else child.done for child in children)
-    finished = sum(1 for child in children if not child.active)
+    """Measured from the children as the store has them now (finished ones count as done). A
+    child run again counts what its first run removed (its planned rest is the second's); a
+    resource that two members' purges both counted (shared only within the cohort: one deleted
+    it, the other found it gone) counts once."""
+    again = {child.id.removesuffix(RETRY) for child in children if child.id.endswith(RETRY)}
+    twice = shared_duplicates([_details(child) for child in children])
+    done = sum(child.done for child in children) - twice
+    total = sum(child.done if child.id in again or child.total is None else child.total
+                for child in children) - twice
+    finished = sum(1 for child in children if not child.active and child.id not in again)
     return Progress(len(parent.payload[PATIENTS]), finished, done, total)
 
 
-async def run_children(store: JobStore, job: Job, checkpoint: Checkpoint,
-                       specs: list[ChildSpec]) -> list[Job]:
-    """Store the children not yet stored, help run them, and return them once all have ended.
+async def run_children(store: JobStore, job: Job, checkpoint: Checkpoint, specs: list[ChildSpec],
+                       retry: Retry | None = None) -> list[Job]:
+    """Store the children not yet stored, help run them, and return them once all have ended;
+    then, with ``retry``, run once more each child that ended incomplete and is worth it (a
+    resumed parent finds the second children it stored). Returns each patient's last child.
 
     Raises the checkpoint's ``JobStopped`` when the parent was cancelled or lost its lease."""
+    firsts = {child_id(job.id, index): spec for index, spec in enumerate(specs)}
+    ended = await _wait_for(store, job, checkpoint, firsts)
+    if retry is None:
+        return list(ended.values())
+    stored = {child.id for child in await store.children(job.id)}
+    again = {}
+    for cid, spec in firsts.items():
+        first = ended[cid]
+        if cid + RETRY in stored or (first.status == ERROR and await retry(_details(first))):
+            again[cid + RETRY] = spec
+    if again:
+        ended.update(await _wait_for(store, job, checkpoint, again))
+    return [ended.get(cid + RETRY, ended[cid]) for cid in firsts]
+
+
+async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
+                    wanted: dict[str, ChildSpec]) -> dict[str, Job]:
+    """Store the ``wanted`` children not yet stored, help run them, and return them once ended."""
     pool = checkpoint.pool
     poll = pool.settings.poll_seconds if pool is not None else 1.0
     while True:
         stored = {child.id: child for child in await store.children(job.id)}
-        for index, spec in enumerate(specs):
-            cid = child_id(job.id, index)
+        for cid, spec in wanted.items():
             if cid not in stored:
                 made = await store.submit_child(cid, job.id, spec.operation, spec.target, spec.payload)
                 if made is not None:
                     stored[cid] = made
                     if pool is not None:
                         pool.notify()
-        children = [stored[child_id(job.id, i)] for i in range(len(specs)) if child_id(job.id, i) in stored]
-        now = progress(job, children)
+        now = progress(job, list(stored.values()))
         await checkpoint.totals(now.done, now.total)
-        if len(children) == len(specs) and not any(child.active for child in children):
-            return children
+        mine = [stored[cid] for cid in wanted if cid in stored]
+        if len(mine) == len(wanted) and not any(child.active for child in mine):
+            return {child.id: child for child in mine}
         claimed = (await store.claim_child(job.id, checkpoint.owner, checkpoint.lease)
                    if pool is not None else None)
         if claimed is not None and pool is not None:

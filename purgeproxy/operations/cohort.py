@@ -22,6 +22,7 @@ from purgeproxy.engine.cohort import (
     distinct_patients,
     read_group,
     remove_group,
+    worth_retrying,
 )
 from purgeproxy.engine.context import Context
 from purgeproxy.engine.purge import PurgeRequest
@@ -119,15 +120,22 @@ def _children(job: Job) -> list[ChildSpec]:
 
 
 async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:
-    """The Group (as read at kick-off), then every patient purged by its own child job. Running
-    it again (a resumed job) is safe: a Group already gone is found gone, stored children are kept."""
+    """The Group (as read at kick-off), then every patient purged by its own child job (each
+    knowing the cohort: what is shared only among its patients goes), and once more each child
+    that only other members' data, gone by then, kept from completing. Running it again (a
+    resumed job) is safe: a Group already gone is found gone, stored children are kept."""
     cohort = Cohort.from_json(job.payload)
     dry_run = bool(job.payload["request"]["dry_run"])
+    ctx = await context_for(app)
     group = None
     if cohort.group and not dry_run:
-        group = await remove_group(await context_for(app), cohort.group, cohort.group_version)
+        group = await remove_group(ctx, cohort.group, cohort.group_version)
         await stage.conclude(app, job.payload["caller"], group, job.payload.get("reason"))
-    children = await run_children(app[JOB_STORE], job, checkpoint, _children(job))
+
+    async def retry(details: dict[str, Any]) -> bool:
+        return await worth_retrying(ctx, details)
+
+    children = await run_children(app[JOB_STORE], job, checkpoint, _children(job), None if dry_run else retry)
     verdicts = [(pid, *child_verdict(child)) for pid, child in zip(cohort.patients, children, strict=True)]
     answer = cohort_outcome(cohort, verdicts, group, dry_run)
     done = answer["issue"][0]["code"] in ("success", "informational")

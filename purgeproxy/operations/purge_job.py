@@ -13,18 +13,30 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy import metrics
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.engine.cohort import child_details
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
 from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
+from purgeproxy.jobs import fanout
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
 from purgeproxy.operations.purge import audit_result, settings_from
 from purgeproxy.security.authorizer import Caller
 
 
+async def cohort_of(app: web.Application, job: Job) -> frozenset[str]:
+    """A fan-out child's cohort: every patient its parent recorded at kick-off (the Group is not
+    read again). A parent that cannot be found gives none: shared resources are then kept."""
+    if job.parent is None:
+        return frozenset()
+    parent = await app[JOB_STORE].get(job.parent)
+    patients = parent.payload.get(fanout.PATIENTS) if parent is not None else None
+    return frozenset(patients) if isinstance(patients, list) else frozenset()
+
+
 async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutcome:
-    request = PurgeRequest.from_json(job.payload["request"])
+    request = PurgeRequest.from_json(job.payload["request"], await cohort_of(app, job))
     ERASURE_REASON.set(job.payload.get("reason"))
     profile = await app[PROFILE].get()
     engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
@@ -34,4 +46,5 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     await audit_result(app, Caller(job.payload["caller"]), result, job.payload.get("reason"))
     done = result.complete or request.dry_run
     status = result.interruption.status if result.interruption else 200
-    return JobOutcome(COMPLETED if done else ERROR, status, result_outcome(result))
+    details = child_details(result) if request.cohort else None
+    return JobOutcome(COMPLETED if done else ERROR, status, result_outcome(result), details)
