@@ -66,6 +66,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0
         self.head_done = False
         self.complete = False
+        self.keep_alive = False
         self.received = False  # any byte of this answer
         self.paused = False
 
@@ -131,6 +132,7 @@ class _Connection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         if self.head_done:
             self.complete = True
+            self.keep_alive = self.parser.should_keep_alive()  # only known until this returns
 
     # used by the pipe
     def _until_close(self) -> bool:
@@ -254,7 +256,7 @@ class UpstreamResponse:
         whole = conn.complete and not conn.chunks and (sender is None or sender.done())
         if sender is not None and not sender.done():
             sender.cancel()
-        self._pipe._put_back(conn, whole and not self._bodiless and conn.parser.should_keep_alive())
+        self._pipe._put_back(conn, whole and not self._bodiless and conn.keep_alive)
 
     async def __aenter__(self) -> UpstreamResponse:
         return self
