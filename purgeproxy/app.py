@@ -30,6 +30,7 @@ from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
 from purgeproxy.operations.unit import advertised
+from purgeproxy.ordinary_route import OrdinaryRequests
 from purgeproxy.passthrough import Passthrough
 from purgeproxy.receipts import routes as receipt_routes
 from purgeproxy.security.limits import CallerLimits
@@ -93,6 +94,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
+    ordinary = OrdinaryRequests(base, app)  # first under the base: requests no other route can take
+    app.router.register_resource(ordinary)
+    ordinary.add_route("*", _passthrough)
     app.router.add_get(f"{base}/metadata", routes.metadata)
     operations.add_routes(app, base)
     receipt_routes.add_routes(app, base)
