@@ -278,7 +278,9 @@ class UpstreamPipe:
         self.host = url.raw_host or "localhost"
         self.port = url.port or (443 if self.https else 80)
         self.base_path = url.raw_path.rstrip("/")
-        self._host_header = url.raw_authority
+        # host[:port] only: never the URL's userinfo, which would travel in every request's head
+        bracketed = f"[{self.host}]" if ":" in self.host else self.host
+        self._host_header = bracketed if url.is_default_port() else f"{bracketed}:{self.port}"
         self.limit = limit
         self.keepalive = keepalive
         self.connect_timeout = connect_timeout

@@ -207,3 +207,18 @@ async def test_line_break_in_a_header_is_never_sent(scripted) -> None:
         assert upstream.requests == []
     finally:
         await pipe.close()
+
+
+async def test_host_header_names_host_and_port_never_userinfo(scripted) -> None:
+    upstream = await scripted(lambda head, body: ok())
+    with_userinfo = upstream.url.replace("http://", "http://someone:secret@")
+    pipe = UpstreamPipe(with_userinfo, 4, 30.0, 5.0, 5.0, None)
+    try:
+        async with await pipe.request("GET", "/Patient/1", CIMultiDict(), None) as answer:
+            assert answer.status == 200 and await answer.read() == b'{"resourceType":"Patient"}'
+    finally:
+        await pipe.close()
+    head = upstream.requests[0][0]
+    port = upstream.url.split(":")[2].split("/")[0]
+    assert head.startswith(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: 127.0.0.1:%b\r\n" % port.encode())
+    assert b"secret" not in head and b"someone" not in head
