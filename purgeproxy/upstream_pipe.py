@@ -290,6 +290,7 @@ class UpstreamPipe:
         self._open = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None
 
     async def request(self, method: str, target: str, headers: CIMultiDict[str], body: Body) -> UpstreamResponse:
         """Send ``method`` ``target`` (the raw path and query after the upstream's base) and wait
@@ -392,6 +393,8 @@ class UpstreamPipe:
             conn.reset()
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
+            if self._sweep is None:
+                self._sweep = conn.loop.call_later(self.keepalive, self._close_expired)
         else:
             if conn.complete:
                 conn._close()
@@ -399,6 +402,19 @@ class UpstreamPipe:
                 conn.abort()  # mid-answer: nothing more of it is wanted
             self._open -= 1
         self._wake_one()
+
+    def _close_expired(self) -> None:
+        """Idle connections past keep-alive are closed, not kept open until the next request."""
+        self._sweep = None
+        now = time.monotonic()
+        expired = [conn for conn in self._idle if now - conn.idle_since >= self.keepalive]
+        for conn in expired:
+            self._idle.remove(conn)
+            self._discard(conn)
+        if self._idle and not self._closed:
+            oldest = min(conn.idle_since for conn in self._idle)
+            loop = asyncio.get_running_loop()
+            self._sweep = loop.call_later(max(0.0, oldest + self.keepalive - now), self._close_expired)
 
     def _discard(self, conn: _Connection) -> None:
         conn._close()
@@ -413,6 +429,8 @@ class UpstreamPipe:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         while self._idle:
             self._discard(self._idle.pop())
 

@@ -222,3 +222,16 @@ async def test_host_header_names_host_and_port_never_userinfo(scripted) -> None:
     port = upstream.url.split(":")[2].split("/")[0]
     assert head.startswith(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: 127.0.0.1:%b\r\n" % port.encode())
     assert b"secret" not in head and b"someone" not in head
+
+
+async def test_idle_connections_past_keep_alive_are_closed(scripted) -> None:
+    upstream = await scripted(lambda head, body: ok())
+    pipe = UpstreamPipe(upstream.url, 4, 0.2, 5.0, 5.0, None)
+    try:
+        async with await pipe.request("GET", "/Patient/1", CIMultiDict(), None) as answer:
+            await answer.read()
+        assert len(pipe._idle) == 1
+        await asyncio.sleep(0.5)
+        assert pipe._idle == [] and pipe._open == 0
+    finally:
+        await pipe.close()
