@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reps", type=int, help="repetitions per target and concurrency (default 2)")
     parser.add_argument("--concurrency", type=int, nargs="+", help="default: 1 20 64 200")
     parser.add_argument("--size", type=int, help="memory scenario body size (default 1 GiB)")
+    parser.add_argument("--baseline", help="pass-through: also measure purgeproxy at this git revision")
     parser.add_argument("--upstream-workers", type=int, default=1,
                         help="processes of the fake upstream (SO_REUSEPORT)")
     return parser
@@ -64,6 +65,7 @@ def _settings(args: argparse.Namespace) -> tuple[passthrough.Settings, int]:
         reps=args.reps or (1 if quick else 2),
         warmup_seconds=1.0,
         upstream_workers=args.upstream_workers,
+        baseline=args.baseline,
     )
     return settings, args.size or (64 * 1024 * 1024 if quick else GIB)
 

@@ -3,12 +3,18 @@
 All targets forward to the same fixed-latency upstream and are measured in the same run,
 interleaved (repetition -> concurrency -> target, with the target order rotated each repetition),
 so that a noisy neighbour slows every target alike instead of whichever ran last.
+
+Beside throughput and latency, each target's CPU time per request (its process and children, from
+/proc, over each wrk run): on a shared machine the neighbours move timings, much less the CPU a
+request costs. ``--baseline REV`` adds purgeproxy as it was at a git revision, for A/B in one run.
 """
 
 from __future__ import annotations
 
 import os
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,14 +24,19 @@ from bench.load import LoadResult, run_wrk
 from bench.nginx_ops import start_operations_only
 from bench.report import Section, line_chart, table
 from bench.targets import (
+    Child,
     Processes,
     Target,
+    free_port,
     purgeproxy_supports_workers,
     start_httpx,
     start_nginx,
     start_purgeproxy,
     start_upstream,
+    wait_ready,
 )
+
+REPO = Path(__file__).resolve().parent.parent
 
 # The issue's targets (issue 14: 0.9x direct, p99 1.5x nginx's), checked at concurrency <= GATED_UP_TO.
 MIN_THROUGHPUT_RATIO = 0.9
@@ -42,6 +53,7 @@ class Settings:
     warmup_seconds: float = 1.0
     upstream_workers: int = 1
     workers: int = 2  # for the purgeproxy --workers row, once the CLI has the option
+    baseline: str | None = None  # a git revision of purgeproxy to measure beside the working tree
 
 
 @dataclass(frozen=True)
@@ -64,6 +76,43 @@ class Summary:
 
 
 Results = dict[tuple[str, int], list[LoadResult]]
+CpuPerRequest = dict[tuple[str, int], list[float]]  # µs of CPU per request, per run
+
+
+def _cpu_seconds(child: Child) -> float:
+    """User + system CPU of a target's process and its children (workers), from /proc."""
+    total = 0
+    pids = [child.popen.pid]
+    try:
+        pids += [int(p) for p in Path(f"/proc/{child.popen.pid}/task/{child.popen.pid}/children").read_text().split()]
+    except OSError:
+        pass
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def start_purgeproxy_at(procs: Processes, upstream: Target, revision: str) -> Target:
+    """purgeproxy as it was at a git revision (``git archive`` of its package), same config."""
+    tree = procs.workdir / f"baseline-{revision}"
+    tree.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", revision, "purgeproxy"],
+                             capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    port = free_port()
+    config = procs.workdir / "purgeproxy-baseline.yaml"
+    config.write_text(f"upstream: {{url: {upstream.base_url}}}\nserver: {{host: 127.0.0.1, port: {port}}}\n"
+                      "logging: {level: warning}\n")
+    # -P: the archived tree on PYTHONPATH comes before the current directory (the working tree)
+    child = procs.start("purgeproxy-baseline", [sys.executable, "-P", "-m", "purgeproxy", "serve", "--config",
+                                                str(config)], env={**os.environ, "PYTHONPATH": str(tree)})
+    target = Target("baseline", f"purgeproxy at {revision} (log warning)", f"http://127.0.0.1:{port}/fhir", child)
+    wait_ready(child, target.patient_url)
+    return target
 
 
 def start_targets(procs: Processes, settings: Settings) -> tuple[list[Target], list[str]]:
@@ -78,6 +127,8 @@ def start_targets(procs: Processes, settings: Settings) -> tuple[list[Target], l
         start_purgeproxy(procs, upstream, "warning"),
         start_purgeproxy(procs, upstream, "info"),
     ]
+    if settings.baseline:
+        targets.append(start_purgeproxy_at(procs, upstream, settings.baseline))
     if purgeproxy_supports_workers():
         targets.append(start_purgeproxy(procs, upstream, "warning", workers=settings.workers))
     else:
@@ -94,21 +145,26 @@ def start_targets(procs: Processes, settings: Settings) -> tuple[list[Target], l
     return targets, notes
 
 
-def measure(targets: list[Target], settings: Settings, say: Callable[[str], None]) -> Results:
+def measure(targets: list[Target], settings: Settings, say: Callable[[str], None]) -> tuple[Results, CpuPerRequest]:
     """Warm every target up, then the interleaved matrix of wrk runs."""
     for target in targets:
         run_wrk(target.patient_url, 20, settings.warmup_seconds)
     results: Results = {}
+    cpu: CpuPerRequest = {}
     for rep in range(settings.reps):
         order = targets[rep % len(targets):] + targets[:rep % len(targets)]
         for connections in settings.concurrencies:
             for target in order:
+                before = _cpu_seconds(target.child)
                 result = run_wrk(target.patient_url, connections, settings.seconds)
+                per_request = (_cpu_seconds(target.child) - before) / max(result.requests, 1) * 1e6
                 results.setdefault((target.key, connections), []).append(result)
+                cpu.setdefault((target.key, connections), []).append(per_request)
                 say(f"rep {rep + 1}/{settings.reps} c={connections:<3} {target.label:<30} "
                     f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                    f"p99 {result.p99_ms:7.2f} ms" + (f"  {result.errors} errors" if result.errors else ""))
-    return results
+                    f"p99 {result.p99_ms:7.2f} ms  CPU {per_request:5.0f} µs/req"
+                    + (f"  {result.errors} errors" if result.errors else ""))
+    return results, cpu
 
 
 def _verdict(ok: bool) -> str:
@@ -179,14 +235,15 @@ def _say_verdicts(targets: list[Target], results: Results, settings: Settings,
             f"{t.label} {Summary.of(results[(t.key, c)]).rps:,.0f} req/s" for t in targets))
 
 
-def _tables(targets: list[Target], results: Results, settings: Settings) -> str:
+def _tables(targets: list[Target], results: Results, cpu: CpuPerRequest, settings: Settings) -> str:
     parts = []
     header = ["target", "req/s", "median ms", "p99 ms", "throughput / direct",
-              "added median ms", "p99 / nginx"]
+              "added median ms", "p99 / nginx", "CPU µs/req"]
     for connections in settings.concurrencies:
         s = _summaries(targets, results, connections)
         gated = connections <= GATED_UP_TO
-        rows = [_row(t, s[t.key], s["direct"], s.get("nginx"), gated) for t in targets]
+        rows = [[*_row(t, s[t.key], s["direct"], s.get("nginx"), gated),
+                 f"{statistics.median(cpu[(t.key, connections)]):,.0f}"] for t in targets]
         parts += [f"### Concurrency {connections}", "", table(header, rows), ""]
     return "\n".join(parts)
 
@@ -214,7 +271,7 @@ def _charts(targets: list[Target], results: Results, settings: Settings, docs_di
     ]
 
 
-def _body(targets: list[Target], results: Results, settings: Settings, notes: list[str],
+def _body(targets: list[Target], results: Results, cpu: CpuPerRequest, settings: Settings, notes: list[str],
           elapsed: float) -> str:
     return "\n".join([
         f"`GET /fhir/Patient/example` (1,144-byte `application/fhir+json` body) from a fake "
@@ -233,7 +290,7 @@ def _body(targets: list[Target], results: Results, settings: Settings, notes: li
         *(f"- {note}" for note in notes),
         f"- Pass-through part took {elapsed:.0f} s.",
         "",
-        _tables(targets, results, settings),
+        _tables(targets, results, cpu, settings),
         _raw_runs(targets, results, settings),
     ])
 
@@ -257,7 +314,7 @@ def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str
         say(note)
     load_before = os.getloadavg()
     try:
-        results = measure(targets, settings, say)
+        results, cpu = measure(targets, settings, say)
     finally:
         procs.stop_all()
     elapsed = time.monotonic() - started
@@ -265,4 +322,4 @@ def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str
     say(notes[-1])
     _say_verdicts(targets, results, settings, say)
     charts = _charts(targets, results, settings, docs_dir)
-    return Section("Pass-through overhead", _body(targets, results, settings, notes, elapsed), charts)
+    return Section("Pass-through overhead", _body(targets, results, cpu, settings, notes, elapsed), charts)

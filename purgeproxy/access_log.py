@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import time
 
@@ -17,7 +18,7 @@ from aiohttp.typedefs import Handler
 
 from purgeproxy import metrics
 from purgeproxy.fhir.outcome import FHIR_JSON, error
-from purgeproxy.logs import bind_request_id, get_logger
+from purgeproxy.logs import bind_request_id, enabled, get_logger
 
 REQUEST_ID = web.RequestKey("request_id", str)
 UPSTREAM_STATUS = web.RequestKey("upstream_status", int)
@@ -64,15 +65,16 @@ async def access_log(request: web.Request, handler: Handler) -> web.StreamRespon
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
     latency = time.perf_counter() - started
-    log.info(
-        "request",
-        request_id=rid,
-        method=request.method,
-        path=request.rel_url.raw_path,
-        status=response.status,
-        upstream_status=request.get(UPSTREAM_STATUS),
-        latency_ms=round(latency * 1000, 2),
-    )
+    if enabled(logging.INFO):
+        log.info(
+            "request",
+            request_id=rid,
+            method=request.method,
+            path=request.rel_url.raw_path,
+            status=response.status,
+            upstream_status=request.get(UPSTREAM_STATUS),
+            latency_ms=round(latency * 1000, 2),
+        )
     if PASSED_THROUGH in request:
         metrics.passthrough_answered(request.method, response.status, latency, request.get(UPSTREAM_STATUS))
     return response

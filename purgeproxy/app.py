@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
-import aiohttp
 from aiohttp import web
 
 from purgeproxy import metrics, operations, routes
@@ -21,7 +20,7 @@ from purgeproxy.app_keys import (
     FHIR_CLIENT,
     OPERATIONS,
     PASSTHROUGH,
-    PASSTHROUGH_SESSION,
+    PASSTHROUGH_PIPE,
     PROFILE,
     UPSTREAM_LIMIT,
 )
@@ -31,39 +30,34 @@ from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.fhir.upstream_auth import upstream_auth
 from purgeproxy.operations.job_runners import jobs_context
 from purgeproxy.operations.unit import advertised
-from purgeproxy.passthrough import NO_AUTO_HEADERS, Passthrough
+from purgeproxy.ordinary_route import OrdinaryRequests
+from purgeproxy.passthrough import Passthrough
 from purgeproxy.receipts import routes as receipt_routes
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.security.wiring import auth_http_client, make_authorizer
 from purgeproxy.servers.profile import ProfileCache
+from purgeproxy.upstream_pipe import UpstreamPipe
 from purgeproxy.upstream_tls import ssl_context
 
 
-def _passthrough_session(config: Config) -> aiohttp.ClientSession:
+def _passthrough_pipe(config: Config) -> UpstreamPipe:
+    """The pass-through's connections: no cookies, no decompression, no headers of its own but
+    ``Host`` and the body's framing (a transparent proxy sends what the client sent)."""
     upstream = config.upstream
-    connector = aiohttp.TCPConnector(
+    return UpstreamPipe(
+        upstream.url,
         limit=upstream.pool.max_connections,
-        limit_per_host=0,
-        keepalive_timeout=upstream.pool.keepalive_seconds,
-        enable_cleanup_closed=True,
-        ssl=ssl_context(upstream.tls),  # the same trust as the FHIR client's
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None, sock_connect=upstream.timeouts.connect, sock_read=upstream.timeouts.read
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,  # Content-Encoding passes through untouched
-        cookie_jar=aiohttp.DummyCookieJar(),  # never mix one client's cookies into another's
-        skip_auto_headers=NO_AUTO_HEADERS,  # send exactly the headers the client sent
+        keepalive=upstream.pool.keepalive_seconds,
+        connect_timeout=upstream.timeouts.connect,
+        read_timeout=upstream.timeouts.read,
+        ssl_context=ssl_context(upstream.tls),  # the same trust as the FHIR client's
     )
 
 
 async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     config = app[CONFIG]
-    app[PASSTHROUGH_SESSION] = session = _passthrough_session(config)
-    app[PASSTHROUGH] = Passthrough(config, session)
+    app[PASSTHROUGH_PIPE] = pipe = _passthrough_pipe(config)
+    app[PASSTHROUGH] = Passthrough(config, pipe)
     auth_http = auth_http_client()
     http = make_http_client(
         config.upstream.timeouts.connect,
@@ -79,7 +73,7 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
                                 {"purge.excluded_types": config.purge.excluded_types})
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
     yield
-    await session.close()
+    await pipe.close()
     await http.aclose()
     await auth_http.aclose()
 
@@ -100,6 +94,9 @@ def create_app(config: Config) -> web.Application:
     app.router.add_get("/healthz", routes.healthz)
     app.router.add_get("/readyz", routes.readyz)
     app.router.add_get("/metrics", routes.metrics)
+    ordinary = OrdinaryRequests(base, app)  # first under the base: requests no other route can take
+    app.router.register_resource(ordinary)
+    ordinary.add_route("*", _passthrough)
     app.router.add_get(f"{base}/metadata", routes.metadata)
     operations.add_routes(app, base)
     receipt_routes.add_routes(app, base)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import aiohttp
 from aiohttp import web
 
 from purgeproxy.capabilities import AdvertisedOperation
@@ -17,9 +16,10 @@ from purgeproxy.receipts.service import ReceiptService
 from purgeproxy.security.authorizer import Authorizer
 from purgeproxy.security.limits import CallerLimits
 from purgeproxy.servers.profile import ProfileCache
+from purgeproxy.upstream_pipe import UpstreamPipe
 
 CONFIG = web.AppKey("config", Config)
-PASSTHROUGH_SESSION = web.AppKey("passthrough_session", aiohttp.ClientSession)
+PASSTHROUGH_PIPE = web.AppKey("passthrough_pipe", UpstreamPipe)
 PASSTHROUGH = web.AppKey("passthrough", Passthrough)
 FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
 OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])

@@ -193,7 +193,7 @@ class UrlRewriter:
 
 
 def client_response_headers(
-    upstream: CIMultiDictProxy[str], rewrite: UrlRewriter
+    upstream: CIMultiDictProxy[str] | CIMultiDict[str], rewrite: UrlRewriter
 ) -> CIMultiDict[str]:
     """The upstream's headers for the client, with upstream URLs in Location headers rewritten."""
     headers = end_to_end(upstream)

@@ -20,6 +20,8 @@ from typing import Any
 
 import structlog
 
+_threshold = logging.NOTSET  # the configured level; until configure(), everything (structlog's default)
+
 _BEARER = re.compile(r"(?i)\b(?:bearer|basic)\s+[^\s'\",]+")
 _QUERY = re.compile(r"\?[^\s'\"]*")
 
@@ -27,7 +29,9 @@ _QUERY = re.compile(r"\?[^\s'\"]*")
 def configure(level: str = "info", fmt: str = "json") -> None:
     """Route structlog and the standard library's logging to stderr, as JSON lines or (``fmt``
     ``console``) structlog's console renderer."""
+    global _threshold
     numeric = logging.getLevelName(level.upper())
+    _threshold = numeric
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=True)
                      if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=True))
     shared: list[Any] = [
@@ -53,6 +57,12 @@ def configure(level: str = "info", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+
+
+def enabled(level: int) -> bool:
+    """Whether a line at ``level`` is written at all: the access log asks before building its
+    line, which costs a logger binding per request even when the level drops it."""
+    return level >= _threshold
 
 
 def get_logger(name: str) -> Any:

@@ -1,6 +1,6 @@
 """Upstreams that refuse, hang or talk nonsense: the client gets a 502/504 OperationOutcome.
 
-The pass-through uses aiohttp's client (respx only patches httpx), so these faults come from
+The pass-through has its own HTTP client (purgeproxy.upstream_pipe; respx only patches httpx), so these faults come from
 real misbehaving sockets on loopback.
 """
 
