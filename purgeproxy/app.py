@@ -86,7 +86,7 @@ async def _passthrough(request: web.Request) -> web.StreamResponse:
 def create_app(config: Config) -> web.Application:
     app = web.Application(middlewares=[access_log, outcome_errors])  # errors inside: logged as answered
     app[CONFIG] = config
-    app[OPERATIONS] = advertised(operations.OPERATIONS)
+    app[OPERATIONS] = advertised(operations.OPERATIONS) + (receipt_routes.ADVERTISED if config.receipts.enabled else [])
     app.cleanup_ctx.append(_upstream_clients)
     app.cleanup_ctx.append(receipt_routes.receipts_context)  # before the jobs: a resumed job gets its receipt
     app.cleanup_ctx.append(jobs_context)  # after the clients: its workers stop before they close

@@ -28,6 +28,8 @@ async def test_metadata_advertises_purge_on_the_patient_resource(make_proxy, hap
     assert {"name": "purge", "definition": "http://hl7.org/fhir/build/OperationDefinition/Patient-purge"} in patient["operation"]
     assert served["software"] == direct["software"]
     assert len(served["rest"][0]["resource"]) == len(direct["rest"][0]["resource"])
+    system = {o["name"] for o in served["rest"][0]["operation"]}
+    assert {"receipt", "receipt-keys", "reapply", "bulk-delete", "erase", "expunge"} <= system
 
 
 async def test_metadata_that_is_not_a_capability_statement_passes_unchanged(make_proxy, medplum_base) -> None:

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from aiohttp import web
 
 from purgeproxy.app_keys import CONFIG, RECEIPTS
+from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
@@ -28,6 +29,10 @@ from purgeproxy.receipts.service import ReceiptService, open_service
 from purgeproxy.render import render
 
 REAPPLY = "$reapply"
+# listed in ``metadata`` beside the destructive operations while receipts are on, so that an
+# auditor's client finds where receipts and their keys are (the proxy's own definitions)
+ADVERTISED = [AdvertisedOperation(name, f"urn:purgeproxy:OperationDefinition:{name}")
+              for name in ("receipt", "receipt-keys", "reapply")]
 REAPPLY_SPEC = {"since": "string", "dryRun": "boolean"}
 
 
