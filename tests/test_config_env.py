@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from purgeproxy.config import ConfigError, load_config, parse_config
+from tests.served import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,7 +89,7 @@ def test_without_any_upstream_the_hint_names_the_variable() -> None:
 
 def _serve(environ: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("PURGEPROXY_")}
-    env.update(PURGEPROXY_UPSTREAM="http://127.0.0.1:9/fhir", PURGEPROXY_SERVER__PORT="0", **environ)
+    env.update({"PURGEPROXY_UPSTREAM": "http://127.0.0.1:9/fhir", "PURGEPROXY_SERVER__PORT": "0", **environ})
     return subprocess.run([sys.executable, "-m", "purgeproxy", "serve"], capture_output=True, text=True,
                           timeout=60, env=env, cwd=ROOT)
 
@@ -109,6 +110,19 @@ def test_a_store_that_cannot_be_written_stops_serve_with_one_line(tmp_path: Path
     assert "Traceback" not in run.stderr + run.stdout
     assert _said(run) == [
         f"purgeproxy: config error: jobs.store: cannot open {blocker}/jobs.sqlite3 (File exists)"]
+
+
+def test_several_workers_log_the_config_warnings_once(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    run = _serve({"PURGEPROXY_JOBS__STORE": str(blocker / "jobs.sqlite3"), "PURGEPROXY_EXPUNGE__ALLOW_EVERYTHING": "true",
+                  "PURGEPROXY_SERVER__PORT": str(free_port()), "PURGEPROXY_SERVER__WORKERS": "2"})
+    assert run.returncode == 2
+    logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    assert sum(entry["event"] == "starting" for entry in logged) == 2  # both workers ran
+    warned = [entry["detail"] for entry in logged if entry["event"] == "config_warning"]
+    assert any(detail.startswith("expunge.allow_everything:") for detail in warned)
+    assert len(warned) == len(set(warned))  # each once, not once per worker
 
 
 def test_an_unreachable_postgresql_stops_serve_with_one_line_and_no_password() -> None:

@@ -94,7 +94,9 @@ def serve(config: Config, warnings: Sequence[str] = ()) -> None:
         return
     samples = metrics.prepare_multiprocess()  # before the workers start: they inherit it
     context = multiprocessing.get_context("spawn")  # fresh interpreters: prometheus_client sees it
-    workers = [context.Process(target=_run, args=(config, warnings), daemon=True) for _ in range(config.server.workers)]
+    # the config's warnings once, from the first worker, not once per process
+    workers = [context.Process(target=_run, args=(config, () if index else warnings), daemon=True)
+               for index in range(config.server.workers)]
     for worker in workers:
         worker.start()
     signal.signal(signal.SIGTERM, lambda *_: _stop(workers))
