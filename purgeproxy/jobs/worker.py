@@ -79,6 +79,7 @@ class Checkpoint:
         self.earlier = job.done  # removed by attempts that died before finishing
         self.done = job.done
         self.pool = pool  # lets a fan-out job run its own children while it waits for them
+        self.details: dict[str, Any] | None = None  # set by a runner that is stopped: JobOutcome.details so far
 
     async def totals(self, done: int, total: int) -> None:
         """Record counts that already cover every attempt (a fan-out job sums its children's)."""
@@ -101,10 +102,11 @@ class Checkpoint:
 Runner = Callable[[Job, Checkpoint], Awaitable[JobOutcome]]
 
 
-def cancelled_outcome(removed: int) -> dict[str, Any]:
+def cancelled_outcome(removed: int, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``details``: what the runner had measured when it stopped (a vendor's status shape)."""
     return {"status": 200, "outcome": outcome(issue(
         "warning", "incomplete", f"The job was cancelled after {removed} resource(s) had been "
-        "removed; what is left was not deleted"))}
+        "removed; what is left was not deleted")), **({"details": details} if details is not None else {})}
 
 
 class WorkerPool:
@@ -191,7 +193,7 @@ class WorkerPool:
             await self._finish(job, owner, answer, checkpoint.done)
             return answer.status
         except JobCancelled:
-            await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done),
+            await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done, checkpoint.details),
                                     checkpoint.done)
             log.info("job_cancelled", job_id=job.id, removed=checkpoint.done)
             return CANCELLED

@@ -268,6 +268,12 @@ def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
     if job.status != CANCELLED and counts is None:  # refused or failed before deleting: its own status
         return int(result.get("status", 500)), answer
     parts = [{"name": rtype, "valueInteger64": count} for rtype, count in (counts or {}).items()]
+    uncounted = job.done - sum((counts or {}).values())
+    if uncounted > 0:  # the counts are this attempt's deletes, measured; say what they do not cover
+        answer = {**answer, "issue": [*answer.get("issue", []), issue(
+            "information", "informational", f"{uncounted} of the {job.done} resource(s) removed are not in "
+            "ResourceDeletedCount: removed by an earlier attempt of this job (a replica that stopped), or "
+            "already gone when their delete came")]}
     return 200, {"resourceType": "Parameters", "parameter": [
         {"name": "ResourceDeletedCount", "part": parts}, {"name": "outcome", "resource": answer}]}
 
