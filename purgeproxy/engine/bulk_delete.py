@@ -94,6 +94,10 @@ def plan(profile: UpstreamProfile, rtype: str | None, pairs: Sequence[tuple[str,
         return BulkDelete([rtype], criteria, hard, confirmed, False, remove_refs)
     types = [t for t in sorted(_listed_types(profile)) if t not in excluded and not _protected(t, excluded_types)
              and _applies(profile, t, criteria)]
+    if not types:  # refused here, before a job is stored, rather than by the job
+        raise Refused(400, "not-supported", "no resource type of this upstream (outside excludedResourceTypes "
+                      f"and the protected types) takes the criteria {', '.join(sorted({n[:64] for n, _ in criteria}))}; "
+                      "nothing was deleted")
     return BulkDelete(types, criteria, hard, confirmed, True, remove_refs)
 
 
@@ -158,8 +162,6 @@ async def run(ctx: Context, request: BulkDelete,
               removal: Result | None = None) -> Result:
     """The strict searches, re-checks, deletes and verification of ``$delete-expunge``; ``removal``
     (from :func:`new_result`) holds what was deleted even when ``progress`` stops the run."""
-    if request.system and not request.types:
-        raise Refused(422, "business-rule", "no resource type of this upstream takes these criteria; nothing was deleted")
 
     async def unreference(removal: Result, matches: set[Key]) -> None:
         """Every resource that references a match (reverse searches) and is not one loses those
