@@ -188,3 +188,22 @@ async def test_retention_removes_old_finished_jobs_only(store: JobStore) -> None
     assert await store.get(old_done.id) is None
     assert (await store.get(running.id)).status == PROCESSING
     assert (await store.get(recent_done.id)).status == COMPLETED
+
+
+async def test_children_without_answers_carry_progress_only(store: JobStore) -> None:
+    """The parent's poll and its status read every child: without payload and result they are a
+    few columns, not the children's whole answers (some 60 KB each)."""
+    parent, _ = await store.submit(new_id(), "$bulk-purge", f"patients {new_id()}", {"patients": ["a", "b"]})
+    answer = {"status": 200, "outcome": {"issue": [{"diagnostics": "x" * 1000}]}}
+    for index, patient in enumerate(("a", "b")):
+        await store.submit_child(f"{parent.id}-{index:05d}", parent.id, "$purge", f"$purge Patient/{patient}-{parent.id}",
+                                 {"request": {"patient_id": patient}})
+    first = await store.claim_child(parent.id, "w1", 30)
+    assert first is not None and await store.checkpoint(first.id, "w1", 30, (40, 50))
+    assert await store.finish(first.id, "w1", COMPLETED, answer, 50)
+    light = await store.children(parent.id, answers=False)
+    full = await store.children(parent.id)
+    assert [c.id for c in light] == [c.id for c in full] == [f"{parent.id}-00000", f"{parent.id}-00001"]
+    assert [(c.status, c.done, c.total, c.parent) for c in light] == [(c.status, c.done, c.total, c.parent) for c in full]
+    assert [(c.payload, c.result) for c in light] == [({}, None), ({}, None)]
+    assert full[0].result == answer and full[1].payload == {"request": {"patient_id": "b"}}

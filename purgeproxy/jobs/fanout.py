@@ -68,7 +68,7 @@ async def run_children(store: JobStore, job: Job, checkpoint: Checkpoint,
     pool = checkpoint.pool
     poll = pool.settings.poll_seconds if pool is not None else 1.0
     while True:
-        stored = {child.id: child for child in await store.children(job.id)}
+        stored = {child.id: child for child in await store.children(job.id, answers=False)}
         for index, spec in enumerate(specs):
             cid = child_id(job.id, index)
             if cid not in stored:
@@ -81,11 +81,14 @@ async def run_children(store: JobStore, job: Job, checkpoint: Checkpoint,
         now = progress(job, children)
         await checkpoint.totals(now.done, now.total)
         if len(children) == len(specs) and not any(child.active for child in children):
-            return children
+            answers = {child.id: child for child in await store.children(job.id)}
+            return [answers[child.id] for child in children]
         claimed = (await store.claim_child(job.id, checkpoint.owner, checkpoint.lease)
                    if pool is not None else None)
         if claimed is not None and pool is not None:
             await pool.run_claimed(claimed, checkpoint.owner)
+        elif pool is not None:
+            await pool.until_a_job_ends(poll)  # a child ending here is seen at once, elsewhere at the poll
         else:
             await asyncio.sleep(poll)
 

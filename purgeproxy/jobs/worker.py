@@ -116,6 +116,7 @@ class WorkerPool:
         self.store, self.runners, self.settings = store, runners, settings
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
+        self._ended = asyncio.Event()  # set, then replaced, whenever a job run here ends
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -176,9 +177,20 @@ class WorkerPool:
     async def run_claimed(self, job: Job, owner: str) -> None:
         """Run a job claimed for ``owner`` to its end, its log lines carrying the id of the request
         that created the job (sent upstream as ``X-Request-Id`` too) and the job's id."""
-        with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
-                metrics.job_running(job.operation, job.attempts):
-            metrics.job_finished(job.operation, await self._attempt(job, owner))
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
+                    metrics.job_running(job.operation, job.attempts):
+                metrics.job_finished(job.operation, await self._attempt(job, owner))
+        finally:
+            ended, self._ended = self._ended, asyncio.Event()
+            ended.set()
+
+    async def until_a_job_ends(self, timeout: float) -> None:
+        """Wait until a job run by this pool ends, or ``timeout``: a fan-out parent waiting on its
+        children sees one end here at once instead of at its next poll (which still notices those
+        that end on another replica)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
 
     async def _attempt(self, job: Job, owner: str) -> str:
         """Run the job; how the attempt ended (the job's final status, or released / lease-lost).

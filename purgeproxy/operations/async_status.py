@@ -82,7 +82,7 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
 async def progress_of(request: web.Request, job: Job) -> str:
     """A fan-out job's progress is its children's, read now; any other job's is its own."""
     if fanout.is_parent(job):
-        return fanout.progress(job, await request.app[JOB_STORE].children(job.id)).text
+        return fanout.progress(job, await request.app[JOB_STORE].children(job.id, answers=False)).text
     return progress_text(job)
 
 
@@ -157,7 +157,7 @@ async def patient_purge_status(request: web.Request) -> web.Response:
     if job.operation != "$purge" and not fanout.is_parent(job):
         raise OutcomeError(404, "not-found", "no such patient purge job")
     if fanout.is_parent(job) and job.active:  # the counts summed over the patients, read now
-        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id))
+        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id, answers=False))
         job = replace(job, done=now.done, total=now.total)
     return render(request, kodjin_parameters(job))
 
