@@ -35,7 +35,7 @@ from bench.targets import Processes, free_port, wait_ready
 
 TOKEN = "bench-bulk-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-STATUS_POLL_SECONDS = 0.1  # the bench polls the job's status this often: its end is seen this late at most
+STATUS_POLL_SECONDS = 0.25  # the bench polls the job this often (a client waits Retry-After, 2 s)
 ONE_BY_ONE = "one by one: Patient/[id]/$purge"
 BATCH_ONE = "batch: Patient/$bulk-purge, one proxy"
 BATCH_TWO = "batch: two proxies, shared PostgreSQL"
