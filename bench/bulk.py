@@ -47,6 +47,7 @@ class Settings:
     patients: int = 200
     size: int = 650
     hapi: bool = True
+    medplum: bool = True
 
     @classmethod
     def quick(cls) -> Settings:
@@ -241,7 +242,8 @@ def run(procs: Processes, settings: Settings, _docs: Path, say: Callable[[str], 
     started = time.monotonic()
     with _postgres() as postgres:
         bench = Bulk(settings, procs, say, postgres)
-        bench.upstream("Medplum engine", medplum, fresh=True)
+        if settings.medplum:
+            bench.upstream("Medplum engine", medplum, fresh=True)
         if settings.hapi:
             bench.upstream("HAPI (hard delete)", hapi, fresh=False)
     return Section("Many patients: bulk purge", _body(list(bench.rows.values()), settings, time.monotonic() - started))
