@@ -40,10 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run (2 s runs, 1 repetition, 64 MiB bodies) into a temp dir")
     parser.add_argument("--only", choices=["passthrough", "memory", "purge", "bulk"], help="run one scenario")
-    parser.add_argument("--bulk-patients", type=int, help="bulk scenario: patients per run (default 12)")
+    parser.add_argument("--bulk-patients", type=int, help="bulk scenario: patients per mode (default 200; --quick: 3)")
     parser.add_argument("--purge-parts", nargs="+", choices=["medplum", "sweep", "hapi", "isolation"],
                         help="purge scenario: run only these parts (default: all)")
     parser.add_argument("--no-hapi", action="store_true", help="purge scenario without the HAPI rows")
+    parser.add_argument("--no-medplum", action="store_true", help="bulk scenario without the Medplum engine rows")
     parser.add_argument("--purge-working-tree", action="store_true",
                         help="purge scenario: measure the working tree's engine (default: HEAD's)")
     parser.add_argument("--output", type=Path, help="report path (default docs/benchmarks.md)")
@@ -88,7 +89,7 @@ def _scenarios(args: argparse.Namespace, docs_dir: Path) -> list[Callable[[Proce
         purge_settings = dataclasses.replace(purge_settings, working_tree=True)
     purge_parts = (tuple(args.purge_parts),) if args.purge_parts else ()
     bulk_settings = bulk.Settings.quick() if args.quick else bulk.Settings()
-    bulk_settings = dataclasses.replace(bulk_settings, hapi=not args.no_hapi,
+    bulk_settings = dataclasses.replace(bulk_settings, hapi=not args.no_hapi, medplum=not args.no_medplum,
                                         **({"patients": args.bulk_patients} if args.bulk_patients else {}))
     everything = {
         "passthrough": lambda procs: passthrough.run(procs, settings, docs_dir, _say),

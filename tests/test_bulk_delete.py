@@ -132,6 +132,7 @@ async def test_cancel_stops_the_bulk_delete(proxy: str, upstream: tuple[str, str
     left = seeds.present(base, doomed)
     await asyncio.sleep(2)
     assert seeds.present(base, doomed) == left and 0 < len(left) < len(doomed)
+    assert counts(done) == {"Observation": len(doomed) - len(left)}  # measured: what went before the cancel
     assert seeds.snapshot(base, keep) == before
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -23,7 +25,7 @@ from purgeproxy.jobs.store import (
     Quota,
     QuotaExceeded,
 )
-from purgeproxy.jobs.worker import WorkerPool, WorkerSettings
+from purgeproxy.jobs.worker import JobOutcome, WorkerPool, WorkerSettings
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -188,3 +190,47 @@ async def test_retention_removes_old_finished_jobs_only(store: JobStore) -> None
     assert await store.get(old_done.id) is None
     assert (await store.get(running.id)).status == PROCESSING
     assert (await store.get(recent_done.id)).status == COMPLETED
+
+
+async def test_children_without_answers_carry_progress_only(store: JobStore) -> None:
+    """The parent's poll and its status read every child: without payload and result they are a
+    few columns, not the children's whole answers (some 60 KB each)."""
+    parent, _ = await store.submit(new_id(), "$bulk-purge", f"patients {new_id()}", {"patients": ["a", "b"]})
+    answer = {"status": 200, "outcome": {"issue": [{"diagnostics": "x" * 1000}]}}
+    for index, patient in enumerate(("a", "b")):
+        await store.submit_child(f"{parent.id}-{index:05d}", parent.id, "$purge", f"$purge Patient/{patient}-{parent.id}",
+                                 {"request": {"patient_id": patient}})
+    first = await store.claim_child(parent.id, "w1", 30)
+    assert first is not None and await store.checkpoint(first.id, "w1", 30, (40, 50))
+    assert await store.finish(first.id, "w1", COMPLETED, answer, 50)
+    light = await store.children(parent.id, answers=False)
+    full = await store.children(parent.id)
+    assert [c.id for c in light] == [c.id for c in full] == [f"{parent.id}-00000", f"{parent.id}-00001"]
+    assert [(c.status, c.done, c.total, c.parent) for c in light] == [(c.status, c.done, c.total, c.parent) for c in full]
+    assert [(c.payload, c.result) for c in light] == [({}, None), ({}, None)]
+    assert full[0].result == answer and full[1].payload == {"request": {"patient_id": "b"}}
+
+
+async def test_a_job_ending_wakes_whoever_waits_on_the_pool(store: JobStore) -> None:
+    """A fan-out parent waiting on its children hears of one that ends in its own process at once,
+    not at its next poll (here a poll of an hour)."""
+    release = asyncio.Event()
+
+    async def runner(_job: Any, _checkpoint: Any) -> JobOutcome:
+        await release.wait()
+        return JobOutcome(COMPLETED, 200, {"resourceType": "OperationOutcome", "issue": []})
+
+    pool = WorkerPool(store, {"op": runner}, WorkerSettings(1, 3600, 3600, 5))
+    job, _ = await store.submit(new_id(), "op", f"op {new_id()}", {})
+    claimed = await store.claim("w1", 3600)
+    assert claimed is not None and claimed.id == job.id
+    running = asyncio.create_task(pool.run_claimed(claimed, "w1"))
+    waiting = asyncio.create_task(pool.until_a_job_ends(3600))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    started = time.monotonic()
+    release.set()
+    await asyncio.wait_for(waiting, 5)
+    assert time.monotonic() - started < 1
+    await running
+    assert (await store.get(job.id)).status == COMPLETED

@@ -1,5 +1,5 @@
 """Every malformed, unauthorized or unsupported vendor-shaped request ($erase, $expunge, cascade,
-delete-expunge) gets its status and OperationOutcome, and nothing is written upstream (respx
+delete-expunge, Group $purge, $bulk-purge, $bulk-delete) gets its status and OperationOutcome, and nothing is written upstream (respx
 records every upstream call; the scripted upstream is a ``generic`` server)."""
 
 from __future__ import annotations
@@ -97,6 +97,28 @@ BAD = [
     ("bulk-delete-type-unconfirmed", "DELETE", "Observation/$bulk-delete", ASYNC, None, 422, "business-rule", "confirm=true"),
     ("bulk-delete-bad-remove-references", "DELETE", "Observation/$bulk-delete?_id=o1&_remove-references=1", ASYNC, None, 400, "invalid", "_remove-references must be"),
     ("bulk-delete-post", "POST", "Observation/$bulk-delete?_id=o1", ASYNC, None, 405, "not-supported", "accepts DELETE"),
+    ("group-purge-bad-remove-references", "POST", "Group/g1/$purge?_remove-references=maybe", ASYNC, None, 400, "invalid", "_remove-references must be"),
+    ("group-purge-remove-references-wrong-type", "POST", "Group/g1/$purge", ASYNC, params(**{"_remove-references": "true"}), 400, "invalid", "wrong type"),
+    ("group-purge-bad-confirm", "POST", "Group/g1/$purge?confirm=yes", ASYNC, None, 400, "invalid", "confirm must be"),
+    ("group-purge-bad-dry-run", "POST", "Group/g1/$purge?dryRun=1", ASYNC, None, 400, "invalid", "dryRun must be"),
+    ("group-purge-unknown-parameter", "POST", "Group/g1/$purge", ASYNC, params(patientId="p1"), 400, "not-supported", "unknown parameter 'patientId'"),
+    ("group-purge-bad-compartment", "POST", "Group/g1/$purge", ASYNC, {"resourceType": "Parameters", "parameter": [{"name": "compartmentDefinition", "resource": {"resourceType": "CompartmentDefinition", "code": "Device", "resource": [{"code": "Observation", "param": ["subject"]}]}}]}, 422, "invalid", "code must be 'Patient'"),
+    ("bulk-purge-bad-remove-references", "POST", "Patient/$bulk-purge?_remove-references=maybe", ASYNC, patients("p1"), 400, "invalid", "_remove-references must be"),
+    ("bulk-purge-remove-references-wrong-type", "POST", "Patient/$bulk-purge", ASYNC, {**patients("p1"), "parameter": [*patients("p1")["parameter"], {"name": "_remove-references", "valueString": "yes"}]}, 400, "invalid", "wrong type"),
+    ("bulk-purge-bad-dry-run", "POST", "Patient/$bulk-purge?dryRun=maybe", ASYNC, patients("p1"), 400, "invalid", "dryRun must be"),
+    ("bulk-purge-empty-id", "POST", "Patient/$bulk-purge", ASYNC, patients("p1", ""), 400, "invalid", "'patientId' has the wrong type"),
+    ("bulk-purge-reference-not-id", "POST", "Patient/$bulk-purge", ASYNC, patients("Patient/p1"), 400, "invalid", "patientId number 1"),
+    ("bulk-purge-not-parameters", "POST", "Patient/$bulk-purge", ASYNC, {"resourceType": "Patient", "id": "p1"}, 422, "invalid", "must be a Parameters resource"),
+    ("bulk-purge-too-many-ids-repeated", "POST", "Patient/$bulk-purge", ASYNC, patients(*(f"p{i}" for i in range(11)), "p0"), 422, "business-rule", "max_patients_without_confirm (10)"),
+    ("bulk-delete-bad-purge-history", "DELETE", "Observation/$bulk-delete?_id=o1&_hardDelete=true&_purgeHistory=yes", ASYNC, None, 400, "invalid", "_purgeHistory must be"),
+    ("bulk-delete-bad-hard-microsoft-name", "DELETE", "Observation/$bulk-delete?_id=o1&hardDelete=1", ASYNC, None, 400, "invalid", "_hardDelete must be"),
+    ("bulk-delete-bad-confirm", "DELETE", "Observation/$bulk-delete?confirm=maybe", ASYNC, None, 400, "invalid", "confirm must be"),
+    ("bulk-delete-empty-excluded", "DELETE", "$bulk-delete?_id=o1&excludedResourceTypes=", ASYNC, None, 400, "invalid", "excludedResourceTypes"),
+    ("bulk-delete-excluded-lowercase", "DELETE", "$bulk-delete?_id=o1&excludedResourceTypes=observation", ASYNC, None, 400, "invalid", "'observation' is not a resource type"),
+    ("bulk-delete-system-unknown-criterion", "DELETE", "$bulk-delete?bogus=1", ASYNC, None, 400, "not-supported", "takes the criteria bogus;"),
+    ("bulk-delete-unknown-modifier-base", "DELETE", "Observation/$bulk-delete?bogus:exact=1", ASYNC, None, 400, "not-supported", "'bogus:exact' is not a search parameter"),
+    ("bulk-delete-bad-id-in-status", "GET", "_operations/bulk-delete/nope", AUTH, None, 404, "not-found", "no such job"),
+    ("bulk-delete-system-post", "POST", "$bulk-delete?_id=o1", ASYNC, None, 405, "not-supported", "accepts DELETE"),
 ]
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from purgeproxy.engine.context import Context, Refused, refuse_protected
 from purgeproxy.engine.delete_expunge import RESULT_PARAMS, Criteria, delete_expunge
+from purgeproxy.engine.delete_expunge import new_result as empty_result
 from purgeproxy.engine.references import find_referrers
 from purgeproxy.engine.result import Result
 from purgeproxy.engine.unreference import remove_references
@@ -93,6 +94,10 @@ def plan(profile: UpstreamProfile, rtype: str | None, pairs: Sequence[tuple[str,
         return BulkDelete([rtype], criteria, hard, confirmed, False, remove_refs)
     types = [t for t in sorted(_listed_types(profile)) if t not in excluded and not _protected(t, excluded_types)
              and _applies(profile, t, criteria)]
+    if not types:  # refused here, before a job is stored, rather than by the job
+        raise Refused(400, "not-supported", "no resource type of this upstream (outside excludedResourceTypes "
+                      f"and the protected types) takes the criteria {', '.join(sorted({n[:64] for n, _ in criteria}))}; "
+                      "nothing was deleted")
     return BulkDelete(types, criteria, hard, confirmed, True, remove_refs)
 
 
@@ -143,12 +148,20 @@ def _protected(rtype: str, excluded_types: frozenset[str]) -> bool:
     return False
 
 
+def searches(request: BulkDelete) -> list[Criteria]:
+    return [Criteria(rtype, list(request.criteria)) for rtype in request.types]
+
+
+def new_result(request: BulkDelete) -> Result:
+    """What :func:`run` fills as it goes (pass it in to know what was deleted if it is stopped)."""
+    return empty_result(searches(request), False, OPERATION, request.hard)
+
+
 async def run(ctx: Context, request: BulkDelete,
-              progress: Callable[[int, int], Awaitable[None]] | None = None) -> Result:
-    """The strict searches, re-checks, deletes and verification of ``$delete-expunge``."""
-    if request.system and not request.types:
-        raise Refused(422, "business-rule", "no resource type of this upstream takes these criteria; nothing was deleted")
-    searches = [Criteria(rtype, list(request.criteria)) for rtype in request.types]
+              progress: Callable[[int, int], Awaitable[None]] | None = None,
+              removal: Result | None = None) -> Result:
+    """The strict searches, re-checks, deletes and verification of ``$delete-expunge``; ``removal``
+    (from :func:`new_result`) holds what was deleted even when ``progress`` stops the run."""
 
     async def unreference(removal: Result, matches: set[Key]) -> None:
         """Every resource that references a match (reverse searches) and is not one loses those
@@ -159,8 +172,8 @@ async def run(ctx: Context, request: BulkDelete,
         for (rtype, rid), (_, text) in sorted((await remove_references(ctx, holders, matches, False)).items()):
             removal.notes.append(f"{rtype}/{rid}: {text}")
 
-    return await delete_expunge(ctx, searches, False, request.confirmed, OPERATION, request.hard, progress,
-                                unreference if request.remove_references else None)
+    return await delete_expunge(ctx, searches(request), False, request.confirmed, OPERATION, request.hard, progress,
+                                unreference if request.remove_references else None, removal)
 
 
 def deleted_counts(result: Result) -> dict[str, int]:

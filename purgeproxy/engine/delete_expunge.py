@@ -128,13 +128,17 @@ def _still_matching(ctx: Context, searches: list[Criteria], found_by: dict[Key, 
 async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, confirmed: bool,
                          operation: str = "$delete-expunge", permanent: bool = True,
                          progress: Callable[[int, int], Awaitable[None]] | None = None,
-                         before_delete: Callable[[Result, set[Key]], Awaitable[None]] | None = None) -> Result:
+                         before_delete: Callable[[Result, set[Key]], Awaitable[None]] | None = None,
+                         removal: Result | None = None) -> Result:
     """Find every match, refuse an over-broad request, then delete, expunge and verify.
     ``permanent=False`` (Microsoft's soft ``$bulk-delete``): history is not promised away;
     ``before_delete`` runs once every match is known and before the first delete (e.g. removing
-    references to the matches from kept resources)."""
+    references to the matches from kept resources); ``removal`` (see :func:`new_result`), when
+    the caller passes one, is filled as the deletes go, so that a run stopped by ``progress`` (a
+    cancelled job) still tells what it deleted."""
     ctx.require_hard_delete_possible()
-    removal = Result(operation, ", ".join(c.shown for c in searches), dry_run, permanent=permanent)
+    if removal is None:
+        removal = new_result(searches, dry_run, operation, permanent)
     matches: dict[Key, dict[str, Any]] = {}
     found_by: dict[Key, int] = {}
     for index, criteria in enumerate(searches):
@@ -154,6 +158,11 @@ async def delete_expunge(ctx: Context, searches: list[Criteria], dry_run: bool, 
     if not dry_run and matches and removal.interruption is None:
         await _measure_remaining(ctx, searches, removal)
     return removal
+
+
+def new_result(searches: list[Criteria], dry_run: bool, operation: str, permanent: bool) -> Result:
+    """The empty result of one run over ``searches`` (named by parameter names, never values)."""
+    return Result(operation, ", ".join(c.shown for c in searches), dry_run, permanent=permanent)
 
 
 async def _measure_remaining(ctx: Context, searches: list[Criteria], removal: Result) -> None:

@@ -107,10 +107,12 @@ class Deleter:
     observer: Observer = NO_OBSERVER  # times the hard delete ("expunge")
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
-                     versions: Versions | None = None) -> DeletionReport:
+                     versions: Versions | None = None, report: DeletionReport | None = None) -> DeletionReport:
         """Delete ``order`` in batches, each resource only in the version it was examined in
-        (``versions``; a resource without one is examined again before it is deleted)."""
-        report = DeletionReport()
+        (``versions``; a resource without one is examined again before it is deleted). ``report``
+        is filled batch by batch: a caller whose ``progress`` stops the run (a cancelled job)
+        still knows what was deleted."""
+        report = DeletionReport() if report is None else report
         pinned = dict(versions or {})
         pending = list(order)
         hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes

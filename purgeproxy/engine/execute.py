@@ -22,10 +22,11 @@ def deleter(ctx: Context, recheck: Recheck | None) -> Deleter:
 
 
 async def delete(ctx: Context, deleter: Deleter, order: list[Key], progress: Progress | None,
-                 versions: Versions | None) -> DeletionReport:
-    """Delete ``order`` (already proven in scope and confirmed), pinned to ``versions``."""
+                 versions: Versions | None, report: DeletionReport | None = None) -> DeletionReport:
+    """Delete ``order`` (already proven in scope and confirmed), pinned to ``versions``; ``report``
+    (when given) is filled as the batches go."""
     with ctx.observer.phase("delete"):
-        return await deleter.delete(order, progress, versions=versions)
+        return await deleter.delete(order, progress, versions=versions, report=report)
 
 
 async def verify(ctx: Context, result: Result, readable: list[Key], history: list[Key]) -> None:

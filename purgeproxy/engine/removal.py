@@ -23,7 +23,7 @@ from typing import Any
 from purgeproxy.engine import execute, verify
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.context import Context, Refused, SearchResult, search_all
-from purgeproxy.engine.deletion import Recheck
+from purgeproxy.engine.deletion import DeletionReport, Recheck
 from purgeproxy.engine.plan import delete_order
 from purgeproxy.engine.rail import check_confirmed
 from purgeproxy.engine.result import Result
@@ -67,8 +67,10 @@ async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: boo
         if progress is not None:
             await progress(so_far, len(order))
 
+    partial = DeletionReport()  # filled batch by batch
     try:
-        removal.deletion = await execute.delete(ctx, execute.deleter(ctx, recheck), list(order), count, versions)
+        removal.deletion = await execute.delete(ctx, execute.deleter(ctx, recheck), list(order), count, versions,
+                                                partial)
         deletion = removal.deletion
         await execute.verify(ctx, removal, [k for k in order if k not in deletion.changed],
                              deletion.deleted + deletion.already_gone)
@@ -76,6 +78,9 @@ async def remove(ctx: Context, removal: Result, order: list[Key], confirmed: boo
         execute.interrupted(removal, failure, max(removed, len(removal.deletion.deleted)))
         removal.errors.append(f"the upstream failed ({failure.text}) after at least {removal.removed_before_failure} "
                               f"of {len(order)} planned resource(s) were removed; what remains could not be verified")
+    except BaseException:  # stopped by ``progress`` (a cancelled job): its caller sees what was deleted
+        removal.deletion = partial
+        raise
     return removal
 
 

@@ -91,7 +91,7 @@ async def run_children(store: JobStore, job: Job, checkpoint: Checkpoint, specs:
     ended = await _wait_for(store, job, checkpoint, firsts)
     if retry is None:
         return list(ended.values())
-    stored = {child.id for child in await store.children(job.id)}
+    stored = {child.id for child in await store.children(job.id, answers=False)}
     again = {}
     for cid, spec in firsts.items():
         first = ended[cid]
@@ -108,7 +108,9 @@ async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
     pool = checkpoint.pool
     poll = pool.settings.poll_seconds if pool is not None else 1.0
     while True:
-        stored = {child.id: child for child in await store.children(job.id)}
+        # progress columns only while children run: a finished child's answer is ~60 KB, and
+        # re-reading every answer at every poll made a 200-patient job quadratic
+        stored = {child.id: child for child in await store.children(job.id, answers=False)}
         for cid, spec in wanted.items():
             if cid not in stored:
                 made = await store.submit_child(cid, job.id, spec.operation, spec.target, spec.payload)
@@ -120,11 +122,16 @@ async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
         await checkpoint.totals(now.done, now.total)
         mine = [stored[cid] for cid in wanted if cid in stored]
         if len(mine) == len(wanted) and not any(child.active for child in mine):
-            return {child.id: child for child in mine}
+            answers = {child.id: child for child in await store.children(job.id)}
+            final = progress(job, list(answers.values()))  # with the answers: shared ones counted once
+            await checkpoint.totals(final.done, final.total)
+            return {cid: answers[cid] for cid in wanted}
         claimed = (await store.claim_child(job.id, checkpoint.owner, checkpoint.lease)
                    if pool is not None else None)
         if claimed is not None and pool is not None:
             await pool.run_claimed(claimed, checkpoint.owner)
+        elif pool is not None:
+            await pool.until_a_job_ends(poll)  # a child ending here is seen at once, elsewhere at the poll
         else:
             await asyncio.sleep(poll)
 

@@ -151,8 +151,9 @@ class JobStore(ABC):
         while another active job holds ``target``: the child is stored once that job ended."""
 
     @abstractmethod
-    async def children(self, parent: str) -> list[Job]:
-        """Every child of ``parent``, in the order they were stored."""
+    async def children(self, parent: str, answers: bool = True) -> list[Job]:
+        """Every child of ``parent``, in the order they were stored; ``answers=False``: without
+        payload and result (an empty payload, no result), for counting progress."""
 
     @abstractmethod
     async def claim_child(self, parent: str, owner: str, lease_seconds: float) -> Job | None:

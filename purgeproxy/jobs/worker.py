@@ -79,6 +79,7 @@ class Checkpoint:
         self.earlier = job.done  # removed by attempts that died before finishing
         self.done = job.done
         self.pool = pool  # lets a fan-out job run its own children while it waits for them
+        self.details: dict[str, Any] | None = None  # set by a runner that is stopped: JobOutcome.details so far
 
     async def totals(self, done: int, total: int) -> None:
         """Record counts that already cover every attempt (a fan-out job sums its children's)."""
@@ -101,10 +102,11 @@ class Checkpoint:
 Runner = Callable[[Job, Checkpoint], Awaitable[JobOutcome]]
 
 
-def cancelled_outcome(removed: int) -> dict[str, Any]:
+def cancelled_outcome(removed: int, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``details``: what the runner had measured when it stopped (a vendor's status shape)."""
     return {"status": 200, "outcome": outcome(issue(
         "warning", "incomplete", f"The job was cancelled after {removed} resource(s) had been "
-        "removed; what is left was not deleted"))}
+        "removed; what is left was not deleted")), **({"details": details} if details is not None else {})}
 
 
 class WorkerPool:
@@ -114,6 +116,7 @@ class WorkerPool:
         self.store, self.runners, self.settings = store, runners, settings
         self.name = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.wake = asyncio.Event()
+        self._ended = asyncio.Event()  # set, then replaced, whenever a job run here ends
         self.stopping = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
 
@@ -174,9 +177,20 @@ class WorkerPool:
     async def run_claimed(self, job: Job, owner: str) -> None:
         """Run a job claimed for ``owner`` to its end, its log lines carrying the id of the request
         that created the job (sent upstream as ``X-Request-Id`` too) and the job's id."""
-        with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
-                metrics.job_running(job.operation, job.attempts):
-            metrics.job_finished(job.operation, await self._attempt(job, owner))
+        try:
+            with structlog.contextvars.bound_contextvars(request_id=job.payload.get("request_id"), job_id=job.id), \
+                    metrics.job_running(job.operation, job.attempts):
+                metrics.job_finished(job.operation, await self._attempt(job, owner))
+        finally:
+            ended, self._ended = self._ended, asyncio.Event()
+            ended.set()
+
+    async def until_a_job_ends(self, timeout: float) -> None:
+        """Wait until a job run by this pool ends, or ``timeout``: a fan-out parent waiting on its
+        children sees one end here at once instead of at its next poll (which still notices those
+        that end on another replica)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._ended.wait(), timeout)
 
     async def _attempt(self, job: Job, owner: str) -> str:
         """Run the job; how the attempt ended (the job's final status, or released / lease-lost).
@@ -191,7 +205,7 @@ class WorkerPool:
             await self._finish(job, owner, answer, checkpoint.done)
             return answer.status
         except JobCancelled:
-            await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done),
+            await self.store.finish(job.id, owner, CANCELLED, cancelled_outcome(checkpoint.done, checkpoint.details),
                                     checkpoint.done)
             log.info("job_cancelled", job_id=job.id, removed=checkpoint.done)
             return CANCELLED

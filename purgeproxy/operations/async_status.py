@@ -82,7 +82,7 @@ async def kick_off(request: web.Request, operation: str, target: str, payload: d
 async def progress_of(request: web.Request, job: Job) -> str:
     """A fan-out job's progress is its children's, read now; any other job's is its own."""
     if fanout.is_parent(job):
-        return fanout.progress(job, await request.app[JOB_STORE].children(job.id)).text
+        return fanout.progress(job, await request.app[JOB_STORE].children(job.id, answers=False)).text
     return progress_text(job)
 
 
@@ -157,7 +157,7 @@ async def patient_purge_status(request: web.Request) -> web.Response:
     if job.operation != "$purge" and not fanout.is_parent(job):
         raise OutcomeError(404, "not-found", "no such patient purge job")
     if fanout.is_parent(job) and job.active:  # the counts summed over the patients, read now
-        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id))
+        now = fanout.progress(job, await request.app[JOB_STORE].children(job.id, answers=False))
         job = replace(job, done=now.done, total=now.total)
     return render(request, kodjin_parameters(job))
 
@@ -268,6 +268,12 @@ def bulk_delete_parameters(job: Job) -> tuple[int, dict[str, Any]]:
     if job.status != CANCELLED and counts is None:  # refused or failed before deleting: its own status
         return int(result.get("status", 500)), answer
     parts = [{"name": rtype, "valueInteger64": count} for rtype, count in (counts or {}).items()]
+    uncounted = job.done - sum((counts or {}).values())
+    if uncounted > 0:  # the counts are this attempt's deletes, measured; say what they do not cover
+        answer = {**answer, "issue": [*answer.get("issue", []), issue(
+            "information", "informational", f"{uncounted} of the {job.done} resource(s) removed are not in "
+            "ResourceDeletedCount: removed by an earlier attempt of this job (a replica that stopped), or "
+            "already gone when their delete came")]}
     return 200, {"resourceType": "Parameters", "parameter": [
         {"name": "ResourceDeletedCount", "part": parts}, {"name": "outcome", "resource": answer}]}
 

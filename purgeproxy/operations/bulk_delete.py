@@ -18,7 +18,7 @@ from purgeproxy.engine import bulk_delete
 from purgeproxy.engine.context import Refused
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
-from purgeproxy.jobs.worker import Checkpoint, JobOutcome
+from purgeproxy.jobs.worker import Checkpoint, JobCancelled, JobOutcome
 from purgeproxy.operations import async_status
 from purgeproxy.operations.cohort import context_for
 from purgeproxy.operations.common import caller_of
@@ -56,7 +56,12 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     ctx = await context_for(app)
     if not planned.hard:
         ctx = replace(ctx, hard_delete="never")  # Microsoft's default: a soft delete, history kept
-    result = await bulk_delete.run(ctx, planned, checkpoint)
+    removal = bulk_delete.new_result(planned)
+    try:
+        result = await bulk_delete.run(ctx, planned, checkpoint, removal)
+    except JobCancelled:  # Microsoft's 200 after a cancel still counts what was deleted, per type
+        checkpoint.details = {"ResourceDeletedCount": bulk_delete.deleted_counts(removal)}
+        raise
     result.removed_earlier = checkpoint.earlier
     await stage.conclude(app, job.payload["caller"], result, job.payload.get("reason"))
     status = result.interruption.status if result.interruption else 200

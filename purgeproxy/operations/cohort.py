@@ -66,10 +66,11 @@ async def handle_group(request: web.Request) -> web.Response:
     body = await bounded_body(request) if request.method == "POST" else b""
     given = parse_purge(request.query, body, request.content_type)
     ctx = await _context(request)
+    # the whole request is validated before the Group is read: a bad definition is the caller's 400
+    template = _template(ctx, given.compartment_definition, given.dry_run, given.confirm, given.remove_references)
     cohort = await read_group(ctx, group_id)
     check_size(len(cohort.patients), request.app[CONFIG].purge.max_patients_without_confirm,
                given.confirm or given.dry_run, f"Group/{group_id}")
-    template = _template(ctx, given.compartment_definition, given.dry_run, given.confirm, given.remove_references)
     target = f"Group/{group_id}" + (" (dry run)" if given.dry_run else "")
     return await kick_off(request, GROUP, target, _payload(caller, cohort, template),
                           f"The $purge of Group/{group_id} ({len(cohort.patients)} patients)")
