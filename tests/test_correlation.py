@@ -112,6 +112,34 @@ async def test_an_async_job_carries_the_id_of_the_request_that_created_it(make_p
     assert all(e["request_id"] == "corr-async-1" and e.get("job_id") for e in job_lines), job_lines
 
 
+async def test_a_many_patient_job_s_children_carry_the_request_id(make_proxy, recorder, medplum_base) -> None:
+    """Each patient's child job runs on any worker, later: its log lines and upstream calls still
+    carry the id of the request that created the parent."""
+    recording, base = recorder
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, jobs={"poll_seconds": 0.1})
+    built = [seeds.build(sizes={"Observation": 2}, shared=False) for _ in range(2)]
+    for seed in built:
+        seeds.write(medplum_base, seed.resources)
+    recording.seen.clear()
+    since = len(log_capture.LINES)
+    body = {"resourceType": "Parameters", "parameter": [{"name": "patientId", "valueString": s.patient} for s in built]}
+    async with httpx.AsyncClient(timeout=120) as http:
+        accepted = await http.post(f"{proxy}/Patient/$bulk-purge", json=body,
+                                   headers={**ASYNC, "X-Request-Id": "corr-bulk-1"})
+        assert accepted.status_code == 202, accepted.text
+        job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
+        for _ in range(600):
+            status = await http.get(f"{proxy}/$async/{job_id}", headers=AUTH)
+            if status.status_code != 202:
+                break
+            await asyncio.sleep(0.1)
+    assert status.status_code == 200, status.text
+    assert {rid for _, rid in recording.seen} == {"corr-bulk-1"}, recording.seen
+    started = [e for e in _events(since) if e["event"] == "job_started"]
+    assert len({e["job_id"] for e in started}) == 3  # the parent and one child per patient
+    assert all(e["request_id"] == "corr-bulk-1" for e in started), started
+
+
 async def test_every_log_line_of_a_purge_carries_its_request_id(make_proxy, medplum_base) -> None:
     proxy = await make_proxy(medplum_base, auth={"admin_token": TOKEN})
     seed = seeds.build(sizes={"Observation": 3, "Condition": 2}, shared=False)

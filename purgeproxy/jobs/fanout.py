@@ -113,7 +113,8 @@ async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
         stored = {child.id: child for child in await store.children(job.id, answers=False)}
         for cid, spec in wanted.items():
             if cid not in stored:
-                made = await store.submit_child(cid, job.id, spec.operation, spec.target, spec.payload)
+                carried = {**spec.payload, "request_id": job.payload.get("request_id")}  # its log lines too
+                made = await store.submit_child(cid, job.id, spec.operation, spec.target, carried)
                 if made is not None:
                     stored[cid] = made
                     if pool is not None:
