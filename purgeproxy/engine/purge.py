@@ -164,11 +164,13 @@ class PurgeEngine:
                         hard_delete_method=ctx.hard_method,
                         permanent=False, purge=details)
         result.redo = {"operation": "$purge", "target": result.target, "compartment": request.to_json()["compartment"]}
-        details.attachments = await self._attachments(resolution, first)
+        with self.settings.observer.phase("attachments"):
+            details.attachments = await self._attachments(resolution, first)
         result.planned = first.order
         earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
                                        self.settings.policy)
-        details.earlier_deleted = await earlier.find(resolution)
+        with self.settings.observer.phase("earlier"):
+            details.earlier_deleted = await earlier.find(resolution)
         if not request.dry_run:  # before the first write, a removed reference included
             check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
         if request.remove_references:  # before deleting: on HAPI the references would block it
@@ -194,7 +196,8 @@ class PurgeEngine:
             try:
                 await execute.verify(ctx, result, details.attachments.delete, checked)
                 if hard and details.earlier_deleted.found:
-                    await earlier.remove(details.earlier_deleted, self.profile.kind)
+                    with self.settings.observer.phase("earlier"):
+                        await earlier.remove(details.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         return result
