@@ -183,6 +183,29 @@ async def test_earlier_deleted_history_guards(make_proxy, hapi_base) -> None:
     assert seeds.snapshot(base, list(keep)) == keep  # Conditions are outside this definition; both is shared
 
 
+@pytest.mark.hapi
+async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_its_own(make_proxy, hapi_base) -> None:
+    """The system history is listed while the purge deletes (small pages and batches make them
+    overlap): the purge's own DELETEs must not be reported as deleted before it. HAPI bounds a
+    history's pages by the time of its first request; the proxy also skips every DELETE it sent
+    itself, for upstreams that do not (measured: this passes on HAPI without that skip too)."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 60, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    earlier = [k for k in seed.in_scope if k[0] == "Condition"]
+    delete_directly(base, earlier)
+    before = seeds.snapshot(base, seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN},
+                             purge={"hard_delete": "never", "page_size": 5, "batch_size": 5})
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    line = next(t for t in report.splitlines() if "deleted before this purge remains readable" in t)
+    assert line.endswith(": " + ", ".join(f"{t}/{i}" for t, i in sorted(earlier))), line
+    assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+
 async def test_every_reference_form_the_proxy_counts_is_searched(proxy, upstream) -> None:
     kind, base = upstream
     seed = seeds.build(sizes={"Observation": 2}, shared=False)

@@ -18,6 +18,7 @@ cannot be searched for them: the outcome says such history may remain.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,16 +54,26 @@ class DeletedHistoryFinder:
     resolver: Resolver
     policy: Policy
 
-    async def find(self, resolution: Resolution) -> EarlierDeleted:
-        """Never raises for the upstream's answers: what could not be listed is said instead."""
+    async def find(self, resolution: Resolution, ours: Callable[[Key], bool] = lambda key: False,
+                   listed: asyncio.Event | None = None) -> EarlierDeleted:
+        """Never raises for the upstream's answers: what could not be listed is said instead.
+
+        ``ours``: the resources this purge itself deleted (the scan may run beside its deletes:
+        their DELETEs in the history are not earlier ones). ``listed`` is set once the system
+        history has been listed (or could not be): a hard delete removes history rows, which
+        would shift the pages of a scan still running, so it waits for that."""
         result = EarlierDeleted()
         try:
-            await self._find(resolution, result)
+            await self._find(resolution, result, ours, listed)
         except ResolutionError as failure:
             result.found, result.kept, result.unlisted = [], {}, str(failure)
+        finally:
+            if listed is not None:
+                listed.set()
         return result
 
-    async def _find(self, resolution: Resolution, result: EarlierDeleted) -> None:
+    async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
+                    listed: asyncio.Event | None) -> None:
         patient = resolution.patient_key
         versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
         if versions is None or not versions:
@@ -70,9 +81,11 @@ class DeletedHistoryFinder:
         since = _earliest(versions)
         if since is None:
             raise ResolutionError("the patient's versions carry no lastUpdated to list history from")
-        deleted = await self._deleted_since(since)
-        wanted = [key for key in deleted if key[0] in self.resolver.compartment
-                  or (key == patient and resolution.patient_in_scope)]
+        deleted = await self._deleted_since(since, ours)
+        if listed is not None:
+            listed.set()
+        wanted = [key for key in deleted if (key[0] in self.resolver.compartment
+                  or (key == patient and resolution.patient_in_scope)) and not ours(key)]
         judged = await self._judge_all(wanted, patient)
         for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
@@ -98,8 +111,9 @@ class DeletedHistoryFinder:
         await asyncio.gather(*(one(key) for key in result.found))
         result.history_remaining = await history_left(self.client, self.limit, result.found)
 
-    async def _deleted_since(self, since: str) -> list[Key]:
-        """Every resource with a DELETE in the system history since ``since``."""
+    async def _deleted_since(self, since: str, ours: Callable[[Key], bool]) -> list[Key]:
+        """Every resource with a DELETE in the system history since ``since``, but ``ours``
+        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
         found: set[Key] = set()
         url: str | None = "_history"
         params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
@@ -115,7 +129,7 @@ class DeletedHistoryFinder:
                 request = entry.get("request") or {}
                 if request.get("method") == "DELETE":
                     key = _key_of(str(request.get("url", "")), self.client.base_url)
-                    if key:
+                    if key and not ours(key):
                         found.add(key)
             url, params = next_link(answer.body, self.client.base_url, seen), None
         raise ResolutionError("the upstream's history paging does not end")
