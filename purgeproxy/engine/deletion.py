@@ -135,6 +135,7 @@ class Deleter:
     recheck: Recheck | None = None  # None: every resource stays in scope whatever changed (named ones)
     max_attempts: int = 50
     observer: Observer = NO_OBSERVER  # times the hard delete ("expunge")
+    hard_limit: asyncio.Semaphore | None = None  # hard deletes in flight, besides ``limit`` (None: ``limit``)
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
                      versions: Versions | None = None) -> DeletionReport:
@@ -275,7 +276,7 @@ class Deleter:
 
     async def _hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
         async def one(key: Key) -> None:
-            async with self.limit:
+            async with self.hard_limit or self.limit:
                 error = await self.server.hard_delete(self.client, key)
             if error is None:
                 report.hard_deleted.append(key)
