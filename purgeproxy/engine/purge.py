@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from purgeproxy.engine import execute
 from purgeproxy.engine.attachments import AttachmentFinder, Attachments
@@ -171,13 +171,17 @@ class PurgeEngine:
         with self.settings.observer.phase("attachments"):
             details.attachments = await self._attachments(resolution, first)
         result.planned = first.order
-        earlier = DeletedHistoryFinder(self.client, self.limit, self.settings.page_size, resolver,
+        early = request.dry_run or request.remove_references  # the side searches are needed first
+        # beside the deletes they may hold only some of the shared slots: the deletes' own reads,
+        # transactions and searches are what the purge waits for
+        side_limit = self.limit if early else _SideLimit(self.limit, SIDE_SLOTS)
+        earlier = DeletedHistoryFinder(self.client, side_limit, self.settings.page_size, resolver,
                                        self.settings.policy)
         attempted: set[Key] = set()  # every resource this purge sends a DELETE for, before it does
         listed = asyncio.Event()
-        side = asyncio.ensure_future(self._side_searches(request, resolution, earlier, result, attempted, listed))
+        side = asyncio.ensure_future(self._side_searches(request, resolution, earlier, result, attempted, listed,
+                                                         side_limit))
         try:
-            early = request.dry_run or request.remove_references
             if early:  # their findings are the answer, or needed before the first write
                 result.errors += await side
             if not request.dry_run:  # before the first write, a removed reference included
@@ -225,7 +229,8 @@ class PurgeEngine:
             execute.interrupted(result, failure, tally.removed)
 
     async def _side_searches(self, request: PurgeRequest, resolution: Resolution, earlier: DeletedHistoryFinder,
-                             result: Result, attempted: set[Key], listed: asyncio.Event) -> list[str]:
+                             result: Result, attempted: set[Key], listed: asyncio.Event,
+                             limit: asyncio.Semaphore) -> list[str]:
         """What the purge reports but does not delete by: resources outside the compartment citing
         the Patient, and the history of the patient's resources deleted before the purge. Neither
         changes what the rounds delete, so both run beside them (on HAPI they cost seconds of
@@ -251,7 +256,7 @@ class PurgeEngine:
                 return
             try:
                 with self.settings.observer.phase("outside"):
-                    details.referrers_searched = await self._find_outside_references(request, details.plan)
+                    details.referrers_searched = await self._find_outside_references(request, details.plan, limit)
             except (ResolutionError, UpstreamError) as failure:
                 problems.append(f"resources outside the compartment citing the patient could not be "
                                 f"searched: {failure}")
@@ -272,7 +277,7 @@ class PurgeEngine:
         plan.order[0:0] = [key for key in new if key in found.contexts]
         return found
 
-    async def _find_outside_references(self, request: PurgeRequest, plan: Plan) -> int:
+    async def _find_outside_references(self, request: PurgeRequest, plan: Plan, limit: asyncio.Semaphore) -> int:
         """Resources outside the compartment that reference what is about to be deleted: the
         Patient, and every other member while the plan has at most ``outside_references_members``
         (off by default: measured on the Medplum engine, a 330-resource plan costs about 1,100
@@ -287,7 +292,7 @@ class PurgeEngine:
         patient = ("Patient", request.patient_id)
         members = ([key for key in plan.order if key != patient]
                    if len(plan.order) <= self.settings.outside_references_members else [])
-        context = self.context
+        context = replace(self.context, limit=limit)
         searches = [find_referrers(context, members)] if members else []
         if patient in plan.order:
             searches.append(find_referrers(context, [patient], skip=self._covered(request.compartment)))
@@ -392,6 +397,30 @@ class PurgeEngine:
                 versions = {**versions, **later.versions}
         result.remaining = list(plan.order)
         result.errors.append(f"resources were still found after {self.settings.max_rounds} rounds")
+
+
+SIDE_SLOTS = 2  # of the shared purge.concurrency slots, what the searches beside the deletes may hold
+
+
+class _SideLimit(asyncio.Semaphore):
+    """At most ``value`` requests at once, each also holding one of the ``shared`` slots."""
+
+    def __init__(self, shared: asyncio.Semaphore, value: int) -> None:
+        super().__init__(value)
+        self.shared = shared
+
+    async def acquire(self) -> Literal[True]:
+        await super().acquire()
+        try:
+            await self.shared.acquire()
+        except BaseException:
+            super().release()
+            raise
+        return True
+
+    def release(self) -> None:
+        self.shared.release()
+        super().release()
 
 
 class _Tally:
