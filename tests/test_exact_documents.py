@@ -267,3 +267,40 @@ async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources
         for rtype, rid in seed.in_scope:
             assert (await http.get(f"{base}/{rtype}/{rid}/_history")).status_code == 404, (rtype, rid)
     assert seeds.snapshot(base, seed.untouchable) == before
+
+
+def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() -> None:
+    """A resource deleted since the patient was created needs no reads when the listing holds
+    each of its versions (1 up to its DELETE) and none references the patient; anything else
+    (a version missing, one that references the patient, an unnumbered DELETE) is read."""
+    import asyncio
+
+    from purgeproxy.engine.compartment import Resolver
+    from purgeproxy.engine.deleted_history import _Listing
+    from purgeproxy.fhir.client import FhirClient
+    from purgeproxy.fhir.definitions import definitions_for
+
+    definitions = definitions_for("4.0.1")
+    base = "http://up.test/fhir"
+    resolver = Resolver(FhirClient(base, httpx.AsyncClient()), definitions,
+                        dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
+
+    def version(oid: str, n: int, patient: str) -> dict[str, Any]:
+        return {"request": {"method": "PUT", "url": f"Observation/{oid}/_history/{n}"},
+                "resource": {"resourceType": "Observation", "id": oid, "meta": {"versionId": str(n)},
+                             "status": "final", "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}}
+
+    def deleted(oid: str, url_version: str) -> dict[str, Any]:
+        return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
+
+    listing = _Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base)
+    entries = [deleted("other", "/_history/3"), version("other", 2, "q"), version("other", 1, "q"),
+               deleted("gap", "/_history/3"), version("gap", 1, "q"),  # version 2 not listed
+               deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),
+               deleted("bare", ""), version("bare", 1, "q"),  # DELETE without its version
+               version("early", 1, "q"), deleted("early", "/_history/2"),  # oldest first
+               deleted("ours", "/_history/2"), version("ours", 1, "p")]
+    for entry in entries:
+        listing.take(entry)
+    assert listing.deleted == {("Observation", i) for i in ("other", "gap", "mine", "bare", "early")}
+    assert listing.cleared() == {("Observation", "other")}
