@@ -45,6 +45,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="purge scenario: run only these parts (default: all)")
     parser.add_argument("--no-hapi", action="store_true", help="purge scenario without the HAPI rows")
     parser.add_argument("--no-medplum", action="store_true", help="bulk scenario without the Medplum engine rows")
+    parser.add_argument("--purge-medplum-sizes", type=int, nargs="+",
+                        help="purge scenario: Medplum patient sizes (default: 10 650 10000 100000)")
+    parser.add_argument("--purge-hapi-sizes", type=int, nargs="+",
+                        help="purge scenario: HAPI patient sizes, soft and hard delete (default: 10 650 10000)")
     parser.add_argument("--purge-working-tree", action="store_true",
                         help="purge scenario: measure the working tree's engine (default: HEAD's)")
     parser.add_argument("--output", type=Path, help="report path (default docs/benchmarks.md)")
@@ -87,6 +91,11 @@ def _scenarios(args: argparse.Namespace, docs_dir: Path) -> list[Callable[[Proce
         purge_settings = dataclasses.replace(purge_settings, hapi=False)
     if args.purge_working_tree:
         purge_settings = dataclasses.replace(purge_settings, working_tree=True)
+    if args.purge_medplum_sizes:
+        purge_settings = dataclasses.replace(purge_settings, medplum_sizes=tuple(args.purge_medplum_sizes))
+    if args.purge_hapi_sizes:
+        sizes = tuple(args.purge_hapi_sizes)
+        purge_settings = dataclasses.replace(purge_settings, hapi_sizes=sizes, hapi_auto_sizes=sizes)
     purge_parts = (tuple(args.purge_parts),) if args.purge_parts else ()
     bulk_settings = bulk.Settings.quick() if args.quick else bulk.Settings()
     bulk_settings = dataclasses.replace(bulk_settings, hapi=not args.no_hapi, medplum=not args.no_medplum,

@@ -502,7 +502,8 @@ class Bench:
     def _log(self, run: Run) -> Run:
         self.say(f"{run.upstream:8} {run.contender:28} n={run.size:<7} b={run.batch:<4} c={run.concurrency} "
                  f"{run.wall:8.2f} s  searches {run.searches:<5} writes {run.writes:<6} reads {run.reads:<7} "
-                 f"rss +{run.rss_growth_mb:.1f} MB" + ("" if run.complete else f"  INCOMPLETE {run.note}"))
+                 f"rss +{run.rss_growth_mb:.1f} MB" + ("" if run.complete else f"  INCOMPLETE {run.note}")
+                 + "".join(f"  {k} {v:.2f}" for k, v in sorted(run.phases.items())))
         return run
 
     # Medplum: a fresh in-memory server per run, holding only that run's patient.
@@ -680,7 +681,8 @@ def _row(run: Run, runs: list[Run]) -> list[str]:
             cells[2] = f"{vs_script:.2f}×"
     phases = run.phases
     split = ("—" if not phases else " / ".join(
-        f"{phases.get(p, 0):.1f}" for p in ("resolve", "outside", "plan", "delete", "expunge", "verify")))
+        f"{phases.get(p, 0):.1f}" for p in ("resolve", "outside", "attachments", "earlier", "plan", "delete", "expunge",
+                                                   "verify")))
     return [run.upstream, run.contender, f"{run.size:,}", f"{run.wall:.2f}", str(run.searches),
             str(run.writes), str(run.reads), f"{run.rss_growth_mb:.1f}", *cells, split,
             "yes" if run.complete else f"**no** {run.note}"]
@@ -696,7 +698,8 @@ def scaling_table(runs: list[Run]) -> str:
                   "reads (read + _history)", "peak RSS growth MB",
                   f"time / loop (≤ {MAX_VS_LOOP:g}×; hard delete: / recipe ≤ {MAX_HARD_VS_RECIPE:g}×)",
                   f"time / floor (≤ {MAX_VS_FLOOR:g}× at ≥ {FLOOR_GATE:,})", "time / script",
-                  "resolve / outside refs / plan / delete / expunge / verify s", "complete"], rows)
+                  "resolve / outside refs / attachments / earlier deleted / plan / delete / expunge / verify s",
+                  "complete"], rows)
 
 
 def _ratios(b: Bench, contender: str, baseline: str) -> tuple[list[tuple[float, str]], list[Run]]:
@@ -903,7 +906,9 @@ def report(b: Bench, settings: Settings, docs_dir: Path, elapsed: float) -> Sect
         "`Resolver.resolve` (every round), `make_plan`, `Deleter.delete` (minus expunge), "
         "`Deleter._hard_delete` and `history_left`; *outside refs* is "
         "`PurgeEngine._find_outside_references` (searches for resources outside the compartment that cite "
-        "the Patient).",
+        "the Patient); *attachments* finds the Binaries behind the members' documents; *earlier deleted* "
+        "lists and judges (and on a hard delete removes) the history of resources deleted before the purge "
+        "(`DeletedHistoryFinder`). Phases that run concurrently each count their own time.",
         "",
         scaling_table(b.runs),
         "",

@@ -283,6 +283,10 @@ class Purge(_Strict):
     batch_size: int = Field(100, ge=1, le=5000, description="DELETE entries per transaction")
     page_size: int = Field(1000, ge=1, le=5000, description="_count of compartment searches")
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
+    hard_delete_concurrency: int = Field(
+        16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once in each purge, "
+        "besides purge.concurrency"
+    )
     max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
     hard_delete: HardDelete = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")

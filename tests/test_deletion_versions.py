@@ -127,3 +127,27 @@ async def test_a_change_after_the_read_that_the_upstream_ignored_is_reported_and
     assert list(report.unexamined) == [("Observation", "b")]
     assert "deleted in a later version the proxy never examined" in report.unexamined[("Observation", "b")]
     assert hard_deleted == [("Observation", "a"), ("Observation", "c")]  # b's history stays, to restore it
+
+
+async def test_hard_deletes_have_their_own_limit_besides_the_shared_one() -> None:
+    """HAPI expunges one resource per request: a purge keeps ``purge.hard_delete_concurrency`` of
+    them in flight, not bounded by (and not taking) the shared ``purge.concurrency`` slots."""
+    in_flight, peak = 0, 0
+
+    class Slow(type(kind_named("hapi"))):  # type: ignore[misc]
+        async def hard_delete(self, client: FhirClient, key: tuple[str, str]) -> str | None:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.01)
+            in_flight -= 1
+            return None
+
+    shared = asyncio.Semaphore(1)
+    async with shared:  # the shared slot is taken (e.g. by the next batch's transaction)
+        deleter = Deleter(FhirClient("http://up.test/fhir", httpx.AsyncClient()), Slow(), 100, shared, True,
+                          hard_limit=asyncio.Semaphore(8))
+        report = DeletionReport()
+        keys = [("Observation", str(i)) for i in range(40)]
+        await deleter._hard_delete(keys, report)
+    assert sorted(report.hard_deleted) == sorted(keys) and peak == 8

@@ -183,6 +183,29 @@ async def test_earlier_deleted_history_guards(make_proxy, hapi_base) -> None:
     assert seeds.snapshot(base, list(keep)) == keep  # Conditions are outside this definition; both is shared
 
 
+@pytest.mark.hapi
+async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_its_own(make_proxy, hapi_base) -> None:
+    """The system history is listed while the purge deletes (small pages and batches make them
+    overlap): the purge's own DELETEs must not be reported as deleted before it. HAPI bounds a
+    history's pages by the time of its first request; the proxy also skips every DELETE it sent
+    itself, for upstreams that do not (measured: this passes on HAPI without that skip too)."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 60, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    earlier = [k for k in seed.in_scope if k[0] == "Condition"]
+    delete_directly(base, earlier)
+    before = seeds.snapshot(base, seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN},
+                             purge={"hard_delete": "never", "page_size": 5, "batch_size": 5})
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    line = next(t for t in report.splitlines() if "deleted before this purge remains readable" in t)
+    assert line.endswith(": " + ", ".join(f"{t}/{i}" for t, i in sorted(earlier))), line
+    assert seeds.present(base, seed.in_scope) == []
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+
 async def test_every_reference_form_the_proxy_counts_is_searched(proxy, upstream) -> None:
     kind, base = upstream
     seed = seeds.build(sizes={"Observation": 2}, shared=False)
@@ -244,3 +267,40 @@ async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources
         for rtype, rid in seed.in_scope:
             assert (await http.get(f"{base}/{rtype}/{rid}/_history")).status_code == 404, (rtype, rid)
     assert seeds.snapshot(base, seed.untouchable) == before
+
+
+def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() -> None:
+    """A resource deleted since the patient was created needs no reads when the listing holds
+    each of its versions (1 up to its DELETE) and none references the patient; anything else
+    (a version missing, one that references the patient, an unnumbered DELETE) is read."""
+    import asyncio
+
+    from purgeproxy.engine.compartment import Resolver
+    from purgeproxy.engine.deleted_history import _Listing
+    from purgeproxy.fhir.client import FhirClient
+    from purgeproxy.fhir.definitions import definitions_for
+
+    definitions = definitions_for("4.0.1")
+    base = "http://up.test/fhir"
+    resolver = Resolver(FhirClient(base, httpx.AsyncClient()), definitions,
+                        dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
+
+    def version(oid: str, n: int, patient: str) -> dict[str, Any]:
+        return {"request": {"method": "PUT", "url": f"Observation/{oid}/_history/{n}"},
+                "resource": {"resourceType": "Observation", "id": oid, "meta": {"versionId": str(n)},
+                             "status": "final", "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}}
+
+    def deleted(oid: str, url_version: str) -> dict[str, Any]:
+        return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
+
+    listing = _Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base)
+    entries = [deleted("other", "/_history/3"), version("other", 2, "q"), version("other", 1, "q"),
+               deleted("gap", "/_history/3"), version("gap", 1, "q"),  # version 2 not listed
+               deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),
+               deleted("bare", ""), version("bare", 1, "q"),  # DELETE without its version
+               version("early", 1, "q"), deleted("early", "/_history/2"),  # oldest first
+               deleted("ours", "/_history/2"), version("ours", 1, "p")]
+    for entry in entries:
+        listing.take(entry)
+    assert listing.deleted == {("Observation", i) for i in ("other", "gap", "mine", "bare", "early")}
+    assert listing.cleared() == {("Observation", "other")}

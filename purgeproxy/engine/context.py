@@ -60,6 +60,7 @@ class Context:
     confirm_param: str = "confirm"
     dry_run_param: str = "dryRun"
     observer: Observer = NO_OBSERVER  # told when each stage starts and ends (the benchmark's timing)
+    hard_limit: asyncio.Semaphore | None = None  # instance hard deletes in flight (None: ``limit``)
 
     @property
     def hard_method(self) -> str | None:

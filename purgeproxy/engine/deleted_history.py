@@ -18,6 +18,7 @@ cannot be searched for them: the outcome says such history may remain.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -53,16 +54,26 @@ class DeletedHistoryFinder:
     resolver: Resolver
     policy: Policy
 
-    async def find(self, resolution: Resolution) -> EarlierDeleted:
-        """Never raises for the upstream's answers: what could not be listed is said instead."""
+    async def find(self, resolution: Resolution, ours: Callable[[Key], bool] = lambda key: False,
+                   listed: asyncio.Event | None = None) -> EarlierDeleted:
+        """Never raises for the upstream's answers: what could not be listed is said instead.
+
+        ``ours``: the resources this purge itself deleted (the scan may run beside its deletes:
+        their DELETEs in the history are not earlier ones). ``listed`` is set once the system
+        history has been listed (or could not be): a hard delete removes history rows, which
+        would shift the pages of a scan still running, so it waits for that."""
         result = EarlierDeleted()
         try:
-            await self._find(resolution, result)
+            await self._find(resolution, result, ours, listed)
         except ResolutionError as failure:
             result.found, result.kept, result.unlisted = [], {}, str(failure)
+        finally:
+            if listed is not None:
+                listed.set()
         return result
 
-    async def _find(self, resolution: Resolution, result: EarlierDeleted) -> None:
+    async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
+                    listed: asyncio.Event | None) -> None:
         patient = resolution.patient_key
         versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
         if versions is None or not versions:
@@ -70,9 +81,12 @@ class DeletedHistoryFinder:
         since = _earliest(versions)
         if since is None:
             raise ResolutionError("the patient's versions carry no lastUpdated to list history from")
-        deleted = await self._deleted_since(since)
-        wanted = [key for key in deleted if key[0] in self.resolver.compartment
-                  or (key == patient and resolution.patient_in_scope)]
+        listing = await self._deleted_since(since, ours, patient)
+        if listed is not None:
+            listed.set()
+        cleared = listing.cleared()
+        wanted = [key for key in sorted(listing.deleted) if (key[0] in self.resolver.compartment
+                  or (key == patient and resolution.patient_in_scope)) and not ours(key) and key not in cleared]
         judged = await self._judge_all(wanted, patient)
         for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
@@ -98,25 +112,22 @@ class DeletedHistoryFinder:
         await asyncio.gather(*(one(key) for key in result.found))
         result.history_remaining = await history_left(self.client, self.limit, result.found)
 
-    async def _deleted_since(self, since: str) -> list[Key]:
-        """Every resource with a DELETE in the system history since ``since``."""
-        found: set[Key] = set()
+    async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> _Listing:
+        """Every resource with a DELETE in the system history since ``since``, but ``ours``
+        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
+        listing = _Listing(patient, self.resolver, ours, self.client.base_url)
         url: str | None = "_history"
         params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
             if url is None:
-                return sorted(found)
+                return listing
             async with self.limit:
                 answer = await self.client.request("GET", url, params=params)
             if answer.status != 200 or answer.resource_type != "Bundle":
                 raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
             for entry in answer.body.get("entry") or []:
-                request = entry.get("request") or {}
-                if request.get("method") == "DELETE":
-                    key = _key_of(str(request.get("url", "")), self.client.base_url)
-                    if key:
-                        found.add(key)
+                listing.take(entry)
             url, params = next_link(answer.body, self.client.base_url, seen), None
         raise ResolutionError("the upstream's history paging does not end")
 
@@ -170,6 +181,62 @@ class DeletedHistoryFinder:
             bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
             url = next_link(answer.body, self.client.base_url, seen)
         raise ResolutionError(f"the paging of {path} does not end")
+
+
+@dataclass
+class _Listing:
+    """The system history since the patient's first version, as its pages arrive.
+
+    Every DELETE in it (but the purge's own) is a candidate, to be read and judged. A candidate
+    whose every version is in the listing too needs no reads when none of them references the
+    patient: versions 1 to the one before its DELETE, all present, none passing the compartment
+    check (the upstream lists newest first; in any other order, or with a version missing, it
+    is read and judged as before). On a busy server most resources deleted since the patient
+    was created are other patients': each cost a read and a history read.
+    """
+
+    patient: Key
+    resolver: Resolver
+    ours: Callable[[Key], bool]
+    base_url: str
+    deleted: set[Key] = field(default_factory=set)
+    deleted_at: dict[Key, int] = field(default_factory=dict)  # the version its DELETE made
+    versions: dict[Key, set[int]] = field(default_factory=dict)  # versions listed with their body
+    touching: set[Key] = field(default_factory=set)  # a listed version references the patient
+
+    def take(self, entry: Any) -> None:
+        request = entry.get("request") or {} if isinstance(entry, dict) else {}
+        body = entry.get("resource") if isinstance(entry, dict) else None
+        if request.get("method") == "DELETE":
+            url = str(request.get("url", ""))
+            key = _key_of(url, self.base_url)
+            if key and not self.ours(key) and key not in self.deleted:
+                self.deleted.add(key)
+                version = _version_in(url)
+                if version is not None:
+                    self.deleted_at[key] = version
+        elif isinstance(body, dict):
+            listed = (str(body.get("resourceType")), str(body.get("id")))
+            version = _int((body.get("meta") or {}).get("versionId"))
+            if listed in self.deleted_at and version is not None:
+                self.versions.setdefault(listed, set()).add(version)
+                if self.resolver.check(body, self.patient) is not None:
+                    self.touching.add(listed)
+
+    def cleared(self) -> set[Key]:
+        """Candidates proven not the patient's by the listing alone."""
+        return {key for key, at in self.deleted_at.items()
+                if key not in self.touching and key != self.patient
+                and self.versions.get(key, set()) == set(range(1, at))}
+
+
+def _version_in(url: str) -> int | None:
+    parts = url.split("/")
+    return _int(parts[-1]) if len(parts) >= 4 and parts[-2] == "_history" else None
+
+
+def _int(text: Any) -> int | None:
+    return int(text) if isinstance(text, str) and text.isdigit() else None
 
 
 UNSURE = object()  # a batch entry that proves nothing: read that history on its own

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.observer import NO_OBSERVER, Observer
-from purgeproxy.engine.verify import GONE, read_current, version_of
+from purgeproxy.engine.verify import GONE, Reading, read_current, version_of
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ServerKind
@@ -68,6 +68,38 @@ def _if_match(version: str | None) -> dict[str, str]:
     return {"ifMatch": f'W/"{version}"'} if version else {}
 
 
+class _ReadAhead:
+    """The next batch's read, started while the batch before it is deleted: each batch is still
+    read after everything planned before it and before its own DELETEs are sent, but the read no
+    longer waits for the previous transaction (on the Medplum engine the reads were as slow as
+    the deletes). Used only for exactly the keys it read: a regrouped batch is read afresh."""
+
+    def __init__(self, client: FhirClient, limit: asyncio.Semaphore) -> None:
+        self.client, self.limit = client, limit
+        self.keys: list[Key] = []
+        self.task: asyncio.Future[Reading] | None = None
+
+    def start(self, keys: list[Key]) -> None:
+        self.drop()
+        if keys:
+            self.keys, self.task = list(keys), asyncio.ensure_future(read_current(self.client, self.limit, keys))
+
+    async def take(self, keys: list[Key]) -> Reading | None:
+        task, same = self.task, self.keys == keys
+        self.task = None
+        if task is None:
+            return None
+        if not same:
+            task.cancel()
+            return None
+        return await task
+
+    def drop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            self.task = None
+
+
 def _transaction(keys: list[Key], versions: Versions) -> dict[str, Any]:
     return {
         "resourceType": "Bundle",
@@ -105,6 +137,7 @@ class Deleter:
     recheck: Recheck | None = None  # None: every resource stays in scope whatever changed (named ones)
     max_attempts: int = 50
     observer: Observer = NO_OBSERVER  # times the hard delete ("expunge")
+    hard_limit: asyncio.Semaphore | None = None  # hard deletes in flight, besides ``limit`` (None: ``limit``)
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
                      versions: Versions | None = None, report: DeletionReport | None = None) -> DeletionReport:
@@ -116,15 +149,17 @@ class Deleter:
         pinned = dict(versions or {})
         pending = list(order)
         hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes
+        ahead = _ReadAhead(self.client, self.limit)
         try:
             while pending:
                 batch, pending = pending[: self.batch_size], pending[self.batch_size:]
-                done = await self._batch(batch, pending, pinned, report)
+                done = await self._batch(batch, pending, pinned, report, ahead)
                 if self.hard_delete and done:
                     hard.append(asyncio.ensure_future(self._timed_hard_delete(done, report)))
                 if progress:
                     await progress(len(report.deleted) + len(report.already_gone))
         finally:
+            ahead.drop()
             await asyncio.gather(*hard)
         return report
 
@@ -133,10 +168,11 @@ class Deleter:
             await self._hard_delete(keys, report)
 
     async def _examine(self, keys: list[Key], pinned: dict[Key, str | None],
-                       report: DeletionReport) -> list[Key]:
-        """Read ``keys`` now: what is gone is recorded, what changed since planning is examined
-        again; returns the keys to delete, with ``pinned`` holding the version each was read in."""
-        reading = await read_current(self.client, self.limit, keys)
+                       report: DeletionReport, reading: Reading | None = None) -> list[Key]:
+        """Read ``keys`` now (``reading``: already read, while the batch before was deleted): what
+        is gone is recorded, what changed since planning is examined again; returns the keys to
+        delete, with ``pinned`` holding the version each was read in."""
+        reading = reading or await read_current(self.client, self.limit, keys)
         report.already_gone += reading.gone
         report.failed.update(reading.unreadable)
         changed = [body for key, body in reading.current.items()
@@ -152,15 +188,16 @@ class Deleter:
         return [key for key in keys if key in reading.current and key not in report.changed]
 
     async def _batch(self, batch: list[Key], pending: list[Key], pinned: dict[Key, str | None],
-                     report: DeletionReport) -> list[Key]:
+                     report: DeletionReport, ahead: _ReadAhead) -> list[Key]:
         """Delete one batch, regrouping on conflicts; returns what is now gone."""
         done: list[Key] = []
         for _ in range(self.max_attempts):
             gone_before = len(report.already_gone)
-            batch = await self._examine(batch, pinned, report)
+            batch = await self._examine(batch, pinned, report, await ahead.take(batch))
             done += report.already_gone[gone_before:]
             if not batch:
                 return done
+            ahead.start(pending[: self.batch_size])  # the next batch is read while this one goes
             async with self.limit:
                 answer = await self.client.request("POST", "", json=_transaction(batch, pinned))
             if answer.status == 200 and answer.resource_type == "Bundle":
@@ -246,7 +283,7 @@ class Deleter:
 
     async def _hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
         async def one(key: Key) -> None:
-            async with self.limit:
+            async with self.hard_limit or self.limit:
                 error = await self.server.hard_delete(self.client, key)
             if error is None:
                 report.hard_deleted.append(key)

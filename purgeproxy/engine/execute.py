@@ -18,7 +18,7 @@ from purgeproxy.fhir.references import Key
 def deleter(ctx: Context, recheck: Recheck | None) -> Deleter:
     """The deleter of this run: hard deletes when the context uses them."""
     return Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
-                   recheck, observer=ctx.observer)
+                   recheck, observer=ctx.observer, hard_limit=ctx.hard_limit)
 
 
 async def delete(ctx: Context, deleter: Deleter, order: list[Key], progress: Progress | None,
