@@ -15,7 +15,7 @@ import httpx
 from tests import seed as seeds
 from tests.helpers import AUTH, texts
 from tests.served import Proxy, serving
-from tests.test_async_crash import _config, _purged, _wait_for_progress, postgres_store  # noqa: F401 - the fixture, shared
+from tests.test_async_crash import BATCH, _config, _purged, _wait_for_progress, postgres_store  # noqa: F401 - the fixture, shared
 
 # HAPI hard-deletes some 40 resources/s here: a smaller cohort there still lets the kill land
 # mid-job (a quarter in) without a minute-long run
@@ -42,13 +42,13 @@ def _result(proxy: Proxy, job_id: str, timeout: float = 240) -> dict:
     raise AssertionError(f"the job did not finish:\n{proxy.log.read_text()[-3000:]}")
 
 
-async def _owners(store: str, job_id: str) -> set[int]:
-    """The processes holding the job's running children (host:pid:nonce/worker)."""
+async def _owners(store: str, job_id: str) -> list[int]:
+    """The process of each of the job's running children (host:pid:nonce/worker)."""
     connection = await asyncpg.connect(store)
     rows = await connection.fetch("SELECT owner FROM purgeproxy_jobs WHERE parent = $1 AND status = 'processing'",
                                   job_id)
     await connection.close()
-    return {int(row["owner"].split(":")[1]) for row in rows if row["owner"]}
+    return [int(row["owner"].split(":")[1]) for row in rows if row["owner"]]
 
 
 async def test_children_move_to_the_surviving_replica(upstream: tuple[str, str], tmp_path: Path,
@@ -76,5 +76,8 @@ async def test_children_move_to_the_surviving_replica(upstream: tuple[str, str],
     for seed in built:
         assert seeds.present(base, seed.in_scope) == []
     assert seeds.snapshot(base, keep) == before
-    assert killed_at < final and total - 10 <= final <= total
+    # each child the victim was running may have deleted one batch it had not yet checkpointed:
+    # gone (verified above) but counted by nobody
+    held = owners.count(victim.process.pid)
+    assert killed_at < final and total - BATCH * held <= final <= total
     print(f"\n[fan-out postgresql, {kind}] {total} resources over 4 patients; killed at {killed_at}", flush=True)

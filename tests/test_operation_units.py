@@ -22,6 +22,7 @@ from purgeproxy.app_keys import JOB_WORKERS
 from purgeproxy.operations import OPERATIONS, async_status
 from purgeproxy.operations.params import BOOLEAN_PARAMETERS
 from purgeproxy.operations.unit import OperationUnit, Route
+from purgeproxy.receipts import routes as receipt_routes
 from purgeproxy.security.scopes import DEFAULT_SCOPES
 from tests.conftest import config_for
 
@@ -162,4 +163,5 @@ async def test_every_declared_route_answers_itself_and_every_advertised_operatio
         assert unit.advertised.entry() in holder["operation"], unit.name
     listed = [o["name"] for o in server.get("operation", [])]
     listed += [o["name"] for r in server["resource"] for o in r.get("operation", [])]
-    assert sorted(listed) == sorted(u.advertised.name for u in OPERATIONS if u.advertised is not None)
+    receipts = [operation.name for operation in receipt_routes.ADVERTISED]  # receipts are on by default
+    assert sorted(listed) == sorted([u.advertised.name for u in OPERATIONS if u.advertised is not None] + receipts)
