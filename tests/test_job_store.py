@@ -234,3 +234,21 @@ async def test_a_job_ending_wakes_whoever_waits_on_the_pool(store: JobStore) -> 
     assert time.monotonic() - started < 1
     await running
     assert (await store.get(job.id)).status == COMPLETED
+
+
+async def test_a_job_ending_before_the_wait_is_not_missed(store: JobStore) -> None:
+    """The parent takes the pool's job-end signal, reads the store, then waits: a child that ended
+    between the read and the wait wakes it at once (a lost wake-up cost a whole poll)."""
+
+    async def runner(_job: Any, _checkpoint: Any) -> JobOutcome:
+        return JobOutcome(COMPLETED, 200, {"resourceType": "OperationOutcome", "issue": []})
+
+    pool = WorkerPool(store, {"op": runner}, WorkerSettings(1, 3600, 3600, 5))
+    await store.submit(new_id(), "op", f"op {new_id()}", {})
+    ending = pool.job_end()
+    claimed = await store.claim("w1", 3600)
+    assert claimed is not None
+    await pool.run_claimed(claimed, "w1")  # ends before anyone waits
+    started = time.monotonic()
+    await asyncio.wait_for(pool.until_a_job_ends(3600, ending), 5)
+    assert time.monotonic() - started < 1

@@ -108,6 +108,7 @@ async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
     pool = checkpoint.pool
     poll = pool.settings.poll_seconds if pool is not None else 1.0
     while True:
+        ending = pool.job_end() if pool is not None else None  # before the read: no lost wake-up
         # progress columns only while children run: a finished child's answer is ~60 KB, and
         # re-reading every answer at every poll made a 200-patient job quadratic
         stored = {child.id: child for child in await store.children(job.id, answers=False)}
@@ -132,7 +133,7 @@ async def _wait_for(store: JobStore, job: Job, checkpoint: Checkpoint,
         if claimed is not None and pool is not None:
             await pool.run_claimed(claimed, checkpoint.owner)
         elif pool is not None:
-            await pool.until_a_job_ends(poll)  # a child ending here is seen at once, elsewhere at the poll
+            await pool.until_a_job_ends(poll, ending)  # a child ending here is seen at once, elsewhere at the poll
         else:
             await asyncio.sleep(poll)
 

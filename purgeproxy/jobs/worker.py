@@ -185,12 +185,18 @@ class WorkerPool:
             ended, self._ended = self._ended, asyncio.Event()
             ended.set()
 
-    async def until_a_job_ends(self, timeout: float) -> None:
-        """Wait until a job run by this pool ends, or ``timeout``: a fan-out parent waiting on its
-        children sees one end here at once instead of at its next poll (which still notices those
-        that end on another replica)."""
+    def job_end(self) -> asyncio.Event:
+        """Set when the next job run by this pool ends. Taken before reading the store and waited
+        on after, a job that ends in between is not missed (that lost wake-up cost a fan-out
+        parent a whole poll: a 3-patient bulk purge took 1.9 s where one by one took 0.7 s)."""
+        return self._ended
+
+    async def until_a_job_ends(self, timeout: float, ending: asyncio.Event | None = None) -> None:
+        """Wait until a job run by this pool ends (since ``ending`` was taken), or ``timeout``: a
+        fan-out parent waiting on its children sees one end here at once instead of at its next
+        poll (which still notices those that end on another replica)."""
         with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._ended.wait(), timeout)
+            await asyncio.wait_for((ending or self._ended).wait(), timeout)
 
     async def _attempt(self, job: Job, owner: str) -> str:
         """Run the job; how the attempt ended (the job's final status, or released / lease-lost).
