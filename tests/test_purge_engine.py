@@ -188,3 +188,60 @@ async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(up
         assert sorted(result.deletion.deleted) == sorted(seed.in_scope)
     assert set(result.planned) == set(seed.in_scope) and result.planned[-1] == ("Patient", seed.patient)
     assert result.purge is not None and result.purge.plan.shared  # the shared Group/Coverage: kept, reported
+
+
+async def test_sweeps_search_the_types_own_parameter_and_still_prove_every_candidate(upstream) -> None:
+    """Condition's compartment parameter ``patient`` is R4's shared one, filtered by
+    ``resolve() is Patient`` (the Medplum engine evaluates it on every stored Condition: 3.5 s for
+    700 Procedures); the sweeps search ``Condition?subject`` instead. What that search returns is
+    still checked: Conditions about the Group whose id is the patient's, and one about the control
+    patient that the patient only asserted (shared, found by the full resolution's
+    ``Condition?asserter``), stay byte-identical with their history; the report names no
+    parameter the sweeps stood in with."""
+    seed = seeds.build(sizes={"Encounter": 3, "Observation": 5, "Condition": 30})
+    tag = seed.patient.removesuffix("-p")
+    for i in range(3):
+        seed.add({"resourceType": "Condition", "id": f"{tag}-grpcond{i}", "code": {"text": "g"},
+                  "subject": seeds.ref("Group", seed.patient)}, False)
+    seed.add({"resourceType": "Condition", "id": f"{tag}-asserted", "code": {"text": "a"},
+              "subject": seeds.ref("Patient", seed.control), "asserter": seeds.ref("Patient", seed.patient)}, False)
+    seeds.write(upstream, seed.resources)
+    before = seeds.snapshot(upstream, seed.untouchable)
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    client = FhirClient(upstream, http)
+    searched: list[str] = []
+
+    async def note(request: Any) -> None:
+        searched.append(request.content.decode() if request.method == "POST" else str(request.url))
+
+    http.event_hooks["request"].append(note)
+    settings = replace(SETTINGS, page_size=7, batch_size=10, observer=Phases())
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
+    try:
+        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment),
+                                               confirmed=True))
+    finally:
+        await http.aclose()
+    assert any("Condition?subject=Patient%2F" in each or "Condition?subject=Patient/" in each
+               for each in searched)  # the sweeps' own parameter
+    assert seeds.snapshot(upstream, seed.untouchable) == before  # byte-identical, _history too
+    assert ("Condition", f"{tag}-asserted") in result.purge.plan.shared
+    assert not any(param == "subject" for _, param in result.purge.plan.unsearchable)
+    conditions = sorted(k for k in seed.in_scope if k[0] == "Condition")
+    assert len(conditions) == 30 and seeds.present(upstream, conditions) == []
+    assert set(conditions) <= set(result.deletion.deleted)
+
+
+def test_the_sweep_parameter_is_the_types_own_where_the_compartments_filters_by_type() -> None:
+    from purgeproxy.engine.purge import _sweep_params
+    from purgeproxy.fhir.definitions import definitions_for
+
+    definitions = definitions_for("4.0.1")
+    compartment = dict(definitions.patient_compartment)
+    profile = type("Profile", (), {"definitions": definitions, "searchable": None})
+    chosen = _sweep_params(compartment, profile)  # type: ignore[arg-type]
+    assert chosen["Procedure"] == chosen["Condition"] == chosen["CarePlan"] == "subject"
+    assert chosen["Observation"] == "subject" and chosen["AllergyIntolerance"] == "patient"
+    assert chosen["Provenance"] == "target"  # Provenance.target, unfiltered
+    profile.searchable = {"Procedure": frozenset({"patient"})}  # the upstream does not list subject
+    assert _sweep_params(compartment, profile)["Procedure"] == "patient"  # type: ignore[arg-type]

@@ -76,13 +76,15 @@ class Resolver:
 
         ``sweep``: read only the first page of each search (a purge deletes what it found and
         sweeps again); the searches with more pages go into ``truncated``.
-        ``only``: run only these (type, param) searches (a later sweep).
+        ``only``: run only these (type, param) searches (a sweep); a param outside the
+        compartment only finds candidates, each still checked against the compartment's params.
         """
         result = Resolution(patient_id, "Patient" in self.compartment)
         result.patient = await self._read_patient(patient_id)
         pairs = []
         for rtype, params in self.compartment.items():
-            for param in params:
+            extra = sorted(param for searched, param in only or () if searched == rtype and param not in params)
+            for param in (*params, *extra):
                 if only is not None and (rtype, param) not in only:
                     continue
                 why = self._not_searchable(rtype, param)
@@ -102,7 +104,9 @@ class Resolver:
             max_pages=1 if sweep else None, truncated=truncated,
         )
         for index, why in problems.items():
-            result.unsearchable[pairs[index // len(values)]] = why
+            rtype, param = pairs[index // len(values)]
+            if param in self.compartment[rtype]:  # another one only stood in for the compartment's
+                result.unsearchable[(rtype, param)] = why
         result.truncated = {pairs[index // len(values)] for index in truncated}
         return result
 

@@ -174,8 +174,9 @@ class PurgeEngine:
     async def _run(self, request: PurgeRequest, progress: PurgeProgress | None) -> Result:
         resolver = self.resolver(request.compartment)
         sweep = self._sweeps(request)
+        sweeping = _sweep_params(request.compartment, self.profile) if sweep else {}
         resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
-                                         only=_first_params(request.compartment) if sweep else None)
+                                         only=set(sweeping.items()) if sweep else None)
         first = self._plan(resolution)
         ctx = self.context
         hard = ctx.hard_method is not None
@@ -376,8 +377,8 @@ class PurgeEngine:
             gone.update(report.deleted, report.already_gone)
             if not (resolution.truncated and (report.deleted or report.already_gone)):
                 break
-            waiting = {(key[0], param) for key, member in resolution.members.items() if key[0] in held
-                       for param in member.via}
+            searched = _sweep_params(resolver.compartment, self.profile)
+            waiting = {(key[0], searched[key[0]]) for key in resolution.members if key[0] in held}
             resolution = await self._resolve(resolver, plan.patient_id, sweep=True,
                                              only=resolution.truncated | waiting)
             plan, versions = await self._swept(resolution, first, result)
@@ -517,12 +518,33 @@ def _history_sample(deleted: list[Key], all_of_them: bool) -> list[Key]:
     return [deleted[int(i * step)] for i in range(HISTORY_SAMPLE)]
 
 
-def _first_params(compartment: Compartment) -> set[tuple[str, str]]:
-    """What the sweeps search: one parameter per type, the compartment's first. An upstream that
-    scans a type's store for every search (the Medplum engine) would otherwise scan each full
-    store once per parameter before anything is deleted; the full resolution after the sweeps
-    runs every search, on stores the sweeps emptied."""
-    return {(rtype, params[0]) for rtype, params in compartment.items() if params}
+def _sweep_params(compartment: Compartment, profile: UpstreamProfile) -> dict[str, str]:
+    """What the sweeps search, one parameter per type: the compartment's first, or where that
+    one filters its references by type (``subject.where(resolve() is Patient)``: R4's shared
+    ``patient`` of Procedure, Condition, CarePlan, ...) the type's own parameter on the same
+    elements, unless the upstream's CapabilityStatement leaves it out (one refused is left out of
+    the report: it only stood in for the compartment's). It only finds candidates, each checked against the
+    compartment's parameters as always; the full resolution after the sweeps runs every
+    compartment search. Measured on the Medplum engine, 10,000 resources: ``Procedure?patient``
+    answered in 3.5 s what ``Procedure?subject`` answered in 0.08 s (it evaluates the shared
+    expression, resolve() and all, on every stored resource of the type). One parameter per
+    type, because an upstream that scans a type's store for every search (the Medplum engine)
+    would otherwise scan each full store once per parameter before anything is deleted."""
+    definitions, searchable = profile.definitions, profile.searchable
+    chosen = {}
+    for rtype, params in compartment.items():
+        if not params:
+            continue
+        chosen[rtype] = params[0]
+        paths = definitions.reference_paths(rtype, params[0]) or ()
+        if not any(path.target_type for path in paths):
+            continue
+        steps = {path.steps for path in paths}
+        chosen[rtype] = next((param for param, found in sorted(definitions.reference_params.get(rtype, {}).items())
+                              if (searchable is None or param in searchable.get(rtype, ()))
+                              and not any(path.target_type or path.filtered for path in found)
+                              and {path.steps for path in found} == steps), params[0])
+    return chosen
 
 
 def _held_back(resolution: Resolution) -> set[str]:
