@@ -370,6 +370,7 @@ class PurgeEngine:
         plan = first
         searched = _sweep_params(resolver.compartment, self.profile)
         parked: dict[tuple[str, str], frozenset[str]] = {}  # pair not searched -> the types it holds
+        known = set(first.order)  # what the purge reports as planned, kept beside it (not rebuilt each sweep)
         for _ in range(MAX_SWEEPS):
             held = _held_back(resolution, parked)
             todo = [key for key in plan.order if key[0] not in held]
@@ -389,16 +390,17 @@ class PurgeEngine:
             if not (following and (report.deleted or report.already_gone)):
                 break
             resolution = await self._resolve(resolver, plan.patient_id, sweep=True, only=following)
-            plan, versions = await self._swept(resolution, first, result)
+            plan, versions = await self._swept(resolution, first, result, known)
         # the rounds take on from a full resolution: every search, every page
-        return await self._swept(await self._resolve(resolver, first.patient_id), first, result)
+        return await self._swept(await self._resolve(resolver, first.patient_id), first, result, known)
 
-    async def _swept(self, resolution: Resolution, first: Plan, result: Result) -> tuple[Plan, Versions]:
+    async def _swept(self, resolution: Resolution, first: Plan, result: Result,
+                     known: set[Key]) -> tuple[Plan, Versions]:
         """A sweep's resolution planned, its findings and new members joined to the purge's plan,
         and the documents of those members added (they are the patient's too)."""
         plan, versions = self._plan(resolution), _versions(resolution)
         _carry_over(first, plan)
-        _add_planned(first, plan)
+        _add_planned(first, plan, known)
         if plan.order and result.purge is not None:
             later = await self._attachments(resolution, plan)
             result.purge.attachments.merge(later)
@@ -571,11 +573,11 @@ def _references_of(resolution: Resolution, types: set[str]) -> frozenset[str]:
                      for target in member.references)
 
 
-def _add_planned(first: Plan, later: Plan) -> None:
+def _add_planned(first: Plan, later: Plan, known: set[Key]) -> None:
     """A sweep's new members join the purge's plan (what it reports as planned), before the
-    Patient, which stays last."""
-    known = set(first.order)
+    Patient, which stays last; ``known`` is the set of what ``first.order`` holds, updated."""
     new = [key for key in later.order if key not in known]
+    known.update(new)
     at = len(first.order) - 1 if first.order and first.order[-1] == ("Patient", first.patient_id) \
         else len(first.order)
     first.order[at:at] = new
