@@ -245,3 +245,24 @@ def test_the_sweep_parameter_is_the_types_own_where_the_compartments_filters_by_
     assert chosen["Provenance"] == "target"  # Provenance.target, unfiltered
     profile.searchable = {"Procedure": frozenset({"patient"})}  # the upstream does not list subject
     assert _sweep_params(compartment, profile)["Procedure"] == "patient"  # type: ignore[arg-type]
+
+
+def test_a_parked_search_keeps_holding_back_what_its_last_page_referenced() -> None:
+    """DiagnosticReports still open hold back Observations; the Observation search is parked (not
+    run again) and still holds back the Encounters its last page referenced, and the Patient."""
+    from purgeproxy.engine.compartment import Member, Resolution
+    from purgeproxy.engine.purge import _held_back, _references_of
+
+    def member(key: tuple[str, str], *refs: tuple[str, str]) -> Member:
+        return Member(key, "1", frozenset({"subject"}), frozenset(), frozenset(refs))
+
+    swept = Resolution("p", True, truncated={("DiagnosticReport", "subject"), ("Observation", "subject")})
+    swept.members = {("DiagnosticReport", "d"): member(("DiagnosticReport", "d"), ("Observation", "o")),
+                     ("Observation", "o"): member(("Observation", "o"), ("Encounter", "e")),
+                     ("Encounter", "e"): member(("Encounter", "e"), ("Location", "l"))}
+    assert _held_back(swept, {}) == {"Observation", "Encounter", "Patient"}
+    parked = {("Observation", "subject"): _references_of(swept, {"Observation"})}
+    later = Resolution("p", True, truncated={("DiagnosticReport", "subject")})
+    later.members = {("DiagnosticReport", "d2"): member(("DiagnosticReport", "d2"), ("Observation", "o2"))}
+    assert _held_back(later, parked) == {"Observation", "Encounter", "Patient"}
+    assert _held_back(Resolution("p", True), {}) == set()  # every search read: nothing waits
