@@ -96,3 +96,31 @@ async def test_a_hard_delete_purge_leaves_the_control_patients_deleted_history(m
     assert f"history removed with {kind_named('hapi').hard_delete_method} for {len(seed.in_scope)}" in texts(outcome)
     assert [history_size(hapi_base, k) for k in seed.in_scope] == [0] * len(seed.in_scope)
     assert seeds.snapshot(hapi_base, untouchable) == before
+
+
+def test_hapi_does_not_run_expunge_entries_of_a_batch(hapi_base: str) -> None:
+    """Why the hard delete is not batched: HAPI stores a batch entry's ``Parameters`` body as a new
+    resource instead of running ``$expunge`` (hapi-fhir#4158) and removes nothing."""
+    tag = seeds.new_tag()
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, observation(f"{tag}-o", f"{tag}-p", "v1")])
+    key = ("Observation", f"{tag}-o")
+    parameters = {"resourceType": "Parameters", "parameter": [{"name": "expungeDeletedResources", "valueBoolean": True}]}
+    bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": parameters, "request": {"method": "POST", "url": f"{key[0]}/{key[1]}/$expunge"}}]}
+    with httpx.Client() as http:
+        assert http.delete(f"{hapi_base}/{key[0]}/{key[1]}", headers=FHIR).status_code in (200, 204)
+        answer = http.post(hapi_base, json=bundle, headers=FHIR)
+    entry = answer.json()["entry"][0]["response"]
+    assert entry["status"].startswith("201") and entry["location"].startswith("Parameters/")
+    assert history_size(hapi_base, key) == 2  # still there: created, deleted
+
+
+def test_hapi_delete_with_expunge_only_submits_a_job(hapi_base: str) -> None:
+    """Why ``DELETE Type?_id=...&_expunge=true`` is not the hard delete: HAPI answers at once that a
+    batch2 job was submitted (removal comes later, by database id, without a version check)."""
+    tag = seeds.new_tag()
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, observation(f"{tag}-o", f"{tag}-p", "v1")])
+    with httpx.Client() as http:
+        answer = http.delete(f"{hapi_base}/Observation", params={"_id": f"{tag}-o", "_expunge": "true"}, headers=FHIR)
+    assert answer.status_code == 200
+    assert "Delete job submitted with id" in texts(answer.json())
