@@ -52,7 +52,8 @@ class Hapi(ServerKind):
     async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
         """Instance ``$expunge`` of a deleted resource; its answer's ``count`` 0 means HAPI found
         it live again and removed nothing, which is a failure, not success."""
-        answer = await client.request("POST", f"{key[0]}/{key[1]}/$expunge", json=_EXPUNGE_DELETED)
+        answer = await client.request("POST", f"{key[0]}/{key[1]}/{self.instance_operation}",
+                                      json=self.operation_parameters(key))
         if answer.status in (404, 410):
             return None  # already expunged
         if not 200 <= answer.status < 300:
