@@ -1,4 +1,5 @@
-"""History read-back in batch Bundles: trusted only entry by entry, anything unsure read again alone.
+"""History (and resource) read-back in batch Bundles: trusted only entry by entry, anything unsure read
+again alone.
 
 A scripted upstream (``httpx.MockTransport``) serves instance histories; real upstreams are covered
 by the purge tests (tests/test_purge.py reads back every hard-deleted resource on HAPI).
@@ -12,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from purgeproxy.engine.verify import history_left
+from purgeproxy.engine.verify import history_left, still_readable
 from purgeproxy.fhir.client import FhirClient
 
 BASE = "http://upstream.test/fhir"
@@ -75,3 +76,36 @@ async def test_an_entry_that_is_not_a_history_is_read_again_alone() -> None:
     upstream = Upstream(HISTORIES, batch="odd")  # a and c answered 200 with a searchset: unsure
     assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
     assert sorted(upstream.requests) == ["GET Observation/a/_history", "GET Observation/c/_history", "POST batch"]
+
+
+CURRENT = {"Observation/a": {"resourceType": "Observation", "id": "a"}, "Observation/b": None, "Observation/c": None}
+
+
+async def test_what_is_still_readable_is_read_in_one_batch_and_only_gone_is_trusted() -> None:
+    """404/410 entries prove a resource gone; the one answered 200 is read again on its own."""
+    upstream = Upstream(CURRENT)
+    assert await still_readable(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert upstream.requests == ["POST batch", "GET Observation/a"]
+
+
+async def test_a_refused_read_batch_proves_nothing_gone() -> None:
+    upstream = Upstream(CURRENT, batch="refuse")
+    assert await still_readable(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert sorted(upstream.requests) == ["GET Observation/a", "GET Observation/b", "GET Observation/c", "POST batch"]
+
+
+async def test_a_batch_that_says_all_is_there_is_checked_one_by_one() -> None:
+    """An upstream whose batch answers 200 for what is gone: each is read alone and found gone."""
+    class Lying(Upstream):
+        def handle(self, request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":
+                return super().handle(request)
+            self.requests.append("POST batch")
+            entries = [{"response": {"status": "200"}, "resource": {"resourceType": "Observation"}}
+                       for _ in json.loads(request.content)["entry"]]
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries})
+
+    upstream = Lying(CURRENT)
+    keys = [("Observation", i) for i in "abc"] * 50  # two batches, of 100 and 50
+    assert await still_readable(upstream.client, asyncio.Semaphore(2), keys) == [("Observation", "a")] * 50
+    assert upstream.requests.count("POST batch") == 2 and len(upstream.requests) == 152

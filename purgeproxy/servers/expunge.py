@@ -14,8 +14,8 @@ from typing import Any
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.servers.base import INSTANCE, SYSTEM, TYPE, VERSION, ServerKind
 
-__all__ = ["INSTANCE", "SYSTEM", "TYPE", "VERSION", "ExpungeOptions", "has_native_expunge", "native_expunge"]
-
+__all__ = ["INSTANCE", "SYSTEM", "TYPE", "VERSION", "ExpungeOptions", "expunged_count", "has_native_expunge",
+           "native_expunge"]
 
 
 @dataclass(frozen=True)
@@ -56,10 +56,11 @@ async def native_expunge(client: FhirClient, path: str, options: ExpungeOptions)
     answer = await client.request("POST", target, json=options.parameters())
     if not 200 <= answer.status < 300:
         return None, f"the upstream's $expunge answered {answer.status}"
-    return _count(answer.body), None
+    return expunged_count(answer.body), None
 
 
-def _count(body: Any) -> int | None:
+def expunged_count(body: Any) -> int | None:
+    """HAPI's ``Parameters.count`` (versions removed), or None when the answer does not say."""
     if isinstance(body, dict) and body.get("resourceType") == "Parameters":
         for parameter in body.get("parameter", []):
             count = parameter.get("valueInteger")

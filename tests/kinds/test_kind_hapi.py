@@ -25,13 +25,33 @@ def test_detection(document: dict, name: str) -> None:
     assert detect(document).name == name
 
 
+def removed(count: int) -> dict[str, object]:
+    return {"resourceType": "Parameters", "parameter": [{"name": "count", "valueInteger": count}]}
+
+
 @respx.mock
-async def test_expunges_deleted_resources_and_previous_versions(client: FhirClient) -> None:
-    route = respx.post(f"{BASE}/Observation/o1/$expunge").respond(200, json={"resourceType": "Parameters"})
+async def test_expunges_the_deleted_resource_only(client: FhirClient) -> None:
+    """expungeDeletedResources alone: HAPI removes every version of a resource that is still
+    deleted, and nothing of one written again since (expungePreviousVersions would take its old
+    versions and keep the new one; tests/test_purge_hard_delete.py shows it on the real server)."""
+    route = respx.post(f"{BASE}/Observation/o1/$expunge").respond(200, json=removed(3))
     assert await kind_named("hapi").hard_delete(client, ("Observation", "o1")) is None
     sent = json.loads(route.calls.last.request.content)
-    assert {p["name"]: p["valueBoolean"] for p in sent["parameter"]} == {
-        "expungeDeletedResources": True, "expungePreviousVersions": True}
+    assert {p["name"]: p["valueBoolean"] for p in sent["parameter"]} == {"expungeDeletedResources": True}
+
+
+@respx.mock
+@pytest.mark.parametrize(("status", "body", "error"), [
+    (200, removed(0), "removed nothing: the resource is not deleted any more"),
+    (200, {"resourceType": "Parameters"}, None),  # no count: the history read-back decides
+    (404, {"resourceType": "OperationOutcome"}, None),  # already expunged
+    (500, {"resourceType": "OperationOutcome"}, "$expunge answered 500"),
+])
+async def test_what_the_expunge_answer_means(client: FhirClient, status: int, body: dict[str, object],
+                                             error: str | None) -> None:
+    respx.post(f"{BASE}/Observation/o1/$expunge").respond(status, json=body)
+    answer = await kind_named("hapi").hard_delete(client, ("Observation", "o1"))
+    assert answer == error if error is None else error in str(answer)
 
 
 def test_a_conflict_names_the_blocked_resource_and_its_referrer() -> None:

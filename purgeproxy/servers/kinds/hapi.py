@@ -1,16 +1,21 @@
 """HAPI FHIR JPA (and Smile CDR): ``$expunge`` at every level, when the server enables it.
 
-Hard delete of a deleted resource is instance ``$expunge`` with both ``expungeDeletedResources``
-and ``expungePreviousVersions``: the first removes the deletion marker's resource, the second the
-older versions. Without expunge enabled the server does not declare the operation, and the kind
-falls back to generic.
+Hard delete of a deleted resource is instance ``$expunge`` with ``expungeDeletedResources`` only:
+HAPI then removes every version of the resource, and only if it is still deleted when the
+expunge runs. ``expungePreviousVersions`` is not sent: on a resource written again between the
+proxy's DELETE and the expunge it removed the old versions (those the proxy examined, which are
+what could restore it) and kept the new one the proxy never saw; without it HAPI removes nothing
+(``count`` 0), which is reported as a failed hard delete. Without expunge enabled the server does
+not declare the operation, and the kind falls back to generic.
 
-Measured on HAPI 8.4 (issue 14): it has no way to expunge a chosen set of resources in one request.
-A ``POST Type/id/$expunge`` entry in a batch Bundle is not run as the operation: HAPI stores the
-``Parameters`` body as a new resource (201, ``Parameters/<n>``; hapi-fhir#4158), so it must never
-be sent that way. Type-level ``$expunge`` removes every deleted resource of the type (other
-patients' too), and ``$delete-expunge`` deletes live resources by search in a background job,
-without the version the proxy examined. So the hard delete stays one instance ``$expunge`` per
+Measured on HAPI 8.4 (issue 14), nothing removes a chosen set of resources' history in fewer
+requests safely. A ``POST Type/id/$expunge`` entry in a batch Bundle is not run as the operation:
+HAPI stores the ``Parameters`` body as a new resource (201, ``Parameters/<n>``; hapi-fhir#4158),
+so it must never be sent that way. Type-level ``$expunge`` removes every deleted resource of the
+type (other patients' too). ``DELETE Type?_id=...&_expunge=true`` and ``$delete-expunge`` start
+a batch2 job (the answer only names it): 300 resources took 167 s to disappear, and its last step
+removes by database id what its first step found, without looking at the version again, so a
+change in between would be removed unseen. So the hard delete stays one instance ``$expunge`` per
 resource, several in flight; reading histories back is batched (GET entries are reads).
 """
 
@@ -18,21 +23,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ALL_LEVELS, ServerKind
+from purgeproxy.servers.expunge import expunged_count
 
-_EXPUNGE_BOTH = {
+_EXPUNGE_DELETED = {
     "resourceType": "Parameters",
-    "parameter": [
-        {"name": "expungeDeletedResources", "valueBoolean": True},
-        {"name": "expungePreviousVersions", "valueBoolean": True},
-    ],
+    "parameter": [{"name": "expungeDeletedResources", "valueBoolean": True}],
 }
+WRITTEN_AGAIN = ("HAPI's $expunge removed nothing: the resource is not deleted any more (written again "
+                 "after the proxy deleted it); its history is kept")
 
 
 class Hapi(ServerKind):
     name = "hapi"
-    hard_delete_method = "HAPI $expunge (expungeDeletedResources, expungePreviousVersions)"
+    hard_delete_method = "HAPI $expunge (expungeDeletedResources)"
     software_names = ("hapi", "smile")
     requires_operation = "expunge"
     instance_operation = "$expunge"
@@ -41,4 +47,15 @@ class Hapi(ServerKind):
     normalises_references = True
 
     def operation_parameters(self, key: Key) -> dict[str, Any]:
-        return _EXPUNGE_BOTH
+        return _EXPUNGE_DELETED
+
+    async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
+        """Instance ``$expunge`` of a deleted resource; its answer's ``count`` 0 means HAPI found
+        it live again and removed nothing, which is a failure, not success."""
+        answer = await client.request("POST", f"{key[0]}/{key[1]}/{self.instance_operation}",
+                                      json=self.operation_parameters(key))
+        if answer.status in (404, 410):
+            return None  # already expunged
+        if not 200 <= answer.status < 300:
+            return f"$expunge answered {answer.status}"
+        return WRITTEN_AGAIN if expunged_count(answer.body) == 0 else None
