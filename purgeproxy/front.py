@@ -56,6 +56,7 @@ _FORMAT_PARAMETERS = ("_format", "_pretty", "_summary")  # a requested format: t
 _BODILESS_STATUS = frozenset({204, 304})
 _NO_QUERY: MultiDict[str] = MultiDict()
 _BUFFERED = 64 * 1024  # bytes of later requests read ahead while one is answered
+_KEEPALIVE = 3630.0  # s an idle connection stays open: aiohttp's handler's default, as before the front
 
 
 class Request:
@@ -140,6 +141,7 @@ class FrontProtocol(asyncio.Protocol):
         self.handed_off = False
         self.eof = False
         self.paused = False
+        self.last_active = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._peer: str | None = None
         self._local: str | None = None
@@ -148,6 +150,20 @@ class FrontProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.front_opened(self)
+        self.last_active = self.loop.time()
+        self.loop.call_later(_KEEPALIVE, self._close_if_idle)
+
+    def _close_if_idle(self) -> None:
+        """An idle connection (or one that never finished a head) closes after ``_KEEPALIVE``
+        seconds without a request, as aiohttp's handler closes its own; one timer per
+        connection, re-armed rather than moved at every request."""
+        if self.closed or self.handed_off or self.transport is None:
+            return
+        left = self.last_active + _KEEPALIVE - self.loop.time()
+        if self.busy or left > 0:
+            self.loop.call_later(max(left, 1.0), self._close_if_idle)
+        else:
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -241,6 +257,7 @@ class FrontProtocol(asyncio.Protocol):
             answered(rid, method, target.partition("?")[0], status, upstream_status,
                      time.perf_counter() - started, True)
             self.busy = False
+            self.last_active = self.loop.time()
         transport = self.transport
         if self.closed or transport is None or transport.is_closing():
             return

@@ -138,3 +138,14 @@ async def test_a_request_with_a_body_is_handed_over_whole(recorded) -> None:
     writer.close()
     assert first[0] == 200 and posted[0] == 200
     assert recorder.patient_lines() == ["GET /fhir/Patient/a HTTP/1.1", "POST /fhir/Patient HTTP/1.1"]
+
+
+async def test_an_idle_connection_is_closed_after_the_keepalive_time(recorded, monkeypatch) -> None:
+    monkeypatch.setattr("purgeproxy.front._KEEPALIVE", 0.3)
+    _, _, port = recorded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n")
+    [(status, _, _)] = await _answers(reader, 1)
+    assert status == 200
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy, well before 5 s
+    writer.close()
