@@ -60,7 +60,7 @@ _KEEPALIVE = 3630.0  # s an idle connection stays open: aiohttp's handler's defa
 
 
 class Request:
-    """One request head as the front parsed it (httptools' callbacks fill it)."""
+    """One request head as the front parsed it (the connection's parser callbacks fill it)."""
 
     __slots__ = ("url", "headers", "complete")
 
@@ -68,15 +68,6 @@ class Request:
         self.url = b""
         self.headers: list[tuple[str, str]] = []
         self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
-
-    def on_message_complete(self) -> None:
-        self.complete = True
 
 
 class Front:
@@ -136,11 +127,13 @@ class FrontProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
         self.parser: httptools.HttpRequestParser | None = None
+        self.request = Request()  # the head being parsed (the parser calls back through self)
         self.busy = False
         self.closed = False
         self.handed_off = False
         self.eof = False
         self.paused = False
+        self.scheme = "http"
         self.last_active = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._peer: str | None = None
@@ -149,6 +142,7 @@ class FrontProtocol(asyncio.Protocol):
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
         self.server.front_opened(self)
         self.last_active = self.loop.time()
         self.loop.call_later(_KEEPALIVE, self._close_if_idle)
@@ -196,6 +190,16 @@ class FrontProtocol(asyncio.Protocol):
         if drain is not None and not drain.done():
             drain.set_result(None)
 
+    # httptools callbacks, passed on to the request being parsed
+    def on_url(self, url: bytes) -> None:
+        self.request.url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.request.headers.append((name.decode("latin-1"), value.decode("utf-8", "surrogateescape")))
+
+    def on_message_complete(self) -> None:
+        self.request.complete = True
+
     # requests
     def _next(self) -> None:
         """Take the next request in the buffer, or hand the connection over."""
@@ -208,8 +212,10 @@ class FrontProtocol(asyncio.Protocol):
             self._hand_off()
             return
         head = bytes(self.buffer[:end + 4])
-        request = Request()
-        parser = httptools.HttpRequestParser(request)
+        request = self.request = Request()
+        parser = self.parser
+        if parser is None:  # one per connection: llhttp reads one message after another
+            parser = self.parser = httptools.HttpRequestParser(self)
         try:
             parser.feed_data(head)
         except httptools.HttpParserError:
@@ -274,8 +280,9 @@ class FrontProtocol(asyncio.Protocol):
         """Forward, relay; (status answered, upstream's status or None)."""
         passthrough = self.front.passthrough
         mount = passthrough.mount
-        origin = mount.origin_of(headers, self._peer_address(), "http", self._listening)
-        upstream_headers = upstream_request_headers(CIMultiDictProxy(headers), mount.client_of(self._peer_address(), origin, rid))
+        peer = self._peer_address()
+        origin = mount.origin_of(headers, peer, self.scheme, self._listening)
+        upstream_headers = upstream_request_headers(CIMultiDictProxy(headers), mount.client_of(peer, origin, rid))
         try:
             upstream = await passthrough.pipe.request(method, remainder, upstream_headers, None)
         except TimeoutError:
