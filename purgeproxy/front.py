@@ -134,6 +134,7 @@ class FrontProtocol(asyncio.Protocol):
         self.eof = False
         self.paused = False
         self.scheme = "http"
+        self.head_sent = False
         self.last_active = 0.0
         self._drain: asyncio.Future[None] | None = None
         self._peer: str | None = None
@@ -254,11 +255,15 @@ class FrontProtocol(asyncio.Protocol):
         rid = request_id(headers.get("X-Request-Id", ""))
         bind_request_id(rid)
         status, upstream_status = 500, None
+        self.head_sent = False
         try:
             status, upstream_status = await self._forward(method, remainder, headers, rid)
         except Exception as crash:  # a bug: answered like the error middleware answers one
             log.error("handler_failed", request_id=rid, path=target.partition("?")[0], error=type(crash).__name__)
-            self._fail(rid, 500, "exception", "internal error in purgeproxy", headers)
+            if self.head_sent and self.transport is not None:
+                self.transport.abort()  # mid-answer: a broken connection, never a second head
+            else:
+                self._fail(rid, 500, "exception", "internal error in purgeproxy", headers)
         finally:
             answered(rid, method, target.partition("?")[0], status, upstream_status,
                      time.perf_counter() - started, True)
@@ -357,6 +362,7 @@ class FrontProtocol(asyncio.Protocol):
         lines = "".join([f"{name}: {value}\r\n" for name, value in headers.items()])
         head = f"HTTP/1.1 {status} {reason or 'Unknown'}\r\n{lines}\r\n".encode("utf-8", "surrogateescape")
         assert self.transport is not None
+        self.head_sent = True
         if not self.closed:
             self.transport.write(head + body if body else head)
 

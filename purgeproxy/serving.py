@@ -8,6 +8,8 @@ nothing of the request, and logs one structured line naming only the error's typ
 
 aiohttp builds its connection handler inside ``web.Server.__call__``; :class:`ProxyRunner` (the
 app runner ``purgeproxy serve`` and the in-process tests use) gives its server the handler below.
+Each connection starts at the pass-through's front (:mod:`purgeproxy.front`), which answers plainly
+ordinary GET/HEAD requests itself and hands everything else to that handler.
 """
 
 from __future__ import annotations

@@ -149,3 +149,17 @@ async def test_an_idle_connection_is_closed_after_the_keepalive_time(recorded, m
     assert status == 200
     assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the proxy, well before 5 s
     writer.close()
+
+
+async def test_a_bug_in_the_front_is_a_500_outcome_that_echoes_nothing(recorded, monkeypatch) -> None:
+    def broken(*_args: object) -> None:
+        raise RuntimeError("secret-looking detail")
+
+    monkeypatch.setattr("purgeproxy.front.client_response_headers", broken)
+    _, _, port = recorded
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /fhir/Patient/a?name=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
+    [(status, headers, body)] = await _answers(reader, 1)
+    writer.close()
+    assert status == 500 and headers["content-type"].startswith("application/fhir+json")
+    assert b"OperationOutcome" in body and b"secret" not in body and b"Doe" not in body
