@@ -46,35 +46,41 @@ _ID_PREFIX = os.urandom(4).hex()  # unique per process; a counter is cheaper tha
 _ID_COUNTER = itertools.count()
 
 
-def _request_id(request: web.Request) -> str:
+def request_id(given: str) -> str:
     """The caller's ``X-Request-Id`` when it sent a sane one, otherwise a fresh id."""
-    given = request.headers.get("X-Request-Id", "")
     if 0 < len(given) <= 128 and given.isprintable():
         return given
     return f"{_ID_PREFIX}{next(_ID_COUNTER):024x}"
+
+
+def answered(rid: str, method: str, raw_path: str, status: int, upstream_status: int | None,
+             latency: float, passed_through: bool) -> None:
+    """The access-log line (path only, never the query) and the pass-through's metrics, for a
+    request answered here or by the pass-through's front (``purgeproxy.front``)."""
+    if enabled(logging.INFO):
+        log.info(
+            "request",
+            request_id=rid,
+            method=method,
+            path=raw_path,
+            status=status,
+            upstream_status=upstream_status,
+            latency_ms=round(latency * 1000, 2),
+        )
+    if passed_through:
+        metrics.passthrough_answered(method, status, latency, upstream_status)
 
 
 @web.middleware
 async def access_log(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Tag the request with an id (bound to every log line of the request), log the outcome and
     meter pass-through requests."""
-    request[REQUEST_ID] = rid = _request_id(request)
+    request[REQUEST_ID] = rid = request_id(request.headers.get("X-Request-Id", ""))
     bind_request_id(rid)  # aiohttp runs each request in its own task: the binding ends with it
     started = time.perf_counter()
     response = await handler(request)  # failures were answered by purgeproxy.errors, inside
     if not response.prepared:
         response.headers["X-Request-Id"] = rid
-    latency = time.perf_counter() - started
-    if enabled(logging.INFO):
-        log.info(
-            "request",
-            request_id=rid,
-            method=request.method,
-            path=request.rel_url.raw_path,
-            status=response.status,
-            upstream_status=request.get(UPSTREAM_STATUS),
-            latency_ms=round(latency * 1000, 2),
-        )
-    if PASSED_THROUGH in request:
-        metrics.passthrough_answered(request.method, response.status, latency, request.get(UPSTREAM_STATUS))
+    answered(rid, request.method, request.rel_url.raw_path, response.status, request.get(UPSTREAM_STATUS),
+             time.perf_counter() - started, PASSED_THROUGH in request)
     return response

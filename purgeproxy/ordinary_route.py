@@ -31,18 +31,22 @@ class OrdinaryRequests(web.DynamicResource):
         self._claims: tuple[frozenset[str], dict[str, frozenset[str]]] | None = None
 
     async def resolve(self, request: web.Request) -> tuple[UrlMappingMatchInfo | None, set[str]]:
+        # path_safe: what aiohttp's route patterns are matched against
+        if self.another_route_may_take(request.method, request.rel_url.path_safe):
+            return None, set()
+        return await super().resolve(request)
+
+    def another_route_may_take(self, method: str, path: str) -> bool:
+        """Whether some other route of the app could match ``method`` ``path`` (decoded, as
+        aiohttp's route patterns see it): then this resource declines the request."""
         claims = self._claims
         if claims is None:
             claims = self._claims = self._claims_of(self._app.router)
         always, literals = claims
-        method = request.method
         if method in always:
-            return None, set()
-        path = request.rel_url.path_safe  # what aiohttp's route patterns are matched against
+            return True
         wanted = literals.get(method)
-        if wanted is not None and not wanted.isdisjoint(path.split("/")):
-            return None, set()
-        return await super().resolve(request)
+        return wanted is not None and not wanted.isdisjoint(path.split("/"))
 
     def _claims_of(self, router: web.UrlDispatcher) -> tuple[frozenset[str], dict[str, frozenset[str]]]:
         """(methods some route under the base takes whatever the path, {method: literal segments

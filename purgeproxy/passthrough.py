@@ -16,11 +16,12 @@ from __future__ import annotations
 import asyncio
 import json
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from purgeproxy.access_log import REQUEST_ID, UPSTREAM_STATUS, outcome_response
@@ -76,10 +77,18 @@ class Mount:
         header: it would decide where the URLs the proxy writes send the next request."""
         if self._public_origin:
             return self._public_origin
-        forwarded = (forwarded_origin(request.headers)
-                     if self.trusted_proxies and is_trusted(request.remote, self.trusted_proxies)
+        return self.origin_of(request.headers, request.remote, request.scheme, lambda: _listening_address(request))
+
+    def origin_of(self, headers: CIMultiDictProxy[str] | CIMultiDict[str], peer: str | None, scheme: str,
+                  local: Callable[[], str]) -> tuple[str, str]:
+        """:meth:`origin` from the parts of a request: its headers, the peer's address, the scheme
+        it came in on and (asked only when needed) this end's host:port."""
+        if self._public_origin:
+            return self._public_origin
+        forwarded = (forwarded_origin(headers)  # type: ignore[arg-type]
+                     if self.trusted_proxies and is_trusted(peer, self.trusted_proxies)
                      else None)
-        return forwarded or (request.scheme, _listening_address(request))
+        return forwarded or (scheme, local())
 
     @cached_property
     def _public_origin(self) -> tuple[str, str] | None:
@@ -104,13 +113,18 @@ class Mount:
         return rest
 
     def rewriter(self, request: web.Request, origin: tuple[str, str] | None = None) -> UrlRewriter:
-        return UrlRewriter(self.upstream_base, self._public_base(origin or self.origin(request)))
+        return self.rewriter_of(origin or self.origin(request))
+
+    def rewriter_of(self, origin: tuple[str, str]) -> UrlRewriter:
+        return UrlRewriter(self.upstream_base, self._public_base(origin))
 
     def client(self, request: web.Request, rid: str, origin: tuple[str, str] | None = None) -> Client:
         """Who called, and the public base (host, scheme, path) for upstreams that build links
         from the forwarded headers. ``origin`` when the caller already has it (once per request)."""
-        peer = request.remote or "unknown"
-        return Client(peer, *(origin or self.origin(request)), self._prefix, rid)
+        return self.client_of(request.remote, origin or self.origin(request), rid)
+
+    def client_of(self, peer: str | None, origin: tuple[str, str], rid: str) -> Client:
+        return Client(peer or "unknown", *origin, self._prefix, rid)
 
 
 # The local address of each client connection, read once per connection: a getsockname() system
@@ -223,10 +237,13 @@ class Passthrough:
         return response
 
     def _may_rewrite(self, request: web.Request, upstream: UpstreamResponse) -> bool:
+        return self.may_rewrite(request.method, upstream)
+
+    def may_rewrite(self, method: str, upstream: UpstreamResponse) -> bool:
         """Only plain JSON answers can be Bundles we rewrite; compressed ones pass untouched."""
         return (
             bool(self.rewrite_types)
-            and request.method in ("GET", "POST")
+            and method in ("GET", "POST")
             and upstream.content_type in _JSON_TYPES
             and upstream.headers.get("Content-Encoding", "identity") == "identity"
             and (upstream.content_length or 0) <= self.rewrite_max
@@ -249,7 +266,7 @@ class Passthrough:
         except (TimeoutError, UpstreamError):
             return outcome_response(502, "transient", UPSTREAM_MALFORMED)
         if len(head) <= self.rewrite_max:
-            body = _rewritten_bundle(head, self.rewrite_types, rewriter)
+            body = rewritten_bundle(head, self.rewrite_types, rewriter)
             if body is not None:
                 headers.popall("Content-Length", None)
             return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
@@ -294,7 +311,7 @@ def refusal_response(verdict: Verdict) -> web.Response:
     return outcome_response(verdict.status, verdict.code, verdict.text, **extra)
 
 
-def _rewritten_bundle(
+def rewritten_bundle(
     body: bytes, types: frozenset[str], rewriter: UrlRewriter
 ) -> bytes | None:
     """The body with upstream URLs rewritten, or None to relay the original bytes unchanged."""

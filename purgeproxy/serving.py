@@ -8,6 +8,8 @@ nothing of the request, and logs one structured line naming only the error's typ
 
 aiohttp builds its connection handler inside ``web.Server.__call__``; :class:`ProxyRunner` (the
 app runner ``purgeproxy serve`` and the in-process tests use) gives its server the handler below.
+Each connection starts at the pass-through's front (:mod:`purgeproxy.front`), which answers plainly
+ordinary GET/HEAD requests itself and hands everything else to that handler.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
 
 from purgeproxy.access_log import outcome_response
+from purgeproxy.front import Front, FrontProtocol
 from purgeproxy.logs import get_logger
 
 log = get_logger("purgeproxy.http")
@@ -67,12 +70,44 @@ class ProxyRequestHandler(web.RequestHandler):
 
 
 class ProxyServer(web.Server):
-    """``web.Server`` whose connections are handled by :class:`ProxyRequestHandler`."""
+    """``web.Server`` whose connections start at the pass-through's front
+    (:mod:`purgeproxy.front`), which hands every request it does not take, and the rest of its
+    connection, to a :class:`ProxyRequestHandler`."""
 
-    def __call__(self) -> web.RequestHandler:
+    front: Front | None
+    fronts: set[FrontProtocol]
+
+    def __call__(self) -> asyncio.Protocol:  # type: ignore[override]
+        if self.front is not None:
+            return FrontProtocol(self, self.front)
+        return self.aiohttp_handler()
+
+    def aiohttp_handler(self) -> web.RequestHandler:
         handler = super().__call__()
         handler.__class__ = ProxyRequestHandler  # same slots: only the methods above change
         return handler
+
+    def front_opened(self, protocol: FrontProtocol) -> None:
+        self.fronts.add(protocol)
+
+    def front_closed(self, protocol: FrontProtocol) -> None:
+        self.fronts.discard(protocol)
+
+    def pre_shutdown(self) -> None:
+        for protocol in list(self.fronts):
+            protocol.close()
+        super().pre_shutdown()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """As aiohttp's: answers under way get ``timeout`` seconds, then connections close."""
+        deadline = asyncio.get_running_loop().time() + (timeout if timeout is not None else 60.0)
+        while any(protocol.busy for protocol in self.fronts) and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        for protocol in list(self.fronts):
+            if protocol.transport is not None:
+                protocol.transport.abort()
+        self.fronts.clear()
+        await super().shutdown(timeout)
 
 
 class ProxyRunner(web.AppRunner):
@@ -81,6 +116,9 @@ class ProxyRunner(web.AppRunner):
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = ProxyServer
+        assert isinstance(server, ProxyServer)
+        server.front = Front(self.app)
+        server.fronts = set()
         return server
 
 
