@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="purge scenario: Medplum patient sizes (default: 10 650 10000 100000)")
     parser.add_argument("--purge-hapi-sizes", type=int, nargs="+",
                         help="purge scenario: HAPI patient sizes, soft and hard delete (default: 10 650 10000)")
+    parser.add_argument("--purge-hapi-hard-sizes", type=int, nargs="*",
+                        help="purge scenario: HAPI sizes that also get the hard-delete rows (default: "
+                             "every HAPI size; none given: soft-delete rows only)")
     parser.add_argument("--purge-working-tree", action="store_true",
                         help="purge scenario: measure the working tree's engine (default: HEAD's)")
     parser.add_argument("--output", type=Path, help="report path (default docs/benchmarks.md)")
@@ -96,6 +99,8 @@ def _scenarios(args: argparse.Namespace, docs_dir: Path) -> list[Callable[[Proce
     if args.purge_hapi_sizes:
         sizes = tuple(args.purge_hapi_sizes)
         purge_settings = dataclasses.replace(purge_settings, hapi_sizes=sizes, hapi_auto_sizes=sizes)
+    if args.purge_hapi_hard_sizes is not None:
+        purge_settings = dataclasses.replace(purge_settings, hapi_auto_sizes=tuple(args.purge_hapi_hard_sizes))
     purge_parts = (tuple(args.purge_parts),) if args.purge_parts else ()
     bulk_settings = bulk.Settings.quick() if args.quick else bulk.Settings()
     bulk_settings = dataclasses.replace(bulk_settings, hapi=not args.no_hapi, medplum=not args.no_medplum,

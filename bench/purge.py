@@ -25,6 +25,7 @@ every contender's patient; contenders run one after another on identical data.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 import os
@@ -326,7 +327,11 @@ def _loop(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
 
 class _Phases:
     """The engine's observer (``purgeproxy.engine.observer``): seconds spent in each phase. The
-    hard delete ("expunge") runs inside "delete"; the caller subtracts it."""
+    hard delete ("expunge") runs inside "delete"; the caller subtracts it. ``current`` names the
+    innermost phase of the running task (a context variable: phases run side by side), so that
+    each upstream request is counted against the phase that sent it."""
+
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="other")
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
@@ -334,9 +339,11 @@ class _Phases:
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         started = time.perf_counter()
+        token = self.current.set(name)
         try:
             yield
         finally:
+            self.current.reset(token)
             self.seconds[name] += time.perf_counter() - started
 
 
@@ -349,14 +356,18 @@ async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     observer = _Phases()
     phases = observer.seconds
 
+    by_phase: Counter[str] = Counter()
+
     async def hook(request: httpx.Request) -> None:
         counts.update([_kind(request)])
+        by_phase.update([observer.current.get()])
 
     http = make_http_client(connect=5, read=1800, max_connections=200)
     http.event_hooks = {"request": [hook], "response": []}
     client = FhirClient(job["base"], http)
     profile = await ProfileCache(client, "auto", "auto").get()
     counts.clear()  # the CapabilityStatement is read once per process, not per purge
+    by_phase.clear()
     settings = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False), job["batch"],
                              job["page"], 5, job["hard"], observer=observer)
     engine = PurgeEngine(client, profile, settings, asyncio.Semaphore(job["concurrency"]))
@@ -371,7 +382,7 @@ async def _engine(job: dict[str, Any], counts: Counter[str]) -> dict[str, Any]:
     return {"wall": wall, "deleted": len(result.deletion.deleted) + len(result.deletion.already_gone),
             "complete": result.complete and len(result.deletion.deleted) == job["expected"],
             "errors": result.errors[:3], "rss0": rss0, "phases": dict(phases),
-            "hard_deleted": len(result.deletion.hard_deleted)}
+            "phase_requests": dict(by_phase), "hard_deleted": len(result.deletion.hard_deleted)}
 
 
 def child(job: dict[str, Any]) -> dict[str, Any]:
@@ -428,6 +439,7 @@ class Run:
     complete: bool
     phases: dict[str, float] = field(default_factory=dict)
     note: str = ""
+    phase_requests: dict[str, int] = field(default_factory=dict)  # upstream requests sent in each phase
 
     @property
     def searches(self) -> int:
@@ -465,7 +477,8 @@ def run_child(workdir: Path, upstream: str, contender: str, base: str, resources
     if not out["complete"]:
         note = note or f"deleted {out['deleted']} of {len(keys)}"
     return Run(upstream, contender, len(keys), batch, concurrency, out["wall"], out["requests"],
-               max(0, out["hwm"] - out["rss0"]) / 1024, out["complete"], out.get("phases", {}), note)
+               max(0, out["hwm"] - out["rss0"]) / 1024, out["complete"], out.get("phases", {}), note,
+               out.get("phase_requests", {}))
 
 
 @contextmanager
@@ -503,7 +516,9 @@ class Bench:
         self.say(f"{run.upstream:8} {run.contender:28} n={run.size:<7} b={run.batch:<4} c={run.concurrency} "
                  f"{run.wall:8.2f} s  searches {run.searches:<5} writes {run.writes:<6} reads {run.reads:<7} "
                  f"rss +{run.rss_growth_mb:.1f} MB" + ("" if run.complete else f"  INCOMPLETE {run.note}")
-                 + "".join(f"  {k} {v:.2f}" for k, v in sorted(run.phases.items())))
+                 + "".join(f"  {k} {v:.2f}" for k, v in sorted(run.phases.items()))
+                 + ("  requests " + ", ".join(f"{k} {v}" for k, v in sorted(run.phase_requests.items()))
+                    if run.phase_requests else ""))
         return run
 
     # Medplum: a fresh in-memory server per run, holding only that run's patient.
@@ -797,8 +812,11 @@ def _fixed(b: Bench) -> str:
     lines = []
     for r in b.fixed:
         detail = ", ".join(f"{k} {v}" for k, v in sorted(r.requests.items()))
+        by_phase = ", ".join(f"{k} {v} / {r.phases.get(k, 0) * 1000:.0f} ms"
+                             for k, v in sorted(r.phase_requests.items()))
         lines.append(f"- **Fixed cost of a purge** ({r.upstream}, a Patient with an empty compartment): "
-                     f"{sum(r.requests.values())} upstream requests ({detail}), {r.wall * 1000:.0f} ms.")
+                     f"{sum(r.requests.values())} upstream requests ({detail}), {r.wall * 1000:.0f} ms"
+                     + (f"; by phase (requests / wall time, phases overlap): {by_phase}." if by_phase else "."))
     return "\n".join(lines)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
+import httpx
 import pytest
 
 from purgeproxy.engine.plan import Policy
@@ -81,6 +83,58 @@ class Phases:
     def phase(self, name: str) -> Iterator[None]:
         self.entered.append(name)
         yield
+
+
+class PhaseRequests(Phases):
+    """Also counts each upstream request against the innermost phase of the task sending it."""
+
+    current: contextvars.ContextVar[str] = contextvars.ContextVar("phase", default="other")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[tuple[str, str, str]] = []  # (phase, method, path)
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        self.entered.append(name)
+        token = self.current.set(name)
+        try:
+            yield
+        finally:
+            self.current.reset(token)
+
+    async def hook(self, request: httpx.Request) -> None:
+        self.requests.append((self.current.get(), request.method, request.url.path))
+
+
+async def test_the_patient_history_is_read_once_per_resolution_not_again_for_earlier_deletes(upstream) -> None:
+    """Where references are stored as written (the Medplum engine) each resolution reads the
+    Patient's _history for its versioned forms; the listing of earlier deletes dates from that
+    read instead of reading it again. Where the upstream normalises them (HAPI) the resolutions
+    read no history and the listing reads it once. The control patient stays byte-identical."""
+    seed = seeds.build(sizes={"Observation": 3}, shared=False)
+    seeds.write(upstream, seed.resources)
+    before = seeds.snapshot(upstream, seed.untouchable)
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    observer = PhaseRequests()
+    http.event_hooks = {"request": [observer.hook], "response": []}
+    client = FhirClient(upstream, http)
+    settings = replace(SETTINGS, observer=observer)
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
+    try:
+        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)))
+    finally:
+        await http.aclose()
+    assert result.complete, result
+    assert seeds.present(upstream, seed.in_scope) == []
+    assert seeds.snapshot(upstream, seed.untouchable) == before
+    history = f"/Patient/{seed.patient}/_history"
+    reads = [phase for phase, method, path in observer.requests if method == "GET" and path.endswith(history)]
+    resolutions = observer.entered.count("resolve")
+    if engine.profile.normalised_references:
+        assert reads.count("resolve") == 0 and reads.count("earlier") == 1, reads
+    else:
+        assert reads.count("resolve") == resolutions and reads.count("earlier") == 0, reads
 
 
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:

@@ -9,9 +9,9 @@ parameters before it may be deleted. Candidates that fail are kept and reported.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
@@ -22,6 +22,8 @@ __all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver",
 
 Compartment = dict[str, tuple[str, ...]]  # resource type -> search params linking it to Patient
 FORMS_PER_SEARCH = 40  # reference forms OR-ed in one search value
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,9 @@ class Resolution:
     values: list[str] = field(default_factory=list)  # the search values that named the patient
     # (type, param) searches that had more pages than this resolution read (a sweep reads one)
     truncated: set[tuple[str, str]] = field(default_factory=set)
+    # every version of the patient, when this resolution read its whole _history (for the
+    # versioned reference forms): the earlier-deletes listing dates from it without reading it again
+    patient_history: list[dict[str, Any]] | None = None
 
     @property
     def patient_key(self) -> Key:
@@ -80,7 +85,6 @@ class Resolver:
         compartment only finds candidates, each still checked against the compartment's params.
         """
         result = Resolution(patient_id, "Patient" in self.compartment)
-        result.patient = await self._read_patient(patient_id)
         pairs = []
         for rtype, params in self.compartment.items():
             extra = sorted(param for searched, param in only or () if searched == rtype and param not in params)
@@ -92,10 +96,18 @@ class Resolver:
                     result.unsearchable[(rtype, param)] = why
                 else:
                     pairs.append((rtype, param))
-        result.values = await self._search_values(result.patient_key)
+        # the Patient's read is independent of the searches (they name it by id, and each
+        # candidate is checked against its key): both go at once, one round trip fewer
+        result.patient, _ = await _together(self._read_patient(patient_id), self._search(result, pairs, sweep))
+        return result
+
+    async def _search(self, result: Resolution, pairs: list[tuple[str, str]], sweep: bool) -> None:
+        """Every (type, param) search of ``pairs`` for the values naming the patient, each page's
+        candidates checked into ``result``."""
+        result.values = await self._search_values(result)
         # a sweep asks for the plain reference only (an OR of forms costs a scan per form on some
         # upstreams); the full resolution after the sweeps asks for every form
-        values = [f"{result.patient_key[0]}/{patient_id}"] if sweep else result.values
+        values = [f"{result.patient_key[0]}/{result.patient_id}"] if sweep else result.values
         truncated: set[int] = set()
         searches = [(rtype, [(param, value)]) for rtype, param in pairs for value in values]
         problems = await search_each(
@@ -108,9 +120,8 @@ class Resolver:
             if param in self.compartment[rtype]:  # another one only stood in for the compartment's
                 result.unsearchable[(rtype, param)] = why
         result.truncated = {pairs[index // len(values)] for index in truncated}
-        return result
 
-    async def _search_values(self, patient: Key) -> list[str]:
+    async def _search_values(self, result: Resolution) -> list[str]:
         """What each compartment search asks for: every reference form ``check`` counts.
 
         An upstream that normalises references (HAPI: ``Patient/1/_history/2`` and its own
@@ -119,15 +130,19 @@ class Resolver:
         are asked for the OR of the relative, absolute and versioned forms, the versions read
         from the patient's history, in groups that keep URLs short.
         """
+        patient = result.patient_key
         if self.normalised_references:
             return [f"{patient[0]}/{patient[1]}"]
-        forms = reference_forms(patient, self.client.base_url, await self._versions(patient))
+        forms = reference_forms(patient, self.client.base_url, await self._versions(result))
         return [",".join(forms[start:start + FORMS_PER_SEARCH])
                 for start in range(0, len(forms), FORMS_PER_SEARCH)]
 
-    async def _versions(self, patient: Key) -> list[str]:
-        """The patient's version ids from its ``_history`` (none when the upstream keeps none)."""
+    async def _versions(self, result: Resolution) -> list[str]:
+        """The patient's version ids from its ``_history`` (none when the upstream keeps none);
+        the versions read go into ``result.patient_history`` once the whole history is read."""
+        patient = result.patient_key
         versions: list[str] = []
+        bodies: list[dict[str, Any]] = []
         url: str | None = f"{patient[0]}/{patient[1]}/_history"
         seen: set[str] = set()
         while url:
@@ -139,10 +154,14 @@ class Resolver:
                 self.versions_unknown[patient] = f"reading its _history answered {answer.status}"
                 return versions
             for entry in answer.body.get("entry") or []:
-                version = ((entry.get("resource") or {}).get("meta") or {}).get("versionId")
+                body = entry.get("resource")
+                if isinstance(body, dict):
+                    bodies.append(body)
+                version = ((body or {}).get("meta") or {}).get("versionId")
                 if isinstance(version, str) and version not in versions:
                     versions.append(version)
             url = next_link(answer.body, self.client.base_url, seen)
+        result.patient_history = bodies
         return versions
 
     async def _read_patient(self, patient_id: str) -> dict[str, Any] | None:
@@ -196,6 +215,18 @@ class Resolver:
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
         return Member((rtype, resource["id"]), version, frozenset(via), others, frozenset(refs))
+
+
+async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Both awaited side by side; when one fails, the other is cancelled, not left running."""
+    tasks = (asyncio.ensure_future(first), asyncio.ensure_future(second))
+    try:
+        return await tasks[0], await tasks[1]
+    finally:
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the failure raised is the first one awaited
+            task.cancel()
 
 
 def patients_of(resource: dict[str, Any], definitions: FhirDefinitions, base_url: str,

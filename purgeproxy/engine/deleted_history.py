@@ -75,7 +75,9 @@ class DeletedHistoryFinder:
     async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
                     listed: asyncio.Event | None) -> None:
         patient = resolution.patient_key
-        versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
+        versions = resolution.patient_history  # read by the resolution (versioned references)
+        if versions is None:
+            versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
         if versions is None or not versions:
             return  # the patient never existed, or nothing of it is left to date from
         since = _earliest(versions)

@@ -197,6 +197,7 @@ class PurgeEngine:
                                        self.settings.policy)
         attempted: set[Key] = set()  # every resource this purge sends a DELETE for, before it does
         listed = asyncio.Event()
+        verified: asyncio.Future[bool] | None = None
         side = asyncio.ensure_future(self._side_searches(request, resolution, earlier, result, attempted, listed,
                                                          side_limit))
         try:
@@ -215,20 +216,33 @@ class PurgeEngine:
             if hard:  # $expunge removes history rows: the system history is listed before it starts
                 await listed.wait()
             await self._delete_all(resolver, resolution, first, result, progress, attempted)
+            # the read-backs need only the deletes: they go while the side searches finish
+            verified = asyncio.ensure_future(self._verify(result, hard)) if not result.errors else None
             problems = [] if early else await side
+            read_back = verified is not None and await verified
         finally:
             side.cancel()  # does nothing unless the purge itself stopped before awaiting it
-        if not result.errors:
-            checked = _history_sample(result.deletion.deleted, all_of_them=hard)
+            if verified is not None:
+                verified.cancel()
+        if read_back and hard and details.earlier_deleted.found:
             try:
-                await execute.verify(ctx, result, details.attachments.delete, checked)
-                if hard and details.earlier_deleted.found:
-                    with self.settings.observer.phase("earlier"):
-                        await earlier.remove(details.earlier_deleted, self.profile.kind)
+                with self.settings.observer.phase("earlier"):
+                    await earlier.remove(details.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         result.errors += problems
         return result
+
+    async def _verify(self, result: Result, hard: bool) -> bool:
+        """What was deleted read back (``execute.verify``); False when the upstream failed it."""
+        assert result.purge is not None
+        checked = _history_sample(result.deletion.deleted, all_of_them=hard)
+        try:
+            await execute.verify(self.context, result, result.purge.attachments.delete, checked)
+        except UpstreamError as failure:  # the deletes are done and verified: keep their report
+            result.errors.append(f"history could not be read back: {failure.text}")
+            return False
+        return True
 
     async def _delete_all(self, resolver: Resolver, resolution: Resolution, first: Plan, result: Result,
                           progress: PurgeProgress | None, attempted: set[Key]) -> None:

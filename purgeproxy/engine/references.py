@@ -41,7 +41,7 @@ async def find_referrers(ctx: Context, targets: list[Key],
         (rtype, param, keys[start:start + IDS_PER_SEARCH])
         for target_type, keys in by_type.items()
         for rtype, param in ctx.profile.definitions.params_targeting(target_type)
-        if (rtype, param) not in skip
+        if (rtype, param) not in skip and _checkable(ctx, rtype, param)
         for start in range(0, len(keys), IDS_PER_SEARCH)
     ]
     searches = []
@@ -59,6 +59,15 @@ async def find_referrers(ctx: Context, targets: list[Key],
     for index, why in problems.items():
         result.unsearchable[f"{searches[index][0]}?{searches[index][1]}"] = why
     return result
+
+
+def _checkable(ctx: Context, rtype: str, param: str) -> bool:
+    """Whether a hit of ``rtype?param`` could pass ``_take``'s check: not when every path of the
+    parameter is filtered by a FHIRPath ``where`` (the ``relatedArtifact`` params of the
+    definitional types, 40 of the 98 searched for a Patient), which ``references_at`` does not
+    read. Such a search could only return candidates to ignore, so it is not sent."""
+    paths = ctx.profile.definitions.reference_paths(rtype, param) or ()
+    return any(not path.filtered for path in paths)
 
 
 def _not_listed(ctx: Context, rtype: str, param: str) -> bool:
