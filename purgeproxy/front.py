@@ -32,7 +32,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDict
 
 from purgeproxy.access_log import answered, request_id
-from purgeproxy.app_keys import PASSTHROUGH, PROFILE
+from purgeproxy.app_keys import PASSTHROUGH
 from purgeproxy.classify import Ordinary, classify
 from purgeproxy.fhir.formats import FormatRefused, requested, serialize
 from purgeproxy.fhir.outcome import FHIR_JSON, UPSTREAM_MALFORMED, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE, error
@@ -41,7 +41,7 @@ from purgeproxy.forwarding import client_response_headers, unsafe_path_reason, u
 from purgeproxy.logs import bind_request_id, get_logger
 from purgeproxy.ordinary_route import OrdinaryRequests
 from purgeproxy.passthrough import Passthrough, rewritten_bundle
-from purgeproxy.servers.profile import DEFAULT_FHIR_VERSION
+from purgeproxy.render import app_fhir_version
 from purgeproxy.upstream_pipe import UpstreamError, UpstreamResponse, UpstreamUnreachable
 from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
@@ -370,11 +370,10 @@ class FrontProtocol(asyncio.Protocol):
         """The proxy's own OperationOutcome, as the error middleware renders it
         (``purgeproxy.render``); the front takes no request that names a format in its query."""
         document = error(code, text)
-        profiles = self.front.app.get(PROFILE)
-        version = (profiles.known_version() if profiles is not None else None) or DEFAULT_FHIR_VERSION
         try:
             wanted = requested(_NO_QUERY, request_headers.get("Accept"))
-            body, content_type = serialize(document, wanted, tables_for(version)), wanted.content_type
+            tables = tables_for(app_fhir_version(self.front.app))
+            body, content_type = serialize(document, wanted, tables), wanted.content_type
         except (FormatRefused, XmlError):  # as render_failure: JSON when the format cannot be made
             body, content_type = json.dumps(document).encode(), FHIR_JSON
         headers = CIMultiDict([("Content-Type", f"{content_type}; charset=utf-8"),

@@ -46,7 +46,12 @@ def requested_of(request: web.Request) -> Requested:
 
 def fhir_version_of(request: web.Request) -> str:
     """The upstream's FHIR version when known (configured or learnt), otherwise 4.0.1."""
-    profiles = request.app.get(PROFILE)
+    return app_fhir_version(request.app)
+
+
+def app_fhir_version(app: web.Application) -> str:
+    """:func:`fhir_version_of` for code that has the app but no ``web.Request`` (the front)."""
+    profiles = app.get(PROFILE)
     return (profiles.known_version() if profiles is not None else None) or DEFAULT_FHIR_VERSION
 
 

@@ -84,15 +84,23 @@ async def _answers(reader: asyncio.StreamReader, count: int, head_only: tuple[in
         found.append((status, headers, body))
     return found
 
+async def _exchange(port: int, count: int, head_only: tuple[int, ...] = (), *, data: bytes) -> list[Answer]:
+    """``data`` written on a fresh connection to the proxy, and the first ``count`` answers."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    try:
+        return await _answers(reader, count, head_only=head_only)
+    finally:
+        writer.close()
+
+
 
 async def test_a_destructive_request_pipelined_after_an_ordinary_get_is_judged_never_forwarded(recorded) -> None:
     recorder, _, port = recorded
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"DELETE /fhir/Patient/a?_cascade=delete HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /fhir/Patient/b HTTP/1.1\r\nHost: x\r\n\r\n")
-    first, refused, last = await _answers(reader, 3)
-    writer.close()
+    first, refused, last = await _exchange(port, 3, data=(
+        b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"DELETE /fhir/Patient/a?_cascade=delete HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /fhir/Patient/b HTTP/1.1\r\nHost: x\r\n\r\n"))
     assert first[0] == 200 and first[2] == PATIENT
     assert 400 <= refused[0] < 500 and b"OperationOutcome" in refused[2]
     assert last[0] == 200 and last[2] == PATIENT
@@ -103,22 +111,18 @@ async def test_a_percent_encoded_operation_is_left_to_the_routes(recorded) -> No
     """``%24purge`` is ``$purge`` once decoded: the front does not take it, and it never reaches
     the upstream as an ordinary read."""
     recorder, _, port = recorded
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /fhir/Patient/a/%24purge HTTP/1.1\r\nHost: x\r\n\r\n")
-    [(status, _, body)] = await _answers(reader, 1)
-    writer.close()
+    [(status, _, body)] = await _exchange(port, 1, data=(
+        b"GET /fhir/Patient/a/%24purge HTTP/1.1\r\nHost: x\r\n\r\n"))
     assert status >= 400 and b"OperationOutcome" in body
     assert not any("purge" in line for line in recorder.lines)
 
 
 async def test_head_and_chunked_answers_keep_the_connection_in_step(recorded) -> None:
     recorder, _, port = recorded
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"HEAD /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /fhir/Patient/chunked HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\n\r\n")
-    head, chunked, plain = await _answers(reader, 3, head_only=(0,))
-    writer.close()
+    head, chunked, plain = await _exchange(port, 3, head_only=(0,), data=(
+        b"HEAD /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /fhir/Patient/chunked HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\nX-Request-Id: mine-1\r\n\r\n"))
     assert head[0] == 200 and head[1]["content-length"] == str(len(PATIENT))
     assert chunked[0] == 200 and chunked[2] == PATIENT
     assert plain[0] == 200 and plain[2] == PATIENT and plain[1]["x-request-id"] == "mine-1"
@@ -130,12 +134,10 @@ async def test_head_and_chunked_answers_keep_the_connection_in_step(recorded) ->
 async def test_a_request_with_a_body_is_handed_over_whole(recorded) -> None:
     """A GET with a body is not the front's: aiohttp's handler gets every byte of it."""
     recorder, _, port = recorded
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
-                 b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
-                 b"Content-Length: %d\r\n\r\n%b" % (len(PATIENT), PATIENT))
-    first, posted = await _answers(reader, 2)
-    writer.close()
+    first, posted = await _exchange(port, 2, data=(
+        b"GET /fhir/Patient/a HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"POST /fhir/Patient HTTP/1.1\r\nHost: x\r\nContent-Type: application/fhir+json\r\n"
+        b"Content-Length: %d\r\n\r\n%b" % (len(PATIENT), PATIENT)))
     assert first[0] == 200 and posted[0] == 200
     assert recorder.patient_lines() == ["GET /fhir/Patient/a HTTP/1.1", "POST /fhir/Patient HTTP/1.1"]
 
@@ -157,9 +159,6 @@ async def test_a_bug_in_the_front_is_a_500_outcome_that_echoes_nothing(recorded,
 
     monkeypatch.setattr("purgeproxy.front.client_response_headers", broken)
     _, _, port = recorded
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(b"GET /fhir/Patient/a?name=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
-    [(status, headers, body)] = await _answers(reader, 1)
-    writer.close()
+    [(status, headers, body)] = await _exchange(port, 1, data=b"GET /fhir/Patient/a?name=Doe HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 500 and headers["content-type"].startswith("application/fhir+json")
     assert b"OperationOutcome" in body and b"secret" not in body and b"Doe" not in body

@@ -106,6 +106,24 @@ class PhaseRequests(Phases):
     async def hook(self, request: httpx.Request) -> None:
         self.requests.append((self.current.get(), request.method, request.url.path))
 
+async def _purge_observed(upstream: str, patient: str, observer: Phases, hook: Any = None,
+                          confirmed: bool = False, **settings: Any) -> tuple[PurgeEngine, Any]:
+    """One purge of ``patient`` with ``SETTINGS`` (``settings`` replaced) whose engine tells
+    ``observer`` each phase (and ``hook``, when given, each upstream request): the engine (its
+    profile) and the result."""
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    if hook is not None:
+        http.event_hooks["request"].append(hook)
+    client = FhirClient(upstream, http)
+    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(),
+                         replace(SETTINGS, observer=observer, **settings), asyncio.Semaphore(4))
+    try:
+        request = PurgeRequest(patient, dict(engine.profile.definitions.patient_compartment), confirmed=confirmed)
+        return engine, await engine.run(request)
+    finally:
+        await http.aclose()
+
+
 
 async def test_the_patient_history_is_read_once_per_resolution_not_again_for_earlier_deletes(upstream) -> None:
     """Where references are stored as written (the Medplum engine) each resolution reads the
@@ -115,16 +133,8 @@ async def test_the_patient_history_is_read_once_per_resolution_not_again_for_ear
     seed = seeds.build(sizes={"Observation": 3}, shared=False)
     seeds.write(upstream, seed.resources)
     before = seeds.snapshot(upstream, seed.untouchable)
-    http = make_http_client(connect=5, read=120, max_connections=8)
     observer = PhaseRequests()
-    http.event_hooks = {"request": [observer.hook], "response": []}
-    client = FhirClient(upstream, http)
-    settings = replace(SETTINGS, observer=observer)
-    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
-    try:
-        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)))
-    finally:
-        await http.aclose()
+    engine, result = await _purge_observed(upstream, seed.patient, observer, observer.hook)
     assert result.complete, result
     assert seeds.present(upstream, seed.in_scope) == []
     assert seeds.snapshot(upstream, seed.untouchable) == before
@@ -141,15 +151,8 @@ async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:
     """The benchmark times phases through this hook, not by patching the engine's methods."""
     seed = seeds.build(sizes={"Observation": 3}, shared=False)
     seeds.write(upstream, seed.resources)
-    http = make_http_client(connect=5, read=120, max_connections=8)
-    client = FhirClient(upstream, http)
     observer = Phases()
-    settings = replace(SETTINGS, observer=observer)
-    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
-    try:
-        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)))
-    finally:
-        await http.aclose()
+    engine, result = await _purge_observed(upstream, seed.patient, observer)
     assert result.complete, result
     seen = observer.entered
     # outside references and the earlier-deleted history scan run beside the deletes, so their
@@ -217,16 +220,9 @@ async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(up
     seed = seeds.build(sizes={"Encounter": 6, "Observation": 40, "DiagnosticReport": 9, "Condition": 10})
     seeds.write(upstream, seed.resources)
     before = seeds.snapshot(upstream, seed.untouchable)
-    http = make_http_client(connect=5, read=120, max_connections=8)
-    client = FhirClient(upstream, http)
     observer = Phases()
-    settings = replace(SETTINGS, page_size=7, batch_size=10, observer=observer)
-    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
-    try:
-        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment),
-                                               confirmed=True))
-    finally:
-        await http.aclose()
+    engine, result = await _purge_observed(upstream, seed.patient, observer, confirmed=True, page_size=7,
+                                           batch_size=10)
     patient = ("Patient", seed.patient)
     assert observer.entered.count("resolve") >= 6  # 40 Observations, 7 a page: it swept
     assert not result.errors and not result.deletion.failed, result.errors
@@ -261,21 +257,13 @@ async def test_sweeps_search_the_types_own_parameter_and_still_prove_every_candi
               "subject": seeds.ref("Patient", seed.control), "asserter": seeds.ref("Patient", seed.patient)}, False)
     seeds.write(upstream, seed.resources)
     before = seeds.snapshot(upstream, seed.untouchable)
-    http = make_http_client(connect=5, read=120, max_connections=8)
-    client = FhirClient(upstream, http)
     searched: list[str] = []
 
     async def note(request: Any) -> None:
         searched.append(request.content.decode() if request.method == "POST" else str(request.url))
 
-    http.event_hooks["request"].append(note)
-    settings = replace(SETTINGS, page_size=7, batch_size=10, observer=Phases())
-    engine = PurgeEngine(client, await ProfileCache(client, "auto", "auto").get(), settings, asyncio.Semaphore(4))
-    try:
-        result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment),
-                                               confirmed=True))
-    finally:
-        await http.aclose()
+    engine, result = await _purge_observed(upstream, seed.patient, Phases(), note, confirmed=True, page_size=7,
+                                           batch_size=10)
     assert any("Condition?subject=Patient%2F" in each or "Condition?subject=Patient/" in each
                for each in searched)  # the sweeps' own parameter
     assert seeds.snapshot(upstream, seed.untouchable) == before  # byte-identical, _history too

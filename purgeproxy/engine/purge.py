@@ -174,9 +174,9 @@ class PurgeEngine:
     async def _run(self, request: PurgeRequest, progress: PurgeProgress | None) -> Result:
         resolver = self.resolver(request.compartment)
         sweep = self._sweeps(request)
-        sweeping = _sweep_params(request.compartment, self.profile) if sweep else {}
         resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
-                                         only=set(sweeping.items()) if sweep else None)
+                                         only=set(_sweep_params(request.compartment, self.profile).items())
+                                         if sweep else None)
         first = self._plan(resolution)
         ctx = self.context
         hard = ctx.hard_method is not None

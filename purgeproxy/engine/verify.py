@@ -97,9 +97,7 @@ async def still_readable(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     404 or 410 there proves it gone too: what is not proven gone counts as still there.
     """
     async def readable(key: Key) -> bool:
-        async with limit:
-            answer = await client.request("GET", f"{key[0]}/{key[1]}")
-        return answer.status not in GONE
+        return (await _read_one(client, limit, key))[0] not in GONE
 
     groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
     gone: set[Key] = set().union(*await asyncio.gather(*(_gone_in_batch(client, limit, g) for g in groups)))
@@ -108,8 +106,8 @@ async def still_readable(client: FhirClient, limit: asyncio.Semaphore, keys: lis
 
 async def _gone_in_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> set[Key]:
     """The keys one batch Bundle of reads answers 404 or 410 for (none for a single key)."""
-    entries = await _batch_get(client, limit, [f"{t}/{i}" for t, i in keys]) if len(keys) > 1 else None
-    return {key for key, entry in zip(keys, entries or [], strict=False) if batch_entry(entry)[0] in GONE}
+    answers = await _read_batch(client, limit, keys) if len(keys) > 1 else None
+    return {key for key, (status, _) in zip(keys, answers or [], strict=False) if status in GONE}
 
 
 HISTORY_BATCH = 100  # reads per batch Bundle (instance _history, or the resource itself)

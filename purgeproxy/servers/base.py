@@ -11,7 +11,7 @@ import re
 from abc import ABC
 from typing import Any, ClassVar
 
-from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 
 SYSTEM, TYPE, INSTANCE, VERSION = "system", "type", "instance", "version"
@@ -73,8 +73,13 @@ class ServerKind(ABC):
         if self.hard_delete_method is None or self.instance_operation is None:
             return "this upstream offers no hard delete"
         operation = self.instance_operation
-        return await call_ok(client, "POST", f"{key[0]}/{key[1]}/{operation}", operation,
-                             json=self.operation_parameters(key))
+        answer = await client.request("POST", f"{key[0]}/{key[1]}/{operation}", json=self.operation_parameters(key))
+        return _failure(answer, operation) or (self.removed_nothing(answer.body) if 200 <= answer.status < 300 else None)
+
+    def removed_nothing(self, body: Any) -> str | None:
+        """Why a successful answer to the hard-delete operation still removed nothing (HAPI says
+        so with a count of 0), or None: the answer's status is all there is to trust."""
+        return None
 
     def operation_parameters(self, key: Key) -> dict[str, Any] | None:
         """The ``Parameters`` body of the hard-delete operation for ``key``; None: no body."""
@@ -108,7 +113,11 @@ def declares(capability: dict[str, Any], operation: str) -> bool:
 
 async def call_ok(client: FhirClient, method: str, path: str, what: str, **kwargs: Any) -> str | None:
     """One hard-delete call: None when it worked (or the resource is already gone), else why not."""
-    answer = await client.request(method, path, **kwargs)
+    return _failure(await client.request(method, path, **kwargs), what)
+
+
+def _failure(answer: FhirResponse, what: str) -> str | None:
+    """None when a hard-delete call worked (or the resource is already gone), else why not."""
     if 200 <= answer.status < 300 or answer.status in (404, 410):
         return None
     return f"{what} answered {answer.status}"

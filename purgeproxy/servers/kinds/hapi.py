@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ALL_LEVELS, ServerKind
 from purgeproxy.servers.expunge import expunged_count
@@ -49,13 +48,6 @@ class Hapi(ServerKind):
     def operation_parameters(self, key: Key) -> dict[str, Any]:
         return _EXPUNGE_DELETED
 
-    async def hard_delete(self, client: FhirClient, key: Key) -> str | None:
-        """Instance ``$expunge`` of a deleted resource; its answer's ``count`` 0 means HAPI found
-        it live again and removed nothing, which is a failure, not success."""
-        answer = await client.request("POST", f"{key[0]}/{key[1]}/{self.instance_operation}",
-                                      json=self.operation_parameters(key))
-        if answer.status in (404, 410):
-            return None  # already expunged
-        if not 200 <= answer.status < 300:
-            return f"$expunge answered {answer.status}"
-        return WRITTEN_AGAIN if expunged_count(answer.body) == 0 else None
+    def removed_nothing(self, body: Any) -> str | None:
+        """A ``count`` of 0: HAPI found the resource live again and removed nothing."""
+        return WRITTEN_AGAIN if expunged_count(body) == 0 else None
