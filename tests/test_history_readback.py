@@ -25,7 +25,8 @@ def history(*versions: str) -> dict[str, Any]:
 
 
 class Upstream:
-    """Histories by path; ``batch``: how a batch Bundle is answered ("ok", "refuse", "odd")."""
+    """Histories by path; ``batch``: how a batch Bundle is answered ("ok", "refuse", "odd",
+    "reversed")."""
 
     def __init__(self, histories: dict[str, dict[str, Any] | None], batch: str = "ok") -> None:
         self.histories, self.batch = histories, batch
@@ -51,6 +52,8 @@ class Upstream:
             if self.batch == "odd" and status == 200:
                 body = {"resourceType": "Bundle", "type": "searchset"}  # not a history: unsure
             entries.append({"response": {"status": f"{status}"}, "resource": body})
+        if self.batch == "reversed":
+            entries.reverse()  # answered out of order: one resource's 410 lands on another
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries})
 
 
@@ -109,3 +112,23 @@ async def test_a_batch_that_says_all_is_there_is_checked_one_by_one() -> None:
     keys = [("Observation", i) for i in "abc"] * 50  # two batches, of 100 and 50
     assert await still_readable(upstream.client, asyncio.Semaphore(2), keys) == [("Observation", "a")] * 50
     assert upstream.requests.count("POST batch") == 2 and len(upstream.requests) == 152
+
+
+async def test_a_read_batch_answered_out_of_order_proves_nothing_gone() -> None:
+    """Reversed, the batch would put c's 410 on a, which is still there: the 200 naming a at c's
+    place gives the order away, and every resource is read alone."""
+    upstream = Upstream(CURRENT, batch="reversed")
+    assert await still_readable(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert sorted(upstream.requests) == ["GET Observation/a", "GET Observation/b", "GET Observation/c", "POST batch"]
+
+
+async def test_a_history_batch_answered_out_of_order_proves_nothing() -> None:
+    """Reversed, c's empty history would land on a, whose versions remain: a's versions at c's
+    place give the order away, and every history is read alone."""
+    named = {"resourceType": "Bundle", "type": "history",
+             "entry": [{"resource": {"resourceType": "Observation", "id": "a", "meta": {"versionId": v}}}
+                       for v in ("1", "2")]}
+    upstream = Upstream({**HISTORIES, "Observation/a/_history": named}, batch="reversed")
+    assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert sorted(upstream.requests) == ["GET Observation/a/_history", "GET Observation/b/_history",
+                                         "GET Observation/c/_history", "POST batch"]

@@ -34,7 +34,7 @@ async def read_current(client: FhirClient, limit: asyncio.Semaphore, keys: list[
     """Read every resource now, in one batch Bundle of reads where the upstream answers it in a
     shape we trust, else one by one."""
     answers = await _read_batch(client, limit, keys) if len(keys) > 1 else None
-    if answers is None:
+    if answers is None or _reordered(keys, answers, history=False):
         answers = await asyncio.gather(*(_read_one(client, limit, key) for key in keys))
     reading = Reading()
     for key, (status, body) in zip(keys, answers, strict=True):
@@ -107,7 +107,25 @@ async def still_readable(client: FhirClient, limit: asyncio.Semaphore, keys: lis
 async def _gone_in_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> set[Key]:
     """The keys one batch Bundle of reads answers 404 or 410 for (none for a single key)."""
     answers = await _read_batch(client, limit, keys) if len(keys) > 1 else None
-    return {key for key, (status, _) in zip(keys, answers or [], strict=False) if status in GONE}
+    if answers is None or _reordered(keys, answers, history=False):
+        return set()
+    return {key for key, (status, _) in zip(keys, answers, strict=True) if status in GONE}
+
+
+def _reordered(keys: list[Key], answers: list[tuple[int, Any]], history: bool) -> bool:
+    """Whether some entry of a batch answers for another resource than its request named: a 200
+    read of another resource, or a history holding another's versions. A 404 carries no name,
+    so an upstream answering out of order would otherwise put one resource's "gone" on another
+    still there; the whole batch then proves nothing."""
+    for key, (status, body) in zip(keys, answers, strict=True):
+        if status != 200 or not isinstance(body, dict):
+            continue
+        named = ([entry.get("resource") for entry in body.get("entry") or [] if isinstance(entry, dict)]
+                 if history else [body])
+        if any(isinstance(one, dict) and one.get("id") is not None and (one.get("resourceType"), one.get("id")) != key
+               for one in named):
+            return True
+    return False
 
 
 HISTORY_BATCH = 100  # reads per batch Bundle (instance _history, or the resource itself)
@@ -143,11 +161,13 @@ async def _history_batch(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     if len(keys) < 2:
         return [None] * len(keys)
     entries = await _batch_get(client, limit, [f"{t}/{i}/_history" for t, i in keys])
-    return [None] * len(keys) if entries is None else [_history_entry(entry) for entry in entries]
+    answers = None if entries is None else [batch_entry(entry) for entry in entries]
+    if answers is None or _reordered(keys, answers, history=True):
+        return [None] * len(keys)
+    return [_history_entry(status, body) for status, body in answers]
 
 
-def _history_entry(entry: Any) -> bool | None:
-    status, body = batch_entry(entry)
+def _history_entry(status: int, body: Any) -> bool | None:
     if status in GONE:
         return False
     if status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle" \
