@@ -35,15 +35,14 @@ from purgeproxy.access_log import answered, request_id
 from purgeproxy.app_keys import PASSTHROUGH
 from purgeproxy.classify import Ordinary, classify
 from purgeproxy.fhir.formats import FormatRefused, requested, serialize
-from purgeproxy.fhir.outcome import FHIR_JSON, UPSTREAM_MALFORMED, UPSTREAM_TIMEOUT, UPSTREAM_UNREACHABLE, error
+from purgeproxy.fhir.outcome import FHIR_JSON, UPSTREAM_MALFORMED, error
 from purgeproxy.fhir.xml import XmlError, tables_for
 from purgeproxy.forwarding import client_response_headers, unsafe_path_reason, upstream_request_headers
 from purgeproxy.logs import bind_request_id, get_logger
 from purgeproxy.ordinary_route import OrdinaryRequests
-from purgeproxy.passthrough import Passthrough, rewritten_bundle
+from purgeproxy.passthrough import Passthrough
 from purgeproxy.render import app_fhir_version
-from purgeproxy.upstream_pipe import UpstreamError, UpstreamResponse, UpstreamUnreachable
-from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
+from purgeproxy.upstream_pipe import UpstreamError, UpstreamResponse
 
 if TYPE_CHECKING:
     from purgeproxy.serving import ProxyServer
@@ -290,15 +289,8 @@ class FrontProtocol(asyncio.Protocol):
         upstream_headers = upstream_request_headers(CIMultiDictProxy(headers), mount.client_of(peer, origin, rid))
         try:
             upstream = await passthrough.pipe.request(method, remainder, upstream_headers, None)
-        except TimeoutError:
-            return self._fail(rid, 504, "timeout", UPSTREAM_TIMEOUT, headers), None
-        except UpstreamError as failure:
-            tls = tls_failure(failure, passthrough.pipe.https, failure.disconnected)
-            if tls is not None:
-                code = "security" if tls == UPSTREAM_TLS else "transient"
-                return self._fail(rid, 502, code, tls, headers), None
-            text = UPSTREAM_UNREACHABLE if isinstance(failure, UpstreamUnreachable) else UPSTREAM_MALFORMED
-            return self._fail(rid, 502, "transient", text, headers), None
+        except (TimeoutError, UpstreamError) as failure:
+            return self._fail(rid, *passthrough.failure(failure), headers), None
         async with upstream:
             return await self._relay(method, upstream, origin, rid, headers), upstream.status
 
@@ -309,19 +301,16 @@ class FrontProtocol(asyncio.Protocol):
         headers = client_response_headers(upstream.headers, rewriter)
         headers["X-Request-Id"] = rid
         bodiless = method == "HEAD" or upstream.status in _BODILESS_STATUS or upstream.status < 200
-        first = b""
-        if not bodiless and passthrough.may_rewrite(method, upstream):
+        first, whole = b"", False
+        if not bodiless:
             try:
-                first = await upstream.read(passthrough.rewrite_max + 1)
+                first, whole = await passthrough.first_part(method, upstream, rewriter)
             except (TimeoutError, UpstreamError):
                 return self._fail(rid, 502, "transient", UPSTREAM_MALFORMED, request_headers)
-            if len(first) <= passthrough.rewrite_max:
-                body = rewritten_bundle(first, passthrough.rewrite_types, rewriter)
-                if body is not None:
-                    first = body
-                headers["Content-Length"] = str(len(first))
-                self._write_head(upstream.status, upstream.reason, headers, first)
-                return upstream.status
+        if whole:
+            headers["Content-Length"] = str(len(first))
+            self._write_head(upstream.status, upstream.reason, headers, first)
+            return upstream.status
         chunked = not bodiless and "Content-Length" not in headers
         if chunked:
             headers["Transfer-Encoding"] = "chunked"

@@ -210,15 +210,8 @@ class Passthrough:
             data = request.content.iter_any()
         try:
             upstream = await self.pipe.request(request.method, remainder, headers, data)
-        except TimeoutError:
-            return outcome_response(504, "timeout", UPSTREAM_TIMEOUT)
-        except UpstreamError as error:
-            tls = tls_failure(error, self.pipe.https, error.disconnected)
-            if tls is not None:
-                return outcome_response(502, "security" if tls == UPSTREAM_TLS else "transient", tls)
-            if isinstance(error, UpstreamUnreachable):
-                return outcome_response(502, "transient", UPSTREAM_UNREACHABLE)
-            return outcome_response(502, "transient", UPSTREAM_MALFORMED)
+        except (TimeoutError, UpstreamError) as failure:
+            return outcome_response(*self.failure(failure))
         request[UPSTREAM_STATUS] = upstream.status
         async with upstream:
             return await self._relay(request, upstream, origin)
@@ -229,15 +222,39 @@ class Passthrough:
         rewriter = self.mount.rewriter(request, origin)
         headers = client_response_headers(upstream.headers, rewriter)
         headers["X-Request-Id"] = request[REQUEST_ID]
-        if self._may_rewrite(request, upstream):
-            return await self._relay_rewritten(request, upstream, headers, rewriter)
+        try:
+            first, whole = await self.first_part(request.method, upstream, rewriter)
+        except (TimeoutError, UpstreamError):
+            return outcome_response(502, "transient", UPSTREAM_MALFORMED)
+        if whole:  # headers and body in one write: measurably cheaper than streaming it
+            headers.popall("Content-Length", None)
+            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=first)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         await response.prepare(request)
-        await self._pump(request, upstream, response, b"")
+        await self._pump(request, upstream, response, first)
         return response
 
-    def _may_rewrite(self, request: web.Request, upstream: UpstreamResponse) -> bool:
-        return self.may_rewrite(request.method, upstream)
+    def failure(self, failure: TimeoutError | UpstreamError) -> tuple[int, str, str]:
+        """(status, issue code, text) of the answer to a request the upstream gave no usable
+        answer to: the same for the front and for aiohttp's handler."""
+        if isinstance(failure, TimeoutError):
+            return 504, "timeout", UPSTREAM_TIMEOUT
+        tls = tls_failure(failure, self.pipe.https, failure.disconnected)
+        if tls is not None:
+            return 502, "security" if tls == UPSTREAM_TLS else "transient", tls
+        return 502, "transient", UPSTREAM_UNREACHABLE if isinstance(failure, UpstreamUnreachable) else UPSTREAM_MALFORMED
+
+    async def first_part(self, method: str, upstream: UpstreamResponse, rewriter: UrlRewriter) -> tuple[bytes, bool]:
+        """(the body's first bytes, whether they are all of it). A JSON answer that fits in
+        ``rewrite_max`` is read whole, with its Bundle's URLs rewritten when it is one of
+        ``rewrite_types``; a larger or compressed one streams on unchanged from what was read.
+        Raises the pipe's errors (the status line is not sent yet)."""
+        if not self.may_rewrite(method, upstream):
+            return b"", False
+        first = await upstream.read(self.rewrite_max + 1)
+        if len(first) > self.rewrite_max:
+            return first, False
+        return rewritten_bundle(first, self.rewrite_types, rewriter) or first, True
 
     def may_rewrite(self, method: str, upstream: UpstreamResponse) -> bool:
         """Only plain JSON answers can be Bundles we rewrite; compressed ones pass untouched."""
@@ -248,33 +265,6 @@ class Passthrough:
             and upstream.headers.get("Content-Encoding", "identity") == "identity"
             and (upstream.content_length or 0) <= self.rewrite_max
         )
-
-    async def _relay_rewritten(
-        self,
-        request: web.Request,
-        upstream: UpstreamResponse,
-        headers: CIMultiDict[str],
-        rewriter: UrlRewriter,
-    ) -> web.StreamResponse:
-        """Buffer a bounded JSON body; rewrite it when it is a Bundle of a configured type.
-
-        A body that fits is answered in one piece (headers and body in one write, which is
-        measurably cheaper than streaming it); a larger one streams on unchanged.
-        """
-        try:
-            head = await upstream.read(self.rewrite_max + 1)
-        except (TimeoutError, UpstreamError):
-            return outcome_response(502, "transient", UPSTREAM_MALFORMED)
-        if len(head) <= self.rewrite_max:
-            body = rewritten_bundle(head, self.rewrite_types, rewriter)
-            if body is not None:
-                headers.popall("Content-Length", None)
-            return web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
-                                body=head if body is None else body)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
-        await response.prepare(request)
-        await self._pump(request, upstream, response, head)
-        return response
 
     async def _pump(
         self,
