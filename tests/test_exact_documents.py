@@ -184,6 +184,30 @@ async def test_earlier_deleted_history_guards(make_proxy, hapi_base) -> None:
 
 
 @pytest.mark.hapi
+async def test_a_resource_deleted_before_the_purge_then_written_again_is_left_alone(make_proxy, hapi_base) -> None:
+    """The history scan judges a deleted resource by its history alone: a version written after
+    its DELETE means it lives again (here as the control patient's), and it is left, history and
+    all, to the compartment searches; the other resource deleted before the purge is expunged."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    moved, earlier = [k for k in seed.in_scope if k[0] == "Condition"]
+    delete_directly(base, [moved, earlier])
+    again = {"resourceType": "Condition", "id": moved[1], "code": {"text": "written again"},
+             "subject": seeds.ref("Patient", seed.control)}
+    assert httpx.put(f"{base}/Condition/{moved[1]}", json=again, headers=seeds.FHIR).status_code in (200, 201)
+    keep = seeds.snapshot(base, [moved] + seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", report
+    assert seeds.snapshot(base, list(keep)) == keep
+    assert f"Condition/{earlier[1]}" in report and f"Condition/{moved[1]}" not in report
+    assert httpx.get(f"{base}/Condition/{earlier[1]}/_history").status_code == 404
+
+
+@pytest.mark.hapi
 async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_its_own(make_proxy, hapi_base) -> None:
     """The system history is listed while the purge deletes (small pages and batches make them
     overlap): the purge's own DELETEs must not be reported as deleted before it. HAPI bounds a
@@ -304,3 +328,18 @@ def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() 
         listing.take(entry)
     assert listing.deleted == {("Observation", i) for i in ("other", "gap", "mine", "bare", "early")}
     assert listing.cleared() == {("Observation", "other")}
+
+
+def test_a_history_shows_its_resource_still_deleted_only_when_it_can_tell() -> None:
+    """No version after the DELETE the listing saw: still deleted; a later one: written again;
+    no DELETE version, or a version that is not a number: unknown, so the resource is read."""
+    from purgeproxy.engine.deleted_history import _still_deleted
+
+    def versions(*numbers: str) -> list[dict[str, Any]]:
+        return [{"resourceType": "Observation", "id": "o", "meta": {"versionId": n}} for n in numbers]
+
+    assert _still_deleted(versions("2", "1"), 3) is True
+    assert _still_deleted(None, 3) is True  # the history itself is gone
+    assert _still_deleted(versions("4", "2", "1"), 3) is False
+    assert _still_deleted(versions("2", "1"), None) is None
+    assert _still_deleted(versions("2", "b7"), 3) is None

@@ -4,12 +4,13 @@ A soft-deleted resource is invisible to search, so the compartment searches neve
 HAPI its earlier versions stay readable in ``_history``. They are found in the system history
 since the patient's first version (``_history?_since=``; nothing that references the patient can
 be older than the patient), which lists every resource changed since, deletions included. Each
-resource with a DELETE there is read: it must still be deleted (404/410), and its versions (the
-instance ``_history``) are checked with ``Resolver.check``, the compartment's own test: a version
-that references the patient through a compartment parameter makes it the patient's; one that
-references another patient makes it shared. Policy applies as to live resources (excluded types
-and, by default, shared resources are kept). What is the patient's is hard-deleted with the
-upstream's own mechanism and its history read back.
+resource with a DELETE there has its instance ``_history`` read: it must still be deleted (no
+version after that DELETE; where the listing does not say which version the DELETE made, a read
+answering 404/410), and its versions are checked with ``Resolver.check``, the compartment's own
+test: a version that references the patient through a compartment parameter makes it the
+patient's; one that references another patient makes it shared. Policy applies as to live
+resources (excluded types and, by default, shared resources are kept). What is the patient's is
+hard-deleted with the upstream's own mechanism and its history read back.
 
 An upstream that cannot list history since a time (the Medplum engine answers ``not-supported``)
 cannot be searched for them: the outcome says such history may remain.
@@ -89,7 +90,7 @@ class DeletedHistoryFinder:
         cleared = listing.cleared()
         wanted = [key for key in sorted(listing.deleted) if (key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)) and not ours(key) and key not in cleared]
-        judged = await self._judge_all(wanted, patient)
+        judged = await self._judge_all(wanted, patient, listing.deleted_at)
         for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
                 continue
@@ -133,17 +134,22 @@ class DeletedHistoryFinder:
             url, params = next_link(answer.body, self.client.base_url, seen), None
         raise ResolutionError("the upstream's history paging does not end")
 
-    async def _judge_all(self, keys: list[Key], patient: Key) -> list[frozenset[str] | None]:
-        """Each key judged (see ``_judge``), read in batch Bundles: on a busy server the system
-        history since the patient was created lists every resource deleted since, the patient's
-        or not, and one read and one history read each made this the slowest part of a purge."""
-        reading = await read_current(self.client, self.limit, keys)
-        deleted = set(reading.gone)
-        gone = [key for key in keys if key in deleted]
-        histories = dict(zip(gone, await self._histories(gone), strict=True))
-        # still there, or unreadable: live resources are the compartment searches' business
-        return [_judge(key, patient, self.resolver, histories[key]) if key in histories else None
-                for key in keys]
+    async def _judge_all(self, keys: list[Key], patient: Key,
+                         deleted_at: dict[Key, int]) -> list[frozenset[str] | None]:
+        """Each key judged (see ``_judge``) from its history, read in batch Bundles: on a busy
+        server the system history since the patient was created lists every resource deleted
+        since, the patient's or not. A resource must still be deleted to be judged (live again,
+        it is the compartment searches' business): where the listing gave the version its DELETE
+        made, its history says so (no version after it); only the others are read as well.
+        Measured on HAPI with another patient's 650 deletes listed, that read was one batch of
+        650 GETs, half of the scan's upstream work."""
+        histories = dict(zip(keys, await self._histories(keys), strict=True))
+        deleted = {key: _still_deleted(histories[key], deleted_at.get(key)) for key in keys}
+        unsure = [key for key in keys if deleted[key] is None]
+        for start in range(0, len(unsure), HISTORY_BATCH):
+            reading = await read_current(self.client, self.limit, unsure[start:start + HISTORY_BATCH])
+            deleted.update({key: key in reading.gone for key in unsure[start:start + HISTORY_BATCH]})
+        return [_judge(key, patient, self.resolver, histories[key]) if deleted[key] else None for key in keys]
 
     async def _histories(self, keys: list[Key]) -> list[list[dict[str, Any]] | None]:
         """Every version of each key (None: 404/410): in batch Bundles of ``_history`` reads, a
@@ -259,6 +265,18 @@ def _history_entry(entry: Any) -> Any:
     if any(link.get("relation") == "next" for link in body.get("link") or [] if isinstance(link, dict)):
         return UNSURE  # paged: the paging is followed on its own
     return [e["resource"] for e in body.get("entry") or [] if isinstance(e.get("resource"), dict)]
+
+
+def _still_deleted(versions: list[dict[str, Any]] | None, deleted_at: int | None) -> bool | None:
+    """Whether a history shows its resource still deleted: gone altogether, or no version written
+    after the DELETE (``deleted_at``, the version it made); None when it cannot tell (no DELETE
+    version listed, or a version that is not a number): the resource is read to know."""
+    if versions is None:
+        return True
+    numbers = [_int((body.get("meta") or {}).get("versionId")) for body in versions]
+    if deleted_at is None or None in numbers:
+        return None
+    return all(number < deleted_at for number in numbers if number is not None)
 
 
 def _judge(key: Key, patient: Key, resolver: Resolver,
