@@ -397,9 +397,7 @@ class PurgeEngine:
             gone.update(report.deleted, report.already_gone)
             waiting = {(key[0], searched[key[0]]) for key in resolution.members if key[0] in held}
             opened = resolution.truncated | waiting | set(parked)
-            parked = {pair: parked[pair] if pair in parked else  # a page read to its end holds nothing
-                      _references_of(resolution, {pair[0]} if pair in resolution.truncated else set())
-                      for pair in opened if pair[0] in held}
+            parked = _parked(resolution, opened, held, parked)
             following = opened - set(parked)
             if not (following and (report.deleted or report.already_gone)):
                 break
@@ -579,6 +577,16 @@ def _held_back(resolution: Resolution, parked: dict[tuple[str, str], frozenset[s
         return set()
     open_types = {rtype for rtype, _ in resolution.truncated}
     return {"Patient"}.union(*parked.values(), _references_of(resolution, open_types))
+
+
+def _parked(resolution: Resolution, opened: set[tuple[str, str]], held: set[str],
+            parked: dict[tuple[str, str], frozenset[str]]) -> dict[tuple[str, str], frozenset[str]]:
+    """The searches still to be finished whose type is held back, each with the types it holds
+    back in turn: a search parked before keeps what its last page referenced; one parked now,
+    what its first page referenced when it was cut short (a page read to its end holds nothing)."""
+    return {pair: parked[pair] if pair in parked
+            else _references_of(resolution, {pair[0]} if pair in resolution.truncated else set())
+            for pair in opened if pair[0] in held}
 
 
 def _references_of(resolution: Resolution, types: set[str]) -> frozenset[str]:
