@@ -297,6 +297,11 @@ class Purge(_Strict):
         0, ge=0, le=100_000, description="plans of at most this many resources also have every member's "
         "outside referrers searched (about 90 reverse searches per type and 50 ids in R4)"
     )
+    earlier_deleted_max_entries: int | None = Field(
+        None, ge=1, description="changes of the upstream's system history listed at most, newest first, "
+        "to find the patient's resources deleted before the purge; none: every change since the patient "
+        "was created (older deletes are then reported as not searched)"
+    )
     attachments: AttachmentsPolicy = Field(
         "delete", description="Binaries holding the patient's documents (Attachment.url, securityContext)"
     )

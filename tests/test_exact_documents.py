@@ -208,6 +208,34 @@ async def test_a_resource_deleted_before_the_purge_then_written_again_is_left_al
 
 
 @pytest.mark.hapi
+async def test_a_bounded_history_listing_says_back_to_when_it_searched(make_proxy, hapi_base) -> None:
+    """``purge.earlier_deleted_max_entries``: the newest changes only are listed. A resource deleted
+    after the other writes is found and expunged; one deleted before them is not searched, and
+    the outcome says so (back to when) rather than staying silent while its history remains."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    older, newer = [k for k in seed.in_scope if k[0] == "Condition"]
+    delete_directly(base, [older])
+    others = [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-busy{i}"} for i in range(12)]
+    seeds.write(base, others)
+    delete_directly(base, [newer])
+    keep = seeds.snapshot(base, seed.untouchable + [("Patient", p["id"]) for p in others])
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN},
+                             purge={"earlier_deleted_max_entries": 10, "page_size": 5})
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    assert status == 200, report
+    assert "deleted before this purge was searched back to" in report
+    assert f"history of Patient/{seed.patient} deleted before then may remain" in report
+    assert f"Condition/{newer[1]}" in report and f"Condition/{older[1]}" not in report
+    assert httpx.get(f"{base}/Condition/{newer[1]}/_history").status_code == 404
+    assert httpx.get(f"{base}/Condition/{older[1]}/_history").status_code == 200  # outside the bound
+    assert seeds.snapshot(base, list(keep)) == keep
+
+
+@pytest.mark.hapi
 async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_its_own(make_proxy, hapi_base) -> None:
     """The system history is listed while the purge deletes (small pages and batches make them
     overlap): the purge's own DELETEs must not be reported as deleted before it. HAPI bounds a

@@ -62,6 +62,9 @@ class PurgeSettings:
     # instance hard deletes in flight (HAPI: one $expunge per resource, CPU-bound on its side; on
     # two cores 650 of them took 70 s at 4 in flight, 45 s at 8, 33 s at 16)
     hard_delete_concurrency: int = 16
+    # the system history's changes listed at most to find earlier deletes (None: all since the
+    # patient's creation; on HAPI ~0.4 ms each, and a busy server's grow without bound)
+    earlier_deleted_max_entries: int | None = None
 
 
 # (removed so far, planned so far) over the whole purge; called before each round and after
@@ -194,7 +197,7 @@ class PurgeEngine:
         # transactions and searches are what the purge waits for
         side_limit = self.limit if early else _SideLimit(self.limit, SIDE_SLOTS)
         earlier = DeletedHistoryFinder(self.client, side_limit, self.settings.page_size, resolver,
-                                       self.settings.policy)
+                                       self.settings.policy, self.settings.earlier_deleted_max_entries)
         attempted: set[Key] = set()  # every resource this purge sends a DELETE for, before it does
         listed = asyncio.Event()
         verified: asyncio.Future[bool] | None = None

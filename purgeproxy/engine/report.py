@@ -230,6 +230,11 @@ def _earlier_deleted(result: Result, purge: PurgeDetails) -> list[dict[str, Any]
         texts.append(issue("warning", "not-supported",
                            f"{what} could not be searched on this upstream ({earlier.unlisted}); "
                            f"such history of {result.target} may remain"))
+    if earlier.listed_back_to:
+        texts.append(issue("warning", "too-costly",
+                           f"{what} was searched back to {earlier.listed_back_to} only (the newest "
+                           f"{earlier.listed_entries} changes on the upstream, purge.earlier_deleted_max_entries): "
+                           f"such history of {result.target} deleted before then may remain"))
     if not earlier.found:
         return texts
     method = result.hard_delete_method

@@ -34,7 +34,8 @@ def settings_from(config: Config) -> PurgeSettings:
     return PurgeSettings(policy, purge.batch_size, purge.page_size, purge.max_rounds, purge.hard_delete,
                          purge.max_without_confirm, purge.outside_references, purge.outside_references_members,
                          attachments=purge.attachments, observer=metrics.PHASES,
-                         hard_delete_concurrency=purge.hard_delete_concurrency)
+                         hard_delete_concurrency=purge.hard_delete_concurrency,
+                         earlier_deleted_max_entries=purge.earlier_deleted_max_entries)
 
 
 async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile, str | None]:
