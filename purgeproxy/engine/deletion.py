@@ -138,6 +138,9 @@ class Deleter:
     max_attempts: int = 50
     observer: Observer = NO_OBSERVER  # times the hard delete ("expunge")
     hard_limit: asyncio.Semaphore | None = None  # hard deletes in flight, besides ``limit`` (None: ``limit``)
+    # hard deletes wait for it, the transactions do not: the purge's listing of the system history
+    # (an $expunge removes history rows, which would shift the pages of a listing still running)
+    hard_after: asyncio.Event | None = None
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
                      versions: Versions | None = None, report: DeletionReport | None = None) -> DeletionReport:
@@ -164,6 +167,8 @@ class Deleter:
         return report
 
     async def _timed_hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
+        if self.hard_after is not None:
+            await self.hard_after.wait()
         with self.observer.phase("expunge"):
             await self._hard_delete(keys, report)
 

@@ -7,6 +7,8 @@ both fill the one ``Result``.
 
 from __future__ import annotations
 
+import asyncio
+
 from purgeproxy.engine import verify as read_back
 from purgeproxy.engine.context import Context
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
@@ -15,10 +17,11 @@ from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
 
 
-def deleter(ctx: Context, recheck: Recheck | None) -> Deleter:
-    """The deleter of this run: hard deletes when the context uses them."""
+def deleter(ctx: Context, recheck: Recheck | None, hard_after: asyncio.Event | None = None) -> Deleter:
+    """The deleter of this run: hard deletes when the context uses them, each batch's once
+    ``hard_after`` is set."""
     return Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
-                   recheck, observer=ctx.observer, hard_limit=ctx.hard_limit)
+                   recheck, observer=ctx.observer, hard_limit=ctx.hard_limit, hard_after=hard_after)
 
 
 async def delete(ctx: Context, deleter: Deleter, order: list[Key], progress: Progress | None,

@@ -216,9 +216,7 @@ class PurgeEngine:
                                                                      request.dry_run)
             if request.dry_run:
                 return result
-            if hard:  # $expunge removes history rows: the system history is listed before it starts
-                await listed.wait()
-            await self._delete_all(resolver, resolution, first, result, progress, attempted)
+            await self._delete_all(resolver, resolution, first, result, progress, attempted, listed)
             # the read-backs need only the deletes: they go while the side searches finish
             verified = asyncio.ensure_future(self._verify(result, hard)) if not result.errors else None
             problems = [] if early else await side
@@ -248,12 +246,16 @@ class PurgeEngine:
         return True
 
     async def _delete_all(self, resolver: Resolver, resolution: Resolution, first: Plan, result: Result,
-                          progress: PurgeProgress | None, attempted: set[Key]) -> None:
-        """The sweeps, then the rounds; an upstream failing part way is recorded, not raised."""
+                          progress: PurgeProgress | None, attempted: set[Key], listed: asyncio.Event) -> None:
+        """The sweeps, then the rounds; an upstream failing part way is recorded, not raised. The
+        transactions go at once; with a hard delete, each batch's ``$expunge`` calls wait until the
+        system history is ``listed`` (they remove history rows, which would shift the pages of a
+        listing still running). Measured on HAPI, 650 resources: waiting with the transactions too
+        put the listing's 1-3 s before the first DELETE."""
         assert result.purge is not None
         tally = _Tally(progress)
         versions: Versions = {**_versions(resolution), **result.purge.attachments.versions}
-        deleter = execute.deleter(self.context, self._recheck(resolver, first.patient_id))
+        deleter = execute.deleter(self.context, self._recheck(resolver, first.patient_id), listed)
         gone: set[Key] = set()
         try:
             plan = first
