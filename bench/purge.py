@@ -607,16 +607,17 @@ class Bench:
                             self.workdir, "HAPI", "purgeproxy (hard delete)", base, resources, batch,
                             concurrency, self.s.page_size, "auto")))
 
-    def _hapi_round(self, base: str, size: int, hard: dict[str, str], order: list[str]) -> dict[str, Run]:
+    def _hapi_round(self, base: str, size: int, hard_modes: dict[str, str], order: list[str]) -> dict[str, Run]:
         """Every contender's patient seeded (in the contenders' own order), then each purged in
-        ``order``: a busy server, where each purge's history listing sees the others' writes."""
-        seeded = {c: patient_resources(self.tag("h"), size) for c in hard}
+        ``order`` with its ``hard_delete`` mode: a busy server, where each purge's history listing
+        sees the others' writes."""
+        seeded = {c: patient_resources(self.tag("h"), size) for c in hard_modes}
         started = time.monotonic()
         for resources in seeded.values():
             write(base, resources)
         self.say(f"HAPI: seeded {len(seeded)} × {size} in {time.monotonic() - started:.0f} s")
         return {c: self._log(run_child(self.workdir, "HAPI", c, base, seeded[c], self.s.batch_size,
-                                       self.s.concurrency, self.s.page_size, hard[c])) for c in order}
+                                       self.s.concurrency, self.s.page_size, hard_modes[c])) for c in order}
 
     def _warm_hapi(self, base: str, contenders: list[tuple[str, str]]) -> None:
         """Each contender once on a small patient before anything is measured, so that HAPI's

@@ -138,11 +138,12 @@ class DeletedHistoryFinder:
                 answer = await self.client.request("GET", url, params=params)
             if answer.status != 200 or answer.resource_type != "Bundle":
                 raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
-            for entry in answer.body.get("entry") or []:
+            entries = answer.body.get("entry") or []
+            for entry in entries:
                 listing.take(entry)
             url, params = next_link(answer.body, self.client.base_url, seen), None
             if url is not None and self.max_entries is not None and listing.entries >= self.max_entries:
-                listing.stopped_at = listing.oldest or "?"
+                listing.stopped_at = _oldest(entries)
                 return listing
         raise ResolutionError("the upstream's history paging does not end")
 
@@ -224,14 +225,12 @@ class _Listing:
     versions: dict[Key, set[int]] = field(default_factory=dict)  # versions listed with their body
     touching: set[Key] = field(default_factory=set)  # a listed version references the patient
     entries: int = 0
-    oldest: str | None = None  # the time of the last change listed (the upstream lists newest first)
-    stopped_at: str | None = None  # set when the listing stopped at its bound: ``oldest`` then
+    stopped_at: str | None = None  # the listing stopped at its bound: the time of its oldest change
 
     def take(self, entry: Any) -> None:
         request = entry.get("request") or {} if isinstance(entry, dict) else {}
         body = entry.get("resource") if isinstance(entry, dict) else None
         self.entries += 1
-        self.oldest = _changed_at(entry, body) or self.oldest
         if request.get("method") == "DELETE":
             url = str(request.get("url", ""))
             key = _key_of(url, self.base_url)
@@ -255,15 +254,20 @@ class _Listing:
                 and self.versions.get(key, set()) == set(range(1, at))}
 
 
-def _changed_at(entry: Any, body: Any) -> str | None:
-    """When a listed change was made: its version's ``lastUpdated``, or for a DELETE (no body) the
-    entry's ``response.lastModified``."""
-    meta = body.get("meta") if isinstance(body, dict) else None
-    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    response = entry.get("response") if isinstance(entry, dict) else None
-    if stamp is None and isinstance(response, dict):
-        stamp = response.get("lastModified")
-    return stamp if isinstance(stamp, str) else None
+def _oldest(entries: list[Any]) -> str:
+    """When the oldest change of a history page was made (the upstream lists newest first): its
+    version's ``lastUpdated``, or for a DELETE (no body) the entry's ``response.lastModified``."""
+    for entry in reversed(entries):
+        if not isinstance(entry, dict):
+            continue
+        body, response = entry.get("resource"), entry.get("response")
+        meta = body.get("meta") if isinstance(body, dict) else None
+        stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
+        if stamp is None and isinstance(response, dict):
+            stamp = response.get("lastModified")
+        if isinstance(stamp, str):
+            return stamp
+    return "a time the upstream did not give"
 
 
 def _version_in(url: str) -> int | None:
