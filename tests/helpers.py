@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import shutil
 import tempfile
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -43,6 +45,20 @@ async def kick_off(proxy: str, patient: str, query: str = "", headers: dict[str,
     """An asynchronous ``$purge`` kick-off (``Prefer: respond-async`` by default)."""
     async with httpx.AsyncClient(timeout=60) as http:
         return await http.post(f"{proxy}/Patient/{patient}/$purge{query}", headers=headers)
+
+
+async def until_done(http: httpx.AsyncClient, url: str, headers: dict[str, str] = AUTH, timeout: float = 120,
+                     pause: float = 0.1, each: Callable[[httpx.Response], object] | None = None) -> httpx.Response:
+    """GET an asynchronous job's status URL until it stops answering 202; ``each`` sees every 202
+    on the way (its progress headers). A job still running after ``timeout`` seconds fails the test."""
+    for _ in range(max(1, int(timeout / pause))):
+        answer = await http.get(url, headers=headers)
+        if answer.status_code != 202:
+            return answer
+        if each is not None:
+            each(answer)
+        await asyncio.sleep(pause)
+    raise AssertionError(f"{url} still running after {timeout} s")
 
 
 def texts(outcome: dict[str, Any]) -> str:

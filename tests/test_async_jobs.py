@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.helpers import ASYNC, AUTH, TOKEN, kick_off, texts
+from tests.helpers import ASYNC, AUTH, TOKEN, kick_off, texts, until_done
 
 
 @pytest.fixture
@@ -22,16 +22,13 @@ async def proxy(make_proxy: Any, medplum_base: str) -> str:
 
 async def poll(url: str, progress: list[str] | None = None, timeout: float = 120) -> httpx.Response:
     """GET the status URL until it stops answering 202; collects X-Progress on the way."""
+    def running(answer: httpx.Response) -> None:
+        assert answer.headers["Retry-After"] == "1"
+        if progress is not None:
+            progress.append(answer.headers["X-Progress"])
+
     async with httpx.AsyncClient(timeout=60) as http:
-        for _ in range(int(timeout / 0.05)):
-            answer = await http.get(url, headers=AUTH)
-            if answer.status_code != 202:
-                return answer
-            assert answer.headers["Retry-After"] == "1"
-            if progress is not None:
-                progress.append(answer.headers["X-Progress"])
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} still running after {timeout}s")
+        return await until_done(http, url, timeout=timeout, pause=0.05, each=running)
 
 
 async def kodjin(proxy: str, job_url: str) -> dict[str, Any]:

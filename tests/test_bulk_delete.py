@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.helpers import ASYNC, AUTH, TOKEN
+from tests.helpers import ASYNC, AUTH, TOKEN, until_done
 from tests.seed import ref
 
 SYSTEM = "urn:purgeproxy:test"
@@ -43,14 +43,11 @@ def tagged(base: str, count: int, conditions: int = 0) -> tuple[str, list[seeds.
 
 
 async def finish(proxy: str, url: str, timeout: float = 300) -> httpx.Response:
+    def running(answer: httpx.Response) -> None:
+        assert answer.headers["X-Progress"]
+
     async with httpx.AsyncClient(timeout=60) as http:
-        for _ in range(int(timeout / 0.1)):
-            answer = await http.get(url, headers=AUTH)
-            if answer.status_code != 202:
-                return answer
-            assert answer.headers["X-Progress"]
-            await asyncio.sleep(0.1)
-    raise AssertionError("still running")
+        return await until_done(http, url, timeout=timeout, each=running)
 
 
 def counts(answer: httpx.Response) -> dict[str, int]:

@@ -6,7 +6,6 @@ parent, with the control patients byte-identical, history included."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import asyncpg
@@ -15,7 +14,7 @@ import httpx
 from tests import seed as seeds
 from tests.helpers import AUTH, texts
 from tests.served import Proxy, serving
-from tests.test_async_crash import BATCH, _config, _purged, _wait_for_progress, postgres_store  # noqa: F401 - the fixture, shared
+from tests.test_async_crash import BATCH, _config, _purged, _result, _wait_for_progress, postgres_store  # noqa: F401 - the fixture, shared
 
 # HAPI hard-deletes some 40 resources/s here: a smaller cohort there still lets the kill land
 # mid-job (a quarter in) without a minute-long run
@@ -29,17 +28,6 @@ def _kick_off(proxy: Proxy, patients: list[str]) -> str:
                         headers={**AUTH, "Prefer": "respond-async"}, timeout=60)
     assert answer.status_code == 202, answer.text
     return answer.headers["Content-Location"].rsplit("/", 1)[1]
-
-
-def _result(proxy: Proxy, job_id: str, timeout: float = 240) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        answer = httpx.get(f"{proxy.base}/$async/{job_id}", headers=AUTH, timeout=30)
-        if answer.status_code == 200:
-            return answer.json()["entry"][0]["response"]
-        assert answer.status_code == 202, answer.text
-        time.sleep(0.2)
-    raise AssertionError(f"the job did not finish:\n{proxy.log.read_text()[-3000:]}")
 
 
 async def _owners(store: str, job_id: str) -> list[int]:
@@ -68,7 +56,7 @@ async def test_children_move_to_the_surviving_replica(upstream: tuple[str, str],
         victim, survivor = (one, two) if one.process.pid in owners else (two, one)
         assert victim.process.pid in owners  # it was running a child when it died
         victim.kill()
-        response = await asyncio.to_thread(_result, survivor, job_id)
+        response = await asyncio.to_thread(_result, survivor, job_id, 240)
         final = await asyncio.to_thread(_purged, survivor, job_id)
     assert response["status"] == "200 OK"
     assert response["outcome"]["issue"][0]["code"] == "success", texts(response["outcome"])

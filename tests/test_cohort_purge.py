@@ -18,7 +18,7 @@ from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.servers.profile import ProfileCache
 from tests import seed as seeds
-from tests.helpers import ASYNC, AUTH, TOKEN, texts
+from tests.helpers import ASYNC, AUTH, TOKEN, texts, until_done
 from tests.seed import ref
 
 SIZES = {"Encounter": 3, "Observation": 30, "Condition": 5, "DiagnosticReport": 3}
@@ -41,14 +41,8 @@ def cohort(base: str, count: int, sizes: dict[str, int] = SIZES) -> tuple[list[s
 
 async def poll(url: str, progress: list[str] | None = None, timeout: float = 300) -> httpx.Response:
     async with httpx.AsyncClient(timeout=60) as http:
-        for _ in range(int(timeout / 0.1)):
-            answer = await http.get(url, headers=AUTH)
-            if answer.status_code != 202:
-                return answer
-            if progress is not None:
-                progress.append(answer.headers["X-Progress"])
-            await asyncio.sleep(0.1)
-    raise AssertionError(f"{url} still running after {timeout}s")
+        return await until_done(http, url, timeout=timeout,
+                                each=None if progress is None else lambda a: progress.append(a.headers["X-Progress"]))
 
 
 async def kodjin_status(proxy: str, job_id: str) -> dict[str, list[Any]]:

@@ -24,7 +24,7 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.logs import bind_request_id
 from tests import log_capture
 from tests import seed as seeds
-from tests.helpers import ASYNC, AUTH, TOKEN, texts
+from tests.helpers import ASYNC, AUTH, TOKEN, texts, until_done
 from tests.served import serving
 
 _HOP = {"host", "content-length", "transfer-encoding", "connection", "content-encoding"}
@@ -99,11 +99,7 @@ async def test_an_async_job_carries_the_id_of_the_request_that_created_it(make_p
         accepted = await http.post(f"{proxy}/Patient/{seed.patient}/$purge",
                                    headers={**ASYNC, "X-Request-Id": "corr-async-1"})
         assert accepted.status_code == 202, accepted.text
-        for _ in range(600):
-            status = await http.get(accepted.headers["Content-Location"], headers=AUTH)
-            if status.status_code != 202:
-                break
-            await asyncio.sleep(0.1)
+        status = await until_done(http, accepted.headers["Content-Location"], timeout=60)
     assert status.status_code == 200, status.text
     assert len(recording.seen) > 5
     assert {rid for _, rid in recording.seen} == {"corr-async-1"}, recording.seen
@@ -128,11 +124,7 @@ async def test_a_many_patient_job_s_children_carry_the_request_id(make_proxy, re
                                    headers={**ASYNC, "X-Request-Id": "corr-bulk-1"})
         assert accepted.status_code == 202, accepted.text
         job_id = accepted.headers["Content-Location"].rsplit("/", 1)[1]
-        for _ in range(600):
-            status = await http.get(f"{proxy}/$async/{job_id}", headers=AUTH)
-            if status.status_code != 202:
-                break
-            await asyncio.sleep(0.1)
+        status = await until_done(http, f"{proxy}/$async/{job_id}", timeout=60)
     assert status.status_code == 200, status.text
     assert {rid for _, rid in recording.seen} == {"corr-bulk-1"}, recording.seen
     started = [e for e in _events(since) if e["event"] == "job_started"]

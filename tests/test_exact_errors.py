@@ -30,7 +30,7 @@ from purgeproxy.servers.profile import ProfileCache
 from purgeproxy.servers.registry import kind_named
 from tests import seed as seeds
 from tests.fake_upstream import BASE, CAPABILITY, bundle, observation, writes
-from tests.helpers import AUTH, TOKEN, config_for, texts
+from tests.helpers import AUTH, TOKEN, config_for, texts, until_done
 
 OUTCOME = {"resourceType": "OperationOutcome", "issue": []}
 NESTED = b"[" * 100_000  # 100 kB: well under purge.max_body_bytes, far deeper than json parses
@@ -238,15 +238,6 @@ async def test_refusals_name_the_confirmation_parameter_of_each_form(make_proxy,
 
 # --- asynchronous purges: the rail before 202, the reason stored, cumulative counts ---------------
 
-async def _poll(http: httpx.AsyncClient, url: str) -> httpx.Response:
-    for _ in range(1200):
-        answer = await http.get(url, headers=AUTH)
-        if answer.status_code != 202:
-            return answer
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} did not finish")
-
-
 def _kodjin(answer: httpx.Response) -> dict[str, Any]:
     return {p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in answer.json()["parameter"]}
 
@@ -278,7 +269,7 @@ async def test_a_failed_job_shows_why_in_its_kodjin_status(make_proxy, medplum_b
     async with httpx.AsyncClient(timeout=120) as http:
         kicked = await http.post(f"{proxy}/Patient/{seed.patient}/$expunge?everything=true", headers=AUTH)
         assert kicked.status_code == 202, kicked.text
-        done = await _poll(http, kicked.headers["Content-Location"])
+        done = await until_done(http, kicked.headers["Content-Location"], timeout=60, pause=0.05)
         response = done.json()["entry"][0]["response"]
         kodjin = _kodjin(await http.get(f"{proxy}/patient-purge/{kicked.headers['Content-Location'].rsplit('/', 1)[1]}",
                                          headers=AUTH))

@@ -3,7 +3,6 @@ data, upstream failures counted, and one view over every worker under ``serve --
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from purgeproxy.fhir.client import FhirClient, UpstreamError
 from tests import seed as seeds
-from tests.helpers import ASYNC, AUTH, TOKEN, purge, texts
+from tests.helpers import ASYNC, TOKEN, purge, texts, until_done
 from tests.served import ROOT, free_port
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -129,7 +128,7 @@ async def test_async_purge_jobs_are_counted(make_proxy, medplum_base) -> None:
     async with httpx.AsyncClient(timeout=60) as http:
         accepted = await http.post(f"{proxy}/Patient/{seed.patient}/$purge", headers=ASYNC)
         assert accepted.status_code == 202, accepted.text
-        await _until_done(http, accepted.headers["Content-Location"])
+        await until_done(http, accepted.headers["Content-Location"], timeout=60)
     text, after = await scrape(proxy)
     assert value(after, "purgeproxy_jobs_queued_total", operation="$purge") - \
         value(before, "purgeproxy_jobs_queued_total", operation="$purge") == 1
@@ -139,15 +138,6 @@ async def test_async_purge_jobs_are_counted(make_proxy, medplum_base) -> None:
     assert value(after, "purgeproxy_resources_deleted_total", operation="$purge") - \
         value(before, "purgeproxy_resources_deleted_total", operation="$purge") == len(seed.in_scope)
     assert_no_patient_data(text, seed.patient)
-
-
-async def _until_done(http: httpx.AsyncClient, url: str) -> httpx.Response:
-    for _ in range(600):
-        answer = await http.get(url, headers=AUTH)
-        if answer.status_code != 202:
-            return answer
-        await asyncio.sleep(0.1)
-    raise AssertionError("the job did not finish")
 
 
 def test_serve_with_two_workers_aggregates_both(medplum_base: str, tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ import yaml
 from purgeproxy.cli import main
 from purgeproxy.receipts.receipt import covers, find_token, verify
 from tests import seed as seeds
-from tests.helpers import AUTH, TOKEN, purge, texts
+from tests.helpers import AUTH, TOKEN, purge, texts, until_done
 
 SIZES = {"Encounter": 2, "Observation": 6, "DiagnosticReport": 1}
 
@@ -182,11 +182,7 @@ async def test_reapply_after_a_restore_removes_what_came_back(
     async with httpx.AsyncClient(timeout=60) as http:  # the same, as an asynchronous operation
         kicked = await http.post(f"{proxy}/$reapply", params={"since": since}, headers=AUTH)
         assert kicked.status_code == 202, kicked.text
-        for _ in range(240):
-            polled = await http.get(kicked.headers["Content-Location"], headers=AUTH)
-            if polled.status_code != 202:
-                break
-            await asyncio.sleep(0.5)
+        polled = await until_done(http, kicked.headers["Content-Location"], pause=0.5)
     assert polled.status_code == 200, polled.text
     answer = polled.json()["entry"][0]["response"]["outcome"]
     assert "0 erased resource(s) had come back" in texts(answer), texts(answer)
@@ -235,11 +231,7 @@ async def test_a_cascade_gets_its_receipt_and_reapply_is_authorized(
         dpo = {"Authorization": "Bearer dpo-token"}
         kicked = await http.post(f"{proxy}/$reapply", params={"since": since, "dryRun": "true"}, headers=dpo)
         assert kicked.status_code == 202, kicked.text
-        for _ in range(240):
-            polled = await http.get(kicked.headers["Content-Location"], headers=dpo)
-            if polled.status_code != 202:
-                break
-            await asyncio.sleep(0.5)
+        polled = await until_done(http, kicked.headers["Content-Location"], headers=dpo, pause=0.5)
     assert refused.status_code == 401 and invalid.status_code == 400 and missing.status_code == 400, kind
     assert purger.status_code == 403 and "cascade-delete" in purger.text
     assert polled.status_code == 200, polled.text

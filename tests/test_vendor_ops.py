@@ -4,14 +4,13 @@ written)."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
 import pytest
 
 from tests import seed as seeds
-from tests.helpers import AUTH, TOKEN
+from tests.helpers import AUTH, TOKEN, until_done
 from tests.seed import ref
 
 FHIR = {"Accept": "application/fhir+json", "Content-Type": "application/fhir+json"}
@@ -219,11 +218,7 @@ async def test_patient_expunge_everything_is_an_asynchronous_compartment_purge(m
     async with httpx.AsyncClient(timeout=60) as http:
         kicked = await http.post(f"{proxy}/Patient/{seed.patient}/$expunge?everything=true", headers=AUTH)
         assert kicked.status_code == 202, kicked.text
-        for _ in range(600):
-            done = await http.get(kicked.headers["Content-Location"], headers=AUTH)
-            if done.status_code != 202:
-                break
-            await asyncio.sleep(0.1)
+        done = await until_done(http, kicked.headers["Content-Location"], timeout=60)
     assert done.status_code == 200, done.text
     response = done.json()["entry"][0]["response"]
     assert response["status"].startswith("200") and response["outcome"]["issue"][0]["code"] == "success", response

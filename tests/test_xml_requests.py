@@ -14,6 +14,7 @@ from lxml import etree
 from purgeproxy.fhir.xml import FHIR_NS, XmlError, from_xml, tables_for
 from tests import fhir_schemas
 from tests.fake_upstream import BASE, scripted_upstream, upstream_calls, writes
+from tests.helpers import until_done
 
 TOKEN = "xml-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -172,11 +173,7 @@ async def test_async_status_kodjin_status_and_the_result_in_xml(make_proxy, upst
         accepted = await http.post(f"{proxy}/Patient/p1/$purge", headers={**xml, "Prefer": "respond-async"})
         assert accepted.status_code == 202 and _xml_outcome(accepted)["issue"][0]["code"] == "informational"
         url = accepted.headers["Content-Location"]
-        for _ in range(600):
-            done = await http.get(url, headers=xml)
-            if done.status_code != 202:
-                break
-            _xml_outcome(done)
+        done = await until_done(http, url, headers=xml, timeout=60, each=_xml_outcome)
         kodjin = await http.get(f"{proxy}/patient-purge/{url.rsplit('/', 1)[1]}?_format=xml", headers=AUTH)
     assert done.status_code == 200 and done.headers["Content-Type"].startswith("application/fhir+xml")
     bundle = from_xml(done.content, R4)
