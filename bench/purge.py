@@ -769,10 +769,11 @@ def _ratio(run: Run, runs: list[Run], contender: str) -> float | None:
     return run.wall / other.wall
 
 
-def _at_most(run: Run, runs: list[Run], contender: str) -> str:
-    """"≤ " before a ratio against a baseline stopped at its decision bound (an upper bound)."""
+def _baseline_stopped(run: Run, runs: list[Run], contender: str) -> bool:
+    """Whether ``run``'s ratio against ``contender`` is an upper bound: that baseline stopped at
+    its decision bound."""
     other = _find(runs, run.upstream, contender, run.size)
-    return "≤ " if other is not None and other.stopped else ""
+    return other is not None and other.stopped
 
 
 def _row(run: Run, runs: list[Run]) -> list[str]:
@@ -782,7 +783,7 @@ def _row(run: Run, runs: list[Run]) -> list[str]:
         vs_loop = _ratio(run, runs, _baseline_of(run))
         limit = MAX_HARD_VS_RECIPE if hard else MAX_VS_LOOP
         if vs_loop is not None:
-            bound = _at_most(run, runs, _baseline_of(run))
+            bound = "≤ " if _baseline_stopped(run, runs, _baseline_of(run)) else ""
             cells[0] = f"{bound}{vs_loop:.2f}× {'recipe' if hard else 'loop'} {_v(vs_loop <= limit)}"
         vs_floor = _ratio(run, runs, "floor")
         if vs_floor is not None:
@@ -823,7 +824,8 @@ def scaling_table(runs: list[Run]) -> str:
 def _ratios(b: Bench, contender: str, baseline: str) -> tuple[list[tuple[float, str]], list[Run]]:
     """(ratio, where) of every ``contender`` row against ``baseline`` in the same run; failed rows."""
     ours = [r for r in b.runs if r.contender == contender]
-    ratios = [(x, f"{r.upstream} {r.size:,}" + (f" ({baseline} stopped, so at most)" if _at_most(r, b.runs, baseline) else ""))
+    stopped = f" ({baseline} stopped, so at most)"
+    ratios = [(x, f"{r.upstream} {r.size:,}" + (stopped if _baseline_stopped(r, b.runs, baseline) else ""))
               for r in ours if (x := _ratio(r, b.runs, baseline)) is not None]
     return ratios, [r for r in ours if math.isnan(r.wall)]
 

@@ -129,6 +129,29 @@ async def test_a_change_after_the_read_that_the_upstream_ignored_is_reported_and
     assert hard_deleted == [("Observation", "a"), ("Observation", "c")]  # b's history stays, to restore it
 
 
+async def test_hard_deletes_wait_for_hard_after_and_the_transactions_do_not() -> None:
+    """A purge lists the system history beside its deletes; an ``$expunge`` removes history rows
+    under that listing, so each batch's hard delete waits for ``hard_after`` (set once the listing
+    ends), while the transactions go at once."""
+    upstream = Upstream(obs("a", "1"), obs("b", "1"), obs("c", "1"))
+    listed = asyncio.Event()
+    engine = deleter(upstream, hard=True)
+    engine.hard_after = listed
+    hard_deleted: list[Key] = []
+
+    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
+        hard_deleted.extend(keys)
+
+    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    running = asyncio.ensure_future(engine.delete(list(PLANNED), versions=PLANNED))
+    await asyncio.sleep(0.2)
+    assert len(upstream.transactions) == 1 and upstream.store == {}  # deleted before the listing ended
+    assert hard_deleted == [] and not running.done()
+    listed.set()
+    report = await asyncio.wait_for(running, 5)
+    assert hard_deleted == report.deleted == list(PLANNED)
+
+
 async def test_hard_deletes_have_their_own_limit_besides_the_shared_one() -> None:
     """HAPI expunges one resource per request: a purge keeps ``purge.hard_delete_concurrency`` of
     them in flight, not bounded by (and not taking) the shared ``purge.concurrency`` slots."""

@@ -261,13 +261,13 @@ async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_it
 
 
 @pytest.mark.hapi
-async def test_a_hard_purge_expunges_only_once_the_history_is_listed(make_proxy, hapi_base) -> None:
+async def test_a_hard_purge_beside_its_history_listing_still_finds_earlier_deletes(make_proxy, hapi_base) -> None:
     """With a hard delete the transactions start beside the system-history listing; the
     resources deleted before the purge are listed behind 60 of the patient's own later writes,
     which the purge deletes and expunges (small pages and batches make them overlap), and must
-    still be found. No ``$expunge`` goes before the listing ends, since it removes history rows
-    an upstream paging by offset would then skip (measured: this passes on HAPI without that
-    wait too; HAPI's history pages are not shifted by it)."""
+    still be found and expunged. That no ``$expunge`` goes before the listing ends is shown by
+    tests/test_deletion_versions.py: HAPI's history pages are not shifted by an expunge, so this
+    test passes without that wait too (measured)."""
     base = hapi_base
     seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
     seeds.write(base, seed.resources)

@@ -284,8 +284,7 @@ class PurgeEngine:
             try:
                 with self.settings.observer.phase("earlier"):
                     details.earlier_deleted = await earlier.find(resolution, attempted.__contains__, listed)
-            except UpstreamError as failure:
-                listed.set()
+            except UpstreamError as failure:  # ``find`` has set ``listed`` all the same
                 details.earlier_deleted.unlisted = failure.text
                 problems.append(f"the history of resources deleted before the purge could not be listed: "
                                 f"{failure.text}")
