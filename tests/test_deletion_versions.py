@@ -13,6 +13,7 @@ import json
 from typing import Any
 
 import httpx
+import pytest
 
 from purgeproxy.engine.deletion import CHANGED, Deleter, DeletionReport
 from purgeproxy.fhir.client import FhirClient
@@ -33,6 +34,7 @@ class Upstream:
 
     def __init__(self, *resources: dict[str, Any], honours_if_match: bool = False) -> None:
         self.store = {(r["resourceType"], r["id"]): r for r in resources}
+        self.history: dict[Key, list[dict[str, Any]]] = {}  # instance histories, newest first
         self.honours_if_match = honours_if_match
         self.on_transaction: Any = None
         self.transactions: list[list[dict[str, Any]]] = []
@@ -40,6 +42,12 @@ class Upstream:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         assert request.headers.get("Cache-Control") == "no-cache"  # every call asks for a fresh answer
+        if request.method == "GET" and request.url.path.endswith("/_history"):
+            rtype, rid = request.url.path.split("/")[-3:-1]
+            versions = self.history.get((rtype, rid))
+            return httpx.Response(404, json={"resourceType": "OperationOutcome"}) if versions is None else \
+                httpx.Response(200, json={"resourceType": "Bundle", "type": "history",
+                                          "entry": [{"resource": body} for body in versions]})
         if request.method == "GET":
             rtype, rid = request.url.path.split("/")[-2:]
             found = self.store.get((rtype, rid))
@@ -63,6 +71,17 @@ class Upstream:
             self.store.pop(key, None)
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
                                          "entry": [{"response": {"status": "204", "etag": w}} for w in wrote]})
+
+
+def recording_hard_deletes(engine: Deleter) -> list[Key]:
+    """The keys ``engine`` hard-deletes from now on, recorded instead of sent."""
+    expunged: list[Key] = []
+
+    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
+        expunged.extend(keys)
+
+    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    return expunged
 
 
 def deleter(upstream: Upstream, hard: bool = False) -> Deleter:
@@ -116,17 +135,35 @@ async def test_a_change_after_the_read_that_the_upstream_ignored_is_reported_and
         upstream.on_transaction = None
 
     upstream.on_transaction = writer
-    hard_deleted: list[Key] = []
     engine = deleter(upstream, hard=True)
-
-    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
-        hard_deleted.extend(keys)
-
-    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    hard_deleted = recording_hard_deletes(engine)
     report = await engine.delete(list(PLANNED), versions=PLANNED)
     assert list(report.unexamined) == [("Observation", "b")]
     assert "deleted in a later version the proxy never examined" in report.unexamined[("Observation", "b")]
     assert hard_deleted == [("Observation", "a"), ("Observation", "c")]  # b's history stays, to restore it
+
+
+@pytest.mark.parametrize(("history", "hard_deleted"), [
+    ([obs("b", "1")], True),  # deleted in the version examined
+    ([obs("b", "2", "Patient/p2"), obs("b", "1")], False),  # moved to another patient, then deleted
+    ([obs("b", "3"), obs("b", "2", "Patient/p2"), obs("b", "1")], True),  # moved back, still in scope
+    (None, True),  # its history already gone: nothing of anyone's left to remove
+])
+async def test_a_resource_another_client_deleted_is_hard_deleted_only_if_deleted_in_scope(
+        history: list[dict[str, Any]] | None, hard_deleted: bool) -> None:
+    """b is gone when the batch reads it: someone else deleted it after it was planned. Its
+    ``$expunge`` would take every version, so the version before that DELETE decides."""
+    upstream = Upstream(obs("a", "1"), obs("c", "1"))
+    if history is not None:
+        upstream.history[("Observation", "b")] = history
+    engine = deleter(upstream, hard=True)
+    expunged = recording_hard_deletes(engine)
+    report = await engine.delete(list(PLANNED), versions=PLANNED)
+    assert report.already_gone == [("Observation", "b")]
+    assert sorted(expunged) == sorted(PLANNED if hard_deleted else [("Observation", "a"), ("Observation", "c")])
+    assert bool(report.unexamined) is not hard_deleted
+    if not hard_deleted:
+        assert "deleted by another client" in report.unexamined[("Observation", "b")]
 
 
 async def test_hard_deletes_wait_for_hard_after_and_the_transactions_do_not() -> None:
@@ -137,12 +174,7 @@ async def test_hard_deletes_wait_for_hard_after_and_the_transactions_do_not() ->
     listed = asyncio.Event()
     engine = deleter(upstream, hard=True)
     engine.hard_after = listed
-    hard_deleted: list[Key] = []
-
-    async def hard_delete(keys: list[Key], report: DeletionReport) -> None:
-        hard_deleted.extend(keys)
-
-    engine._hard_delete = hard_delete  # type: ignore[method-assign]
+    hard_deleted = recording_hard_deletes(engine)
     running = asyncio.ensure_future(engine.delete(list(PLANNED), versions=PLANNED))
     await asyncio.sleep(0.2)
     assert len(upstream.transactions) == 1 and upstream.store == {}  # deleted before the listing ended

@@ -209,6 +209,31 @@ async def test_a_resource_deleted_before_the_purge_then_written_again_is_left_al
 
 
 @pytest.mark.hapi
+async def test_a_resource_moved_to_another_patient_then_deleted_keeps_its_history(make_proxy, hapi_base) -> None:
+    """One of the patient's Conditions was moved to the control patient, then deleted, before the
+    purge: its history holds the control's version too, so it is shared, and kept by default
+    (an ``$expunge`` would take the control's data with the patient's)."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    moved, earlier = [k for k in seed.in_scope if k[0] == "Condition"]
+    theirs = {"resourceType": "Condition", "id": moved[1], "code": {"text": "the control's now"},
+              "subject": seeds.ref("Patient", seed.control)}
+    assert httpx.put(f"{base}/Condition/{moved[1]}", json=theirs, headers=seeds.FHIR).status_code == 200
+    delete_directly(base, [moved, earlier])
+    keep = seeds.snapshot(base, [moved] + seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"hard_delete": "require"})
+
+    status, outcome = await purge(proxy, seed.patient)
+    report = texts(outcome)
+    assert status == 200, report
+    assert f"kept (shared with Patient/{seed.control}): history of resource(s) deleted before this purge: " \
+           f"Condition/{moved[1]}" in report
+    assert seeds.snapshot(base, list(keep)) == keep
+    assert httpx.get(f"{base}/Condition/{earlier[1]}/_history").status_code == 404
+
+
+@pytest.mark.hapi
 async def test_a_bounded_history_listing_says_back_to_when_it_searched(make_proxy, hapi_base) -> None:
     """``purge.earlier_deleted_max_entries``: the newest changes only are listed. A resource deleted
     after the other writes is found and expunged; one deleted before them is not searched, and

@@ -74,6 +74,43 @@ async def test_a_resource_written_again_after_its_delete_keeps_its_whole_history
     assert [history_size(hapi_base, k) for k in keys if k != revived] == [0, 0]
 
 
+async def test_a_resource_another_client_moved_and_deleted_after_planning_keeps_its_history(hapi_base: str) -> None:
+    """After the proxy examined the patient's Observations (version 1), another client moved one
+    to another patient and deleted it, and deleted a second as it was. The deleter finds both
+    gone: the second's history is the patient's alone and is removed; the first's holds the other
+    patient's version, so it is kept byte for byte and reported."""
+    tag = seeds.new_tag()
+    observations = [observation(f"{tag}-o{i}", f"{tag}-p", "v1") for i in range(3)]
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"},
+                            {"resourceType": "Patient", "id": f"{tag}-q"}, *observations])
+    keys = [("Observation", o["id"]) for o in observations]
+    moved, deleted = keys[1], keys[2]
+    with httpx.Client(headers=FHIR) as http:
+        assert http.put(f"{hapi_base}/Observation/{moved[1]}",
+                        json=observation(moved[1], f"{tag}-q", "v2")).status_code == 200
+        for key in (moved, deleted):
+            assert http.delete(f"{hapi_base}/{key[0]}/{key[1]}").status_code in (200, 204)
+    kept = seeds.snapshot(hapi_base, [moved])
+    assert history_size(hapi_base, moved) == 3  # the patient's version, the other's, the deletion
+
+    async def references_p(resources: list[dict[str, Any]]) -> set[Key]:
+        return {(r["resourceType"], r["id"]) for r in resources
+                if r["subject"]["reference"] == f"Patient/{tag}-p"}
+
+    http = make_http_client(connect=5, read=120, max_connections=4)
+    try:
+        deleter = Deleter(FhirClient(hapi_base, http), kind_named("hapi"), 10, asyncio.Semaphore(4), True,
+                          references_p)
+        report = await deleter.delete(keys, versions=dict.fromkeys(keys, "1"))
+    finally:
+        await http.aclose()
+    assert report.deleted == [keys[0]] and sorted(report.already_gone) == [moved, deleted]
+    assert sorted(report.hard_deleted) == [keys[0], deleted]
+    assert list(report.unexamined) == [moved] and "deleted by another client" in report.unexamined[moved]
+    assert seeds.snapshot(hapi_base, [moved]) == kept
+    assert [history_size(hapi_base, k) for k in (keys[0], deleted)] == [0, 0]
+
+
 async def test_a_hard_delete_purge_leaves_the_control_patients_deleted_history(make_proxy: Any,
                                                                                hapi_base: str) -> None:
     """The control patient has resources deleted (soft) before the purge: their history is not the

@@ -211,10 +211,15 @@ class Resolver:
                if patient in references_at(resource, path, base)}
         if not via:
             return None
-        others = patients_of(resource, self.definitions, base, self.compartment.get(rtype, ())) - {patient[1]}
+        others = self.patients(resource) - {patient[1]}
         version = (resource.get("meta") or {}).get("versionId")
         refs = set(all_references(resource, base)) - {(rtype, resource["id"])}
         return Member((rtype, resource["id"]), version, frozenset(via), others, frozenset(refs))
+
+    def patients(self, resource: dict[str, Any]) -> frozenset[str]:
+        """The ids of every patient whose compartment holds ``resource`` (see ``patients_of``)."""
+        return patients_of(resource, self.definitions, self.client.base_url,
+                           self.compartment.get(resource["resourceType"], ()))
 
 
 async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:

@@ -30,13 +30,11 @@ from typing import Any
 
 from purgeproxy.engine.compartment import Resolution, Resolver
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.verify import GONE, HISTORY_BATCH, batch_entry, history_left, read_current
+from purgeproxy.engine.verify import HISTORY_BATCH, MAX_PAGES, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.fhir.search import ResolutionError, next_link, outcome_text
 from purgeproxy.servers.base import ServerKind
-
-MAX_PAGES = 100_000
 
 
 @dataclass
@@ -86,7 +84,7 @@ class DeletedHistoryFinder:
         patient = resolution.patient_key
         versions = resolution.patient_history  # read by the resolution (versioned references)
         if versions is None:
-            versions = await self._history(f"{patient[0]}/{patient[1]}/_history")
+            versions = await read_history(self.client, self.limit, f"{patient[0]}/{patient[1]}/_history")
         if versions is None or not versions:
             return  # the patient never existed, or nothing of it is left to date from
         since = _earliest(versions)
@@ -156,52 +154,13 @@ class DeletedHistoryFinder:
         made, its history says so (no version after it); only the others are read as well.
         Measured on HAPI with another patient's 650 deletes listed, that read was one batch of
         650 GETs, half of the scan's upstream work."""
-        histories = dict(zip(keys, await self._histories(keys), strict=True))
+        histories = dict(zip(keys, await read_histories(self.client, self.limit, keys), strict=True))
         deleted = {key: _still_deleted(histories[key], deleted_at.get(key)) for key in keys}
         unsure = [key for key in keys if deleted[key] is None]
         for start in range(0, len(unsure), HISTORY_BATCH):
             reading = await read_current(self.client, self.limit, unsure[start:start + HISTORY_BATCH])
             deleted.update({key: key in reading.gone for key in unsure[start:start + HISTORY_BATCH]})
         return [_judge(key, patient, self.resolver, histories[key]) if deleted[key] else None for key in keys]
-
-    async def _histories(self, keys: list[Key]) -> list[list[dict[str, Any]] | None]:
-        """Every version of each key (None: 404/410): in batch Bundles of ``_history`` reads, a
-        history that has more pages or is answered in a shape we do not trust read on its own."""
-        groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
-        firsts = [v for group in await asyncio.gather(*(self._history_batch(g) for g in groups)) for v in group]
-        return list(await asyncio.gather(*(
-            self._history(f"{key[0]}/{key[1]}/_history") if first is UNSURE else _done(first)
-            for key, first in zip(keys, firsts, strict=True))))
-
-    async def _history_batch(self, keys: list[Key]) -> list[Any]:
-        if len(keys) < 2:
-            return [UNSURE] * len(keys)
-        bundle = {"resourceType": "Bundle", "type": "batch",
-                  "entry": [{"request": {"method": "GET", "url": f"{t}/{i}/_history"}} for t, i in keys]}
-        async with self.limit:
-            answer = await self.client.request("POST", "", json=bundle)
-        entries = answer.body.get("entry") if answer.status == 200 and answer.resource_type == "Bundle" else None
-        if not isinstance(entries, list) or len(entries) != len(keys):
-            return [UNSURE] * len(keys)
-        return [_history_entry(entry) for entry in entries]
-
-    async def _history(self, path: str) -> list[dict[str, Any]] | None:
-        """The resources of every version in an instance history (None: 404/410)."""
-        bodies: list[dict[str, Any]] = []
-        url: str | None = path
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            if url is None:
-                return bodies
-            async with self.limit:
-                answer = await self.client.request("GET", url)
-            if answer.status in GONE:
-                return None
-            if answer.status != 200 or answer.resource_type != "Bundle":
-                raise ResolutionError(f"reading {path} answered {answer.status}")
-            bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
-            url = next_link(answer.body, self.client.base_url, seen)
-        raise ResolutionError(f"the paging of {path} does not end")
 
 
 @dataclass
@@ -279,26 +238,6 @@ def _int(text: Any) -> int | None:
     return int(text) if isinstance(text, str) and text.isdigit() else None
 
 
-UNSURE = object()  # a batch entry that proves nothing: read that history on its own
-
-
-async def _done(versions: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-    return versions
-
-
-def _history_entry(entry: Any) -> Any:
-    """The versions in one batch entry (None: 404/410), or UNSURE (more pages, or not a history)."""
-    status, body = batch_entry(entry)
-    if status in GONE:
-        return None
-    if not (status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle"
-            and body.get("type") == "history"):
-        return UNSURE
-    if any(link.get("relation") == "next" for link in body.get("link") or [] if isinstance(link, dict)):
-        return UNSURE  # paged: the paging is followed on its own
-    return [e["resource"] for e in body.get("entry") or [] if isinstance(e.get("resource"), dict)]
-
-
 def _still_deleted(versions: list[dict[str, Any]] | None, deleted_at: int | None) -> bool | None:
     """Whether a history shows its resource still deleted: gone altogether, or no version written
     after the DELETE (``deleted_at``, the version it made); None when it cannot tell (no DELETE
@@ -313,8 +252,10 @@ def _still_deleted(versions: list[dict[str, Any]] | None, deleted_at: int | None
 
 def _judge(key: Key, patient: Key, resolver: Resolver,
            versions: list[dict[str, Any]] | None) -> frozenset[str] | None:
-    """None: not the patient's; else the other patients it names. ``versions``: every version of
-    the deleted resource (None: its history is gone)."""
+    """None: not the patient's; else the other patients any of its versions belongs to (one moved
+    to another patient before it was deleted is shared with that one: its history holds the other
+    patient's data too). ``versions``: every version of the deleted resource (None: its history
+    is gone)."""
     versions = versions or []
     if key == patient:
         return frozenset() if versions else None
@@ -322,10 +263,8 @@ def _judge(key: Key, patient: Key, resolver: Resolver,
     for body in versions:
         if body.get("resourceType") != key[0] or body.get("id") != key[1]:
             continue
-        member = resolver.check(body, patient)
-        if member is not None:
-            mine = True
-            others |= member.other_patients
+        mine = mine or resolver.check(body, patient) is not None
+        others |= resolver.patients(body) - {patient[1]}
     return frozenset(others) if mine else None
 
 

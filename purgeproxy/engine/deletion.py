@@ -18,6 +18,11 @@ It is seen where the upstream numbers versions 1, 2, 3 and names the version its
 (HAPI's ``etag``): a delete that wrote more than one version past the one read deleted a state
 the proxy never examined. That resource is reported as an error and its history is not hard
 deleted, so that what was changed can still be restored from it.
+
+A resource another client deleted after the proxy examined it (found gone when read, or by its
+transaction entry) has its history removed only when the last version before that DELETE is the
+one examined or is still in scope: one moved to another patient and then deleted holds that
+patient's version, which the hard delete would take. It is reported instead, its history kept.
 """
 
 from __future__ import annotations
@@ -28,9 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.observer import NO_OBSERVER, Observer
-from purgeproxy.engine.verify import GONE, Reading, read_current, version_of
+from purgeproxy.engine.verify import GONE, Reading, read_current, read_histories, version_of
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
+from purgeproxy.fhir.search import ResolutionError
 from purgeproxy.servers.base import ServerKind
 
 Progress = Callable[[int], Awaitable[None]]
@@ -120,6 +126,20 @@ def _raced(read: str | None, written: Any) -> str | None:
             "that it can be restored")
 
 
+def _last_version(versions: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+    """The newest version in a history: the highest version number, or where versions are not
+    numbers the first listed (FHIR lists history newest first); None when none is left."""
+    if not versions:
+        return None
+    numbered = [(int(v), body) for body in versions if (v := version_of(body) or "").isdigit()]
+    return max(numbered, key=lambda pair: pair[0])[1] if len(numbered) == len(versions) else versions[0]
+
+
+def _deleted_elsewhere(version: str | None) -> str:
+    return (f"was deleted by another client after the proxy examined it, in a version it never examined "
+            f"(version {version or 'unknown'}) that is no longer in scope; its history is kept")
+
+
 def _status(text: str) -> int:
     try:
         return int(str(text).split()[0])
@@ -156,9 +176,11 @@ class Deleter:
         try:
             while pending:
                 batch, pending = pending[: self.batch_size], pending[self.batch_size:]
+                gone_before = len(report.already_gone)
                 done = await self._batch(batch, pending, pinned, report, ahead)
                 if self.hard_delete and done:
-                    hard.append(asyncio.ensure_future(self._timed_hard_delete(done, report)))
+                    gone = set(report.already_gone[gone_before:])
+                    hard.append(asyncio.ensure_future(self._timed_hard_delete(done, gone, pinned, report)))
                 if progress:
                     await progress(len(report.deleted) + len(report.already_gone))
         finally:
@@ -166,11 +188,40 @@ class Deleter:
             await asyncio.gather(*hard)
         return report
 
-    async def _timed_hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
+    async def _timed_hard_delete(self, keys: list[Key], gone: set[Key], pinned: Versions,
+                                 report: DeletionReport) -> None:
+        """Hard-delete ``keys``; those in ``gone`` were deleted by someone else, only if in scope."""
         if self.hard_after is not None:
             await self.hard_after.wait()
         with self.observer.phase("expunge"):
-            await self._hard_delete(keys, report)
+            proven = await self._deleted_in_scope([key for key in keys if key in gone], pinned, report)
+            await self._hard_delete([key for key in keys if key not in gone or key in proven], report)
+
+    async def _deleted_in_scope(self, keys: list[Key], pinned: Versions, report: DeletionReport) -> set[Key]:
+        """Which of ``keys``, found deleted by another client, were deleted in a state in scope.
+
+        Their history is removed only then: one moved to another patient and deleted after the
+        proxy examined it holds that patient's version, which an ``$expunge`` would take. The
+        last version before the DELETE must be the one examined, or pass the operation's scope
+        check (``recheck``); named resources (no ``recheck``) are in scope whatever they hold.
+        A history already gone (404/410) or empty has nothing left of anyone to remove.
+        """
+        if not keys or self.recheck is None:
+            return set(keys)
+        try:
+            histories = await read_histories(self.client, self.limit, keys)
+        except ResolutionError as failure:
+            report.hard_delete_failed.update(dict.fromkeys(keys, f"its history could not be read to prove "
+                                                                 f"what was deleted: {failure}"))
+            return set()
+        last = {key: _last_version(versions) for key, versions in zip(keys, histories, strict=True)}
+        unexamined = {key: body for key, body in last.items()
+                      if body is not None and version_of(body) != pinned.get(key)}
+        in_scope = await self.recheck(list(unexamined.values())) if unexamined else set()
+        for key, body in unexamined.items():
+            if key not in in_scope or (body.get("resourceType"), body.get("id")) != key:
+                report.unexamined[key] = _deleted_elsewhere(version_of(body))
+        return {key for key in keys if key not in report.unexamined}
 
     async def _examine(self, keys: list[Key], pinned: dict[Key, str | None],
                        report: DeletionReport, reading: Reading | None = None) -> list[Key]:

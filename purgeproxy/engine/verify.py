@@ -12,6 +12,7 @@ from typing import Any
 
 from purgeproxy.fhir.client import FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
+from purgeproxy.fhir.search import ResolutionError, next_link
 
 GONE = (404, 410)
 
@@ -174,3 +175,68 @@ def _history_entry(status: int, body: Any) -> bool | None:
             and body.get("type") == "history":
         return bool(body.get("entry"))
     return None
+
+
+MAX_PAGES = 100_000
+Versions = list[dict[str, Any]] | None  # every version's resource in an instance history; None: 404/410
+
+
+async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[Versions]:
+    """Every version of each key, in the order the upstream lists them (None: 404/410).
+
+    Read in batch Bundles of ``_history`` reads; a history that has more pages, or a batch
+    answered in a shape we do not trust, is read on its own. Raises ``ResolutionError`` for a
+    history the upstream will not serve.
+    """
+    groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
+    firsts = [v for group in await asyncio.gather(*(_versions_batch(client, limit, g) for g in groups)) for v in group]
+    return list(await asyncio.gather(*(
+        read_history(client, limit, f"{key[0]}/{key[1]}/_history") if first is _UNSURE else _done(first)
+        for key, first in zip(keys, firsts, strict=True))))
+
+
+async def read_history(client: FhirClient, limit: asyncio.Semaphore, path: str) -> Versions:
+    """The resources of every version in one history, its pages followed (None: 404/410)."""
+    bodies: list[dict[str, Any]] = []
+    url: str | None = path
+    seen: set[str] = set()
+    for _ in range(MAX_PAGES):
+        if url is None:
+            return bodies
+        async with limit:
+            answer = await client.request("GET", url)
+        if answer.status in GONE:
+            return None
+        if not _is_bundle(answer):
+            raise ResolutionError(f"reading {path} answered {answer.status}")
+        bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
+        url = next_link(answer.body, client.base_url, seen)
+    raise ResolutionError(f"the paging of {path} does not end")
+
+
+_UNSURE = object()  # a batch entry that proves nothing: that history is read on its own
+
+
+async def _done(versions: Versions) -> Versions:
+    return versions
+
+
+async def _versions_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[Any]:
+    """The versions each key's batch entry holds, or ``_UNSURE`` (more pages, not a history, or
+    a batch that answers for other resources than it was asked)."""
+    entries = await _batch_get(client, limit, [f"{t}/{i}/_history" for t, i in keys]) if len(keys) > 1 else None
+    answers = None if entries is None else [batch_entry(entry) for entry in entries]
+    if answers is None or _reordered(keys, answers, history=True):
+        return [_UNSURE] * len(keys)
+    return [_versions_entry(status, body) for status, body in answers]
+
+
+def _versions_entry(status: int, body: Any) -> Any:
+    if status in GONE:
+        return None
+    if not (status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle"
+            and body.get("type") == "history"):
+        return _UNSURE
+    if any(link.get("relation") == "next" for link in body.get("link") or [] if isinstance(link, dict)):
+        return _UNSURE  # paged: the paging is followed on its own
+    return [e["resource"] for e in body.get("entry") or [] if isinstance(e.get("resource"), dict)]
