@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="short smoke run (2 s runs, 1 repetition, 64 MiB bodies) into a temp dir")
     parser.add_argument("--only", choices=["passthrough", "memory", "purge", "bulk"], help="run one scenario")
-    parser.add_argument("--bulk-patients", type=int, help="bulk scenario: patients per mode (default 200; --quick: 3)")
+    parser.add_argument("--bulk-patients", type=int, help="bulk scenario: patients per mode (default 20; --quick: 3)")
     parser.add_argument("--purge-parts", nargs="+", choices=["medplum", "sweep", "hapi", "isolation"],
                         help="purge scenario: run only these parts (default: all)")
     parser.add_argument("--no-hapi", action="store_true", help="purge scenario without the HAPI rows")
