@@ -178,10 +178,11 @@ def _history_entry(status: int, body: Any) -> bool | None:
 
 
 MAX_PAGES = 100_000
-Versions = list[dict[str, Any]] | None  # every version's resource in an instance history; None: 404/410
+History = list[dict[str, Any]] | None  # every version's resource in an instance history; None: 404/410
+# (not ``deletion.Versions``, which maps each resource to the one version the proxy examined)
 
 
-async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[Versions]:
+async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[History]:
     """Every version of each key, in the order the upstream lists them (None: 404/410).
 
     Read in batch Bundles of ``_history`` reads; a history that has more pages, or a batch
@@ -195,7 +196,7 @@ async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: lis
         for key, first in zip(keys, firsts, strict=True))))
 
 
-async def read_history(client: FhirClient, limit: asyncio.Semaphore, path: str) -> Versions:
+async def read_history(client: FhirClient, limit: asyncio.Semaphore, path: str) -> History:
     """The resources of every version in one history, its pages followed (None: 404/410)."""
     bodies: list[dict[str, Any]] = []
     url: str | None = path
@@ -217,7 +218,7 @@ async def read_history(client: FhirClient, limit: asyncio.Semaphore, path: str) 
 _UNSURE = object()  # a batch entry that proves nothing: that history is read on its own
 
 
-async def _done(versions: Versions) -> Versions:
+async def _done(versions: History) -> History:
     return versions
 
 
