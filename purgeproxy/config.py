@@ -287,6 +287,10 @@ class Purge(_Strict):
         16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once in each purge, "
         "besides purge.concurrency"
     )
+    transaction_concurrency: int = Field(
+        4, ge=1, le=16, description="delete transactions in flight at once in each purge, a batch only beside "
+        "batches that reference nothing in it"
+    )
     max_rounds: int = Field(5, ge=2, le=100, description="resolve-and-delete rounds at most")
     hard_delete: HardDelete = "auto"
     audit_event: bool = Field(False, description="also write an AuditEvent to the upstream")

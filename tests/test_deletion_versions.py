@@ -206,3 +206,74 @@ async def test_hard_deletes_have_their_own_limit_besides_the_shared_one() -> Non
         keys = [("Observation", str(i)) for i in range(40)]
         await deleter._hard_delete(keys, report)
     assert sorted(report.hard_deleted) == sorted(keys) and peak == 8
+
+
+class Overlapping:
+    """An upstream whose transactions take 50 ms (150 ms with a ``slow`` entry): ``seen`` holds
+    the transactions in flight each time one starts. Batch reads are refused (read one by one)."""
+
+    def __init__(self, store: dict[Key, dict[str, Any]], slow: frozenset[str] = frozenset()) -> None:
+        self.store, self.in_flight, self.seen = store, list[str](), list[tuple[str, ...]]()
+        self.slow = slow
+        self.client = FhirClient(BASE, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            rtype, rid = request.url.path.split("/")[-2:]
+            found = self.store.get((rtype, rid))
+            return httpx.Response(200, json=found) if found else httpx.Response(404)
+        bundle = json.loads(request.content)
+        if bundle["type"] == "batch":
+            return httpx.Response(400, json={"resourceType": "OperationOutcome"})
+        urls = [e["request"]["url"] for e in bundle["entry"]]
+        self.in_flight.extend(urls)
+        self.seen.append(tuple(self.in_flight))
+        await asyncio.sleep(0.15 if self.slow.intersection(urls) else 0.05)
+        for url in urls:
+            self.in_flight.remove(url)
+            rtype, rid = url.split("/")
+            self.store.pop((rtype, rid), None)
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "transaction-response",
+                                         "entry": [{"response": {"status": "204"}} for _ in urls]})
+
+
+ORDER = [("Observation", "a"), ("Observation", "b"), ("Observation", "c"), ("Patient", "p1")]
+
+
+@pytest.mark.parametrize("known", [True, False])
+async def test_independent_batches_go_side_by_side_and_a_referenced_one_waits(known: bool) -> None:
+    """Two transactions in flight (``transactions``), but the Patient's batch starts only once no
+    batch in flight references it: an upstream enforcing referential integrity would refuse it.
+    Without the plan's references (``refs``), one batch at a time."""
+    upstream = Overlapping({("Observation", x): obs(x, "1") for x in "abc"} | {("Patient", "p1"): {
+        "resourceType": "Patient", "id": "p1", "meta": {"versionId": "1"}}})
+    engine = Deleter(upstream.client, kind_named("generic"), 1, asyncio.Semaphore(4), False, transactions=2)
+    refs = {key: frozenset({("Patient", "p1")}) for key in ORDER[:3]} if known else None
+    report = await engine.delete(ORDER, versions=dict.fromkeys(ORDER, "1"), refs=refs)
+    assert sorted(report.deleted) == sorted(ORDER) and not upstream.store  # in the order they finished
+    if known:
+        assert upstream.seen[:2] == [("Observation/a",), ("Observation/a", "Observation/b")]  # side by side
+        assert upstream.seen[-1] == ("Patient/p1",)  # alone, after every batch citing it
+    else:
+        assert upstream.seen == [(f"{t}/{i}",) for t, i in ORDER]
+
+
+async def test_a_stopped_run_tells_its_caller_what_the_batches_in_flight_removed() -> None:
+    """The caller stops the run at its first progress call (a cancelled job) while a second batch
+    is in flight. That batch still lands, and the caller is told so: a cancelled job's count and a
+    checkpoint before SIGTERM are what it was last told (CI found 55 reported where 70 were gone)."""
+    upstream = Overlapping({("Observation", x): obs(x, "1") for x in "abc"}, slow=frozenset({"Observation/b"}))
+    engine = Deleter(upstream.client, kind_named("generic"), 1, asyncio.Semaphore(4), False, transactions=2)
+    told: list[int] = []
+
+    async def progress(removed: int) -> None:
+        told.append(removed)
+        raise RuntimeError("cancelled")
+
+    report = DeletionReport()
+    keys = ORDER[:3]
+    with pytest.raises(RuntimeError):
+        await engine.delete(keys, progress, versions=dict.fromkeys(keys, "1"), report=report,
+                            refs=dict.fromkeys(keys, frozenset()))
+    assert told == [1, 2] and sorted(report.deleted) == keys[:2]
+    assert list(upstream.store) == [("Observation", "c")]  # nothing started after the stop

@@ -12,7 +12,8 @@ from typing import Any
 import httpx
 import pytest
 
-from purgeproxy.engine.plan import Policy
+from purgeproxy.engine.compartment import Member
+from purgeproxy.engine.plan import Policy, delete_order
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.servers.profile import ProfileCache
@@ -71,6 +72,23 @@ async def test_delete_order_puts_referencing_resources_first(engine, upstream) -
     assert all(position[report] < position[("Observation", f"{seed.patient}-obs{i}")] for i in range(3))
     assert all(position[("Observation", f"{seed.patient}-obs{i}")] < position[("Encounter", f"{seed.patient}-enc{i % 2}")]
                for i in range(4))
+
+
+def test_delete_order_comes_in_layers_that_reference_nothing_within() -> None:
+    """Everything nothing references first (sorted), then what only those referenced, and so on:
+    batches of one layer may go side by side. One ready key at a time put the Encounter between
+    the Observations, each batch then waiting for the one before."""
+    cites = {"Condition/c": {"Patient/p"}, "DiagnosticReport/d": {"Observation/o1", "Patient/p"},
+             "Observation/o1": {"Encounter/e", "Patient/p"}, "Observation/o2": {"Encounter/e", "Patient/p"},
+             "Encounter/e": {"Patient/p"}, "Patient/p": set()}
+
+    def key(text: str) -> tuple[str, str]:
+        rtype, rid = text.split("/")
+        return rtype, rid
+
+    members = {key(k): Member(key(k), None, frozenset(), frozenset(), frozenset(map(key, v))) for k, v in cites.items()}
+    assert ["/".join(k) for k in delete_order(members)] == [
+        "Condition/c", "DiagnosticReport/d", "Observation/o2", "Observation/o1", "Encounter/e", "Patient/p"]
 
 
 class Phases:

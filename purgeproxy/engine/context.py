@@ -61,6 +61,7 @@ class Context:
     dry_run_param: str = "dryRun"
     observer: Observer = NO_OBSERVER  # told when each stage starts and ends (the benchmark's timing)
     hard_limit: asyncio.Semaphore | None = None  # instance hard deletes in flight (None: ``limit``)
+    transactions: int = 1  # delete transactions in flight at once, where the plan shows them independent
 
     @property
     def hard_method(self) -> str | None:

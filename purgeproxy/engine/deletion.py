@@ -19,6 +19,10 @@ It is seen where the upstream numbers versions 1, 2, 3 and names the version its
 the proxy never examined. That resource is reported as an error and its history is not hard
 deleted, so that what was changed can still be restored from it.
 
+Batches go side by side (``Deleter.transactions``) only where the plan shows that none in flight
+references anything in the next (``refs``), so that order is kept where an upstream enforcing
+referential integrity needs it; without the plan's references, one batch at a time.
+
 A resource another client deleted after the proxy examined it (found gone when read, or by its
 transaction entry) has its history removed only when the last version before that DELETE is the
 one examined or is still in scope: one moved to another patient and then deleted holds that
@@ -28,7 +32,8 @@ patient's version, which the hard delete would take. It is reported instead, its
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +48,7 @@ Progress = Callable[[int], Awaitable[None]]
 # the current bodies of resources that changed since they were planned -> the keys still in scope
 Recheck = Callable[[list[dict[str, Any]]], Awaitable[set[Key]]]
 Versions = Mapping[Key, str | None]  # the version each resource was examined in (None: unknown)
+References = Mapping[Key, frozenset[Key]]  # what each planned resource references
 CHANGED = "changed since it was planned and is no longer in scope; kept"
 
 
@@ -69,6 +75,11 @@ class DeletionReport:
         self.unexamined.update(other.unexamined)
         self.blockers.update(other.blockers)
 
+    @property
+    def removed(self) -> int:
+        """What progress counts: deleted now, or found already gone."""
+        return len(self.deleted) + len(self.already_gone)
+
 
 def _if_match(version: str | None) -> dict[str, str]:
     return {"ifMatch": f'W/"{version}"'} if version else {}
@@ -80,14 +91,14 @@ class _ReadAhead:
     longer waits for the previous transaction (on the Medplum engine the reads were as slow as
     the deletes). Used only for exactly the keys it read: a regrouped batch is read afresh."""
 
-    def __init__(self, client: FhirClient, limit: asyncio.Semaphore) -> None:
-        self.client, self.limit = client, limit
+    def __init__(self, client: FhirClient, limit: asyncio.Semaphore, enabled: bool = True) -> None:
+        self.client, self.limit, self.enabled = client, limit, enabled
         self.keys: list[Key] = []
         self.task: asyncio.Future[Reading] | None = None
 
     def start(self, keys: list[Key]) -> None:
         self.drop()
-        if keys:
+        if keys and self.enabled:
             self.keys, self.task = list(keys), asyncio.ensure_future(read_current(self.client, self.limit, keys))
 
     async def take(self, keys: list[Key]) -> Reading | None:
@@ -104,6 +115,18 @@ class _ReadAhead:
         if self.task is not None:
             self.task.cancel()
             self.task = None
+
+
+def _waits(batch: list[Key], running: Iterable[list[Key]], refs: References | None) -> bool:
+    """Whether ``batch`` must wait for the batches in flight: one of them may reference something
+    in it (or references what the plan does not know)."""
+    keys = set(batch)
+    for in_flight in running:
+        for key in in_flight:
+            cited = refs.get(key) if refs is not None else None
+            if cited is None or not cited.isdisjoint(keys):
+                return True
+    return False
 
 
 def _transaction(keys: list[Key], versions: Versions) -> dict[str, Any]:
@@ -161,32 +184,74 @@ class Deleter:
     # hard deletes wait for it, the transactions do not: the purge's listing of the system history
     # (an $expunge removes history rows, which would shift the pages of a listing still running)
     hard_after: asyncio.Event | None = None
+    transactions: int = 1  # batches in flight at once (see ``delete``)
 
     async def delete(self, order: list[Key], progress: Progress | None = None,
-                     versions: Versions | None = None, report: DeletionReport | None = None) -> DeletionReport:
+                     versions: Versions | None = None, report: DeletionReport | None = None,
+                     refs: References | None = None) -> DeletionReport:
         """Delete ``order`` in batches, each resource only in the version it was examined in
         (``versions``; a resource without one is examined again before it is deleted). ``report``
         is filled batch by batch: a caller whose ``progress`` stops the run (a cancelled job)
-        still knows what was deleted."""
+        still knows what was deleted, the batches still in flight included.
+
+        Up to ``transactions`` batches go at once, a batch only beside batches that reference
+        nothing in it (``refs``: what each planned resource references; without it, one batch
+        at a time): an upstream enforcing referential integrity refuses a delete while a
+        reference to it remains, which is why ``order`` puts referencing resources first."""
         report = DeletionReport() if report is None else report
         pinned = dict(versions or {})
-        pending = list(order)
+        pending = list(order)  # shared by the batches in flight: a conflict pulls a blocker from it
         hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes
-        ahead = _ReadAhead(self.client, self.limit)
+        # one batch at a time, the next is read while it goes; side by side, each reads its own
+        ahead = _ReadAhead(self.client, self.limit, enabled=self.transactions == 1)
+        running: dict[asyncio.Future[tuple[list[Key], DeletionReport]], list[Key]] = {}
         try:
-            while pending:
-                batch, pending = pending[: self.batch_size], pending[self.batch_size:]
-                gone_before = len(report.already_gone)
-                done = await self._batch(batch, pending, pinned, report, ahead)
-                if self.hard_delete and done:
-                    gone = set(report.already_gone[gone_before:])
-                    hard.append(asyncio.ensure_future(self._timed_hard_delete(done, gone, pinned, report)))
+            while pending or running:
+                while pending and len(running) < self.transactions and not _waits(
+                        pending[: self.batch_size], running.values(), refs):
+                    batch = pending[: self.batch_size]
+                    del pending[: self.batch_size]
+                    running[asyncio.ensure_future(self._batch_alone(batch, pending, pinned, report, ahead))] = batch
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in finished:
+                    del running[task]
+                    self._settle(task.result(), pinned, report, hard)
                 if progress:
-                    await progress(len(report.deleted) + len(report.already_gone))
+                    await progress(report.removed)
+        except BaseException:
+            if running:  # stopped: what the batches in flight deleted is still recorded
+                told = report.removed
+                await asyncio.wait(running)
+                for task in running:
+                    if not task.cancelled() and task.exception() is None:
+                        self._settle(task.result(), pinned, report, hard)
+                if progress and report.removed > told:
+                    # the stopped caller counts from what it was last told (a cancelled job's
+                    # count, a checkpoint before SIGTERM): tell it what the drained batches
+                    # removed. It stops again; the exception on its way already says why.
+                    with contextlib.suppress(Exception):
+                        await progress(report.removed)
+            raise
         finally:
             ahead.drop()
             await asyncio.gather(*hard)
         return report
+
+    async def _batch_alone(self, batch: list[Key], pending: list[Key], pinned: dict[Key, str | None],
+                           known: DeletionReport, ahead: _ReadAhead) -> tuple[list[Key], DeletionReport]:
+        """One batch with a report of its own (merged by ``_settle``): batches run side by side."""
+        report = DeletionReport()
+        done = await self._batch(batch, pending, pinned, report, ahead, known)
+        return done, report
+
+    def _settle(self, batch: tuple[list[Key], DeletionReport], pinned: Versions, report: DeletionReport,
+                hard: list[asyncio.Future[None]]) -> None:
+        """A finished batch joins the report, and its hard deletes start."""
+        done, its = batch
+        report.merge(its)
+        if self.hard_delete and done:
+            gone = set(its.already_gone)
+            hard.append(asyncio.ensure_future(self._timed_hard_delete(done, gone, pinned, report)))
 
     async def _timed_hard_delete(self, keys: list[Key], gone: set[Key], pinned: Versions,
                                  report: DeletionReport) -> None:
@@ -244,8 +309,9 @@ class Deleter:
         return [key for key in keys if key in reading.current and key not in report.changed]
 
     async def _batch(self, batch: list[Key], pending: list[Key], pinned: dict[Key, str | None],
-                     report: DeletionReport, ahead: _ReadAhead) -> list[Key]:
-        """Delete one batch, regrouping on conflicts; returns what is now gone."""
+                     report: DeletionReport, ahead: _ReadAhead, known: DeletionReport) -> list[Key]:
+        """Delete one batch, regrouping on conflicts; returns what is now gone. ``known``: what
+        the batches before it found (to say why a blocker was not deleted)."""
         done: list[Key] = []
         for _ in range(self.max_attempts):
             gone_before = len(report.already_gone)
@@ -269,7 +335,8 @@ class Deleter:
                 batch.insert(0, blocker)  # planned anyway: delete it together with what it references
             elif blocked in batch and blocker not in batch:
                 batch.remove(blocked)
-                why = ("itself kept" if blocker in report.blocked else "itself not deleted" if blocker in report.failed
+                why = ("itself kept" if blocker in report.blocked or blocker in known.blocked
+                       else "itself not deleted" if blocker in report.failed or blocker in known.failed
                        else "not planned for deletion: outside the scope, or kept by policy")
                 report.blocked[blocked] = f"still referenced by {blocker[0]}/{blocker[1]} ({why})"
                 report.blockers[blocked] = blocker

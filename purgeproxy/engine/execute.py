@@ -11,7 +11,7 @@ import asyncio
 
 from purgeproxy.engine import verify as read_back
 from purgeproxy.engine.context import Context
-from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
+from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, References, Versions
 from purgeproxy.engine.result import Result
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import Key
@@ -21,15 +21,17 @@ def deleter(ctx: Context, recheck: Recheck | None, hard_after: asyncio.Event | N
     """The deleter of this run: hard deletes when the context uses them, each batch's once
     ``hard_after`` is set."""
     return Deleter(ctx.client, ctx.profile.kind, ctx.batch_size, ctx.limit, ctx.hard_method is not None,
-                   recheck, observer=ctx.observer, hard_limit=ctx.hard_limit, hard_after=hard_after)
+                   recheck, observer=ctx.observer, hard_limit=ctx.hard_limit, hard_after=hard_after,
+                   transactions=ctx.transactions)
 
 
 async def delete(ctx: Context, deleter: Deleter, order: list[Key], progress: Progress | None,
-                 versions: Versions | None, report: DeletionReport | None = None) -> DeletionReport:
+                 versions: Versions | None, report: DeletionReport | None = None,
+                 refs: References | None = None) -> DeletionReport:
     """Delete ``order`` (already proven in scope and confirmed), pinned to ``versions``; ``report``
-    (when given) is filled as the batches go."""
+    (when given) is filled as the batches go; ``refs`` lets independent batches go side by side."""
     with ctx.observer.phase("delete"):
-        return await deleter.delete(order, progress, versions=versions, report=report)
+        return await deleter.delete(order, progress, versions=versions, report=report, refs=refs)
 
 
 async def verify(ctx: Context, result: Result, readable: list[Key], history: list[Key]) -> None:

@@ -12,7 +12,6 @@ that enforce referential integrity (HAPI) accept each batch.
 
 from __future__ import annotations
 
-import heapq
 from collections import Counter, defaultdict
 from collections.abc import Set
 from dataclasses import dataclass, field
@@ -52,6 +51,7 @@ class Plan:
     cohort: frozenset[str] = frozenset()  # the policy's cohort: which shared resources are the cohort's
     # other cohort members' data (deleted by their own purges) referencing what this one deletes
     cohort_references: dict[Key, set[Key]] = field(default_factory=dict)
+    references: dict[Key, frozenset[Key]] = field(default_factory=dict)  # what each of ``order`` references
 
     def counts(self) -> dict[str, int]:
         return dict(sorted(Counter(rtype for rtype, _ in self.order).items()))
@@ -79,6 +79,7 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
         else:
             doomed[key] = member
     plan.order = delete_order(doomed)
+    plan.references = {key: member.references for key, member in doomed.items()}
     if plan.patient_exists and resolution.patient_in_scope:
         plan.order.append(resolution.patient_key)
     gone = set(plan.order)
@@ -90,35 +91,35 @@ def make_plan(resolution: Resolution, policy: Policy) -> Plan:
 
 
 def delete_order(members: dict[Key, Member]) -> list[Key]:
-    """Referencing resources before referenced ones (Kahn's algorithm, stable by key).
+    """Referencing resources before referenced ones (Kahn's algorithm), in layers sorted by key.
 
-    A resource may go once everything that references it has gone. In a reference cycle the
-    member referenced by the fewest remaining resources goes first; the cycle's members end up
-    next to each other, which usually puts them in the same transaction.
+    A resource may go once everything that references it has gone. A layer holds what nothing
+    left references, so no member of a layer references another: batches of one layer can be
+    deleted side by side (``Deleter.transactions``). Taken one ready key at a time instead, a
+    patient's Encounters fell among its Observations and most batches waited for the one before.
+    In a reference cycle the member referenced by the fewest remaining resources goes first; the
+    cycle's members end up next to each other, which usually puts them in the same transaction.
     """
-    referenced_by: dict[Key, int] = {key: 0 for key in members}
+    remaining: dict[Key, int] = {key: 0 for key in members}
     for member in members.values():
         for target in member.references:
-            if target in referenced_by and target != member.key:
-                referenced_by[target] += 1
-    ready = [key for key, count in referenced_by.items() if count == 0]
-    heapq.heapify(ready)
+            if target in remaining and target != member.key:
+                remaining[target] += 1
     order: list[Key] = []
-    remaining = dict(referenced_by)
+    layer = sorted(key for key, count in remaining.items() if count == 0)
     while remaining:
-        if not ready:  # a cycle: break it where it is weakest
-            key = min(remaining, key=lambda k: (remaining[k], k))
-            heapq.heappush(ready, key)
-        key = heapq.heappop(ready)
-        if key not in remaining:
-            continue
-        del remaining[key]
-        order.append(key)
-        for target in members[key].references:
-            if target in remaining and target != key:
-                remaining[target] -= 1
-                if remaining[target] == 0:
-                    heapq.heappush(ready, target)
+        if not layer:  # a cycle: break it where it is weakest
+            layer = [min(remaining, key=lambda k: (remaining[k], k))]
+        following: list[Key] = []
+        for key in layer:
+            del remaining[key]
+            order.append(key)
+            for target in members[key].references:
+                if target in remaining and target != key:
+                    remaining[target] -= 1
+                    if remaining[target] == 0:
+                        following.append(target)
+        layer = sorted(following)
     return order
 
 

@@ -62,6 +62,9 @@ class PurgeSettings:
     # instance hard deletes in flight (HAPI: one $expunge per resource, CPU-bound on its side; on
     # two cores 650 of them took 70 s at 4 in flight, 45 s at 8, 33 s at 16)
     hard_delete_concurrency: int = 16
+    # delete transactions in flight at once, each beside batches that reference nothing in it
+    # (HAPI, 650 resources, two cores, median of 5: 3.93 s at 1, 3.09 s at 2, 2.81 s at 4)
+    transaction_concurrency: int = 4
     # the system history's changes listed at most to find earlier deletes (None: all since the
     # patient's creation; on HAPI ~0.4 ms each, and a busy server's grow without bound)
     earlier_deleted_max_entries: int | None = None
@@ -120,7 +123,8 @@ class PurgeEngine:
         settings = self.settings
         return Context(self.client, self.profile, self.limit, settings.batch_size, settings.page_size,
                        settings.hard_delete, max_without_confirm=settings.max_without_confirm,
-                       observer=settings.observer, hard_limit=self.hard_limit)
+                       observer=settings.observer, hard_limit=self.hard_limit,
+                       transactions=settings.transaction_concurrency)
 
     async def _resolve(self, resolver: Resolver, patient_id: str, sweep: bool = False,
                        only: set[tuple[str, str]] | None = None) -> Resolution:
@@ -396,7 +400,8 @@ class PurgeEngine:
             _forget(result.deletion, todo)
             attempted.update(todo)
             report = await execute.delete(self.context, deleter, todo,
-                                          await _overall(progress, result.deletion, len(todo)), versions)
+                                          await _overall(progress, result.deletion, len(todo)), versions,
+                                          refs=plan.references)
             result.deletion.merge(report)
             gone.update(report.deleted, report.already_gone)
             waiting = {(key[0], searched[key[0]]) for key in resolution.members if key[0] in held}
@@ -446,7 +451,8 @@ class PurgeEngine:
             _forget(result.deletion, todo)  # tried again: this round says what became of them
             attempted.update(todo)
             report = await execute.delete(self.context, deleter, todo,
-                                          await _overall(progress, result.deletion, len(todo)), versions)
+                                          await _overall(progress, result.deletion, len(todo)), versions,
+                                          refs=plan.references)
             result.deletion.merge(report)
             gone.update(report.deleted, report.already_gone)
             progressed = bool(report.deleted or report.already_gone)
@@ -519,7 +525,7 @@ async def _overall(progress: PurgeProgress | None, so_far: DeletionReport, todo:
     """The deleter counts within one round; callers want the whole purge's (removed, planned)."""
     if progress is None:
         return None
-    before = len(so_far.deleted) + len(so_far.already_gone)
+    before = so_far.removed
     await progress(before, before + todo)
 
     async def batch_done(removed: int) -> None:

@@ -84,7 +84,7 @@ class Result:
     def removed(self) -> int:
         """Resources removed, measured: over every attempt, and counting the batches the upstream
         confirmed before it failed (their keys never reached ``deletion``)."""
-        this_run = len(self.deletion.deleted) + len(self.deletion.already_gone)
+        this_run = self.deletion.removed
         return self.removed_earlier + max(this_run, self.removed_before_failure)
 
     @property

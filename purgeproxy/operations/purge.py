@@ -35,6 +35,7 @@ def settings_from(config: Config) -> PurgeSettings:
                          purge.max_without_confirm, purge.outside_references, purge.outside_references_members,
                          attachments=purge.attachments, observer=metrics.PHASES,
                          hard_delete_concurrency=purge.hard_delete_concurrency,
+                         transaction_concurrency=purge.transaction_concurrency,
                          earlier_deleted_max_entries=purge.earlier_deleted_max_entries)
 
 
