@@ -385,7 +385,7 @@ def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() 
     import asyncio
 
     from purgeproxy.engine.compartment import Resolver
-    from purgeproxy.engine.deleted_history import _Listing
+    from purgeproxy.engine.deleted_history import Listing
     from purgeproxy.fhir.client import FhirClient
     from purgeproxy.fhir.definitions import definitions_for
 
@@ -402,7 +402,7 @@ def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() 
     def deleted(oid: str, url_version: str) -> dict[str, Any]:
         return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
 
-    listing = _Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base)
+    listing = Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base)
     entries = [deleted("other", "/_history/3"), version("other", 2, "q"), version("other", 1, "q"),
                deleted("gap", "/_history/3"), version("gap", 1, "q"),  # version 2 not listed
                deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),

@@ -175,8 +175,11 @@ async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:
     seen = observer.entered
     # outside references and the earlier-deleted history scan run beside the deletes, so their
     # place in the order varies; each is still told, and all before the verification
-    assert seen[:3] == ["resolve", "plan", "attachments"] and seen[-1] == "verify"
+    main = [name for name in seen if name not in ("outside", "earlier")]
+    assert main[:3] == ["resolve", "plan", "attachments"] and main[-1] == "verify"
     assert {"outside", "earlier"} <= set(seen[:seen.index("verify")])
+    # where the resolution reads no patient history (HAPI) the listing starts beside it
+    assert (seen.index("earlier") < seen.index("plan")) == engine.profile.normalised_references
     assert {"delete", "verify"} <= set(seen) and seen.count("resolve") >= 2  # the last round proves it empty
     assert ("expunge" in seen) == (engine.profile.kind.hard_delete_method is not None)
 

@@ -23,7 +23,7 @@ and the outcome says back to when.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -61,16 +61,18 @@ class DeletedHistoryFinder:
     max_entries: int | None = None  # the system history's changes listed at most (newest first)
 
     async def find(self, resolution: Resolution, ours: Callable[[Key], bool] = lambda key: False,
-                   listed: asyncio.Event | None = None) -> EarlierDeleted:
+                   listed: asyncio.Event | None = None,
+                   listing: Awaitable[Listing | None] | None = None) -> EarlierDeleted:
         """Never raises for the upstream's answers: what could not be listed is said instead.
 
         ``ours``: the resources this purge itself deleted (the scan may run beside its deletes:
         their DELETEs in the history are not earlier ones). ``listed`` is set once the system
         history has been listed (or could not be): a hard delete removes history rows, which
-        would shift the pages of a scan still running, so it waits for that."""
+        would shift the pages of a scan still running, so it waits for that. ``listing``: the
+        system history listed already (``list_deletes``, started before the resolution was done)."""
         result = EarlierDeleted()
         try:
-            await self._find(resolution, result, ours, listed)
+            await self._find(resolution, result, ours, listed, listing)
         except ResolutionError as failure:
             result.found, result.kept, result.unlisted = [], {}, str(failure)
             result.listed_back_to = None  # not searched at all, said instead
@@ -79,25 +81,33 @@ class DeletedHistoryFinder:
                 listed.set()
         return result
 
-    async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
-                    listed: asyncio.Event | None) -> None:
-        patient = resolution.patient_key
-        versions = resolution.patient_history  # read by the resolution (versioned references)
+    async def list_deletes(self, patient: Key, ours: Callable[[Key], bool],
+                   versions: list[dict[str, Any]] | None = None) -> Listing | None:
+        """The system history since the patient's first version (``versions``: its history, when
+        read already); None when the patient never existed or nothing of it is left to date from."""
         if versions is None:
             versions = await read_history(self.client, self.limit, f"{patient[0]}/{patient[1]}/_history")
-        if versions is None or not versions:
-            return  # the patient never existed, or nothing of it is left to date from
+        if not versions:
+            return None
         since = _earliest(versions)
         if since is None:
             raise ResolutionError("the patient's versions carry no lastUpdated to list history from")
-        listing = await self._deleted_since(since, ours, patient)
+        return await self._deleted_since(since, ours, patient)
+
+    async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
+                    listed: asyncio.Event | None, listing: Awaitable[Listing | None] | None) -> None:
+        patient = resolution.patient_key
+        # the resolution's read of the patient's history (versioned references) dates the listing
+        deletes = await (listing or self.list_deletes(patient, ours, resolution.patient_history))
         if listed is not None:
             listed.set()
-        result.listed_entries, result.listed_back_to = listing.entries, listing.stopped_at
-        cleared = listing.cleared()
-        wanted = [key for key in sorted(listing.deleted) if (key[0] in self.resolver.compartment
+        if deletes is None:
+            return
+        result.listed_entries, result.listed_back_to = deletes.entries, deletes.stopped_at
+        cleared = deletes.cleared()
+        wanted = [key for key in sorted(deletes.deleted) if (key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)) and not ours(key) and key not in cleared]
-        judged = await self._judge_all(wanted, patient, listing.deleted_at)
+        judged = await self._judge_all(wanted, patient, deletes.deleted_at)
         for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
                 continue
@@ -122,10 +132,10 @@ class DeletedHistoryFinder:
         await asyncio.gather(*(one(key) for key in result.found))
         result.history_remaining = await history_left(self.client, self.limit, result.found)
 
-    async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> _Listing:
+    async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:
         """Every resource with a DELETE in the system history since ``since``, but ``ours``
         (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
-        listing = _Listing(patient, self.resolver, ours, self.client.base_url)
+        listing = Listing(patient, self.resolver, ours, self.client.base_url)
         url: str | None = "_history"
         params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
         seen: set[str] = set()
@@ -164,7 +174,7 @@ class DeletedHistoryFinder:
 
 
 @dataclass
-class _Listing:
+class Listing:
     """The system history since the patient's first version, as its pages arrive.
 
     Every DELETE in it (but the purge's own) is a candidate, to be read and judged. A candidate
