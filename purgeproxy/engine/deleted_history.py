@@ -62,17 +62,17 @@ class DeletedHistoryFinder:
 
     async def find(self, resolution: Resolution, ours: Callable[[Key], bool] = lambda key: False,
                    listed: asyncio.Event | None = None,
-                   listing: Awaitable[Listing | None] | None = None) -> EarlierDeleted:
+                   started: Awaitable[Listing | None] | None = None) -> EarlierDeleted:
         """Never raises for the upstream's answers: what could not be listed is said instead.
 
         ``ours``: the resources this purge itself deleted (the scan may run beside its deletes:
         their DELETEs in the history are not earlier ones). ``listed`` is set once the system
         history has been listed (or could not be): a hard delete removes history rows, which
-        would shift the pages of a scan still running, so it waits for that. ``listing``: the
-        system history listed already (``list_deletes``, started before the resolution was done)."""
+        would shift the pages of a scan still running, so it waits for that. ``started``: the
+        listing already under way (``list_deletes``, started before the resolution was done)."""
         result = EarlierDeleted()
         try:
-            await self._find(resolution, result, ours, listed, listing)
+            await self._find(resolution, result, ours, listed, started)
         except ResolutionError as failure:
             result.found, result.kept, result.unlisted = [], {}, str(failure)
             result.listed_back_to = None  # not searched at all, said instead
@@ -95,10 +95,10 @@ class DeletedHistoryFinder:
         return await self._deleted_since(since, ours, patient)
 
     async def _find(self, resolution: Resolution, result: EarlierDeleted, ours: Callable[[Key], bool],
-                    listed: asyncio.Event | None, listing: Awaitable[Listing | None] | None) -> None:
+                    listed: asyncio.Event | None, started: Awaitable[Listing | None] | None) -> None:
         patient = resolution.patient_key
         # the resolution's read of the patient's history (versioned references) dates the listing
-        deletes = await (listing or self.list_deletes(patient, ours, resolution.patient_history))
+        deletes = await (started or self.list_deletes(patient, ours, resolution.patient_history))
         if listed is not None:
             listed.set()
         if deletes is None:

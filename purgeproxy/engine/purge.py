@@ -288,7 +288,7 @@ class PurgeEngine:
             try:
                 with self.settings.observer.phase("earlier"):
                     details.earlier_deleted = await beside.earlier.find(
-                        resolution, beside.attempted.__contains__, listed, beside.listing)
+                        resolution, beside.attempted.__contains__, listed, started=beside.listing)
             except UpstreamError as failure:  # ``find`` has set ``listed`` all the same
                 details.earlier_deleted.unlisted = failure.text
                 problems.append(f"the history of resources deleted before the purge could not be listed: "
