@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import Any
 
 from purgeproxy.engine.compartment import Resolution, Resolver
+from purgeproxy.engine.deletion import hard_delete_each
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.verify import HISTORY_BATCH, MAX_PAGES, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient
@@ -121,15 +122,7 @@ class DeletedHistoryFinder:
 
     async def remove(self, result: EarlierDeleted, kind: ServerKind) -> None:
         """Hard-delete what was found, then read each history back."""
-        async def one(key: Key) -> None:
-            async with self.limit:
-                error = await kind.hard_delete(self.client, key)
-            if error is None:
-                result.hard_deleted.append(key)
-            else:
-                result.failed[key] = error
-
-        await asyncio.gather(*(one(key) for key in result.found))
+        await hard_delete_each(self.client, kind, self.limit, result.found, result.hard_deleted, result.failed)
         result.history_remaining = await history_left(self.client, self.limit, result.found)
 
     async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:

@@ -405,12 +405,20 @@ class Deleter:
         return []
 
     async def _hard_delete(self, keys: list[Key], report: DeletionReport) -> None:
-        async def one(key: Key) -> None:
-            async with self.hard_limit or self.limit:
-                error = await self.server.hard_delete(self.client, key)
-            if error is None:
-                report.hard_deleted.append(key)
-            else:
-                report.hard_delete_failed[key] = error
+        await hard_delete_each(self.client, self.server, self.hard_limit or self.limit, keys,
+                               report.hard_deleted, report.hard_delete_failed)
 
-        await asyncio.gather(*(one(key) for key in keys))
+
+async def hard_delete_each(client: FhirClient, server: ServerKind, limit: asyncio.Semaphore, keys: list[Key],
+                           removed: list[Key], failed: dict[Key, str]) -> None:
+    """Each resource's history removed with the upstream's own mechanism, ``limit`` at once, and
+    recorded in ``removed`` or (with why) ``failed`` as it answers: a stopped run keeps what was done."""
+    async def one(key: Key) -> None:
+        async with limit:
+            error = await server.hard_delete(client, key)
+        if error is None:
+            removed.append(key)
+        else:
+            failed[key] = error
+
+    await asyncio.gather(*(one(key) for key in keys))
