@@ -180,15 +180,15 @@ class PurgeEngine:
 
     async def _run(self, request: PurgeRequest, progress: PurgeProgress | None) -> Result:
         resolver = self.resolver(request.compartment)
-        beside = _Beside.of(self, request, resolver)
+        searches = _SideSearches.of(self, request, resolver)
         try:
-            return await self._purge(request, progress, resolver, beside)
+            return await self._purge(request, progress, resolver, searches)
         finally:
-            if beside.listing is not None:
-                beside.listing.cancel()
+            if searches.listing is not None:
+                searches.listing.cancel()
 
     async def _purge(self, request: PurgeRequest, progress: PurgeProgress | None, resolver: Resolver,
-                     beside: _Beside) -> Result:
+                     searches: _SideSearches) -> Result:
         sweep = self._sweeps(request)
         resolution = await self._resolve(resolver, request.patient_id, sweep=sweep,
                                          only=set(_sweep_params(request.compartment, self.profile).items())
@@ -207,9 +207,9 @@ class PurgeEngine:
         result.planned = first.order
         listed = asyncio.Event()
         verified: asyncio.Future[bool] | None = None
-        side = asyncio.ensure_future(self._side_searches(request, resolution, result, listed, beside))
+        side = asyncio.ensure_future(self._side_searches(request, resolution, result, listed, searches))
         try:
-            if beside.early:  # their findings are the answer, or needed before the first write
+            if searches.early:  # their findings are the answer, or needed before the first write
                 result.errors += await side
             if not request.dry_run:  # before the first write, a removed reference included
                 check_confirmed(len(first.order), self.settings.max_without_confirm, request.confirmed)
@@ -221,10 +221,10 @@ class PurgeEngine:
                                                                      request.dry_run)
             if request.dry_run:
                 return result
-            await self._delete_all(resolver, resolution, first, result, progress, beside.attempted, listed)
+            await self._delete_all(resolver, resolution, first, result, progress, searches.attempted, listed)
             # the read-backs need only the deletes: they go while the side searches finish
             verified = asyncio.ensure_future(self._verify(result, hard)) if not result.errors else None
-            problems = [] if beside.early else await side
+            problems = [] if searches.early else await side
             read_back = verified is not None and await verified
         finally:
             side.cancel()  # does nothing unless the purge itself stopped before awaiting it
@@ -233,7 +233,7 @@ class PurgeEngine:
         if read_back and hard and details.earlier_deleted.found:
             try:
                 with self.settings.observer.phase("earlier"):
-                    await beside.earlier.remove(details.earlier_deleted, self.profile.kind)
+                    await searches.earlier.remove(details.earlier_deleted, self.profile.kind)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         result.errors += problems
@@ -273,7 +273,7 @@ class PurgeEngine:
             execute.interrupted(result, failure, tally.removed)
 
     async def _side_searches(self, request: PurgeRequest, resolution: Resolution, result: Result,
-                             listed: asyncio.Event, beside: _Beside) -> list[str]:
+                             listed: asyncio.Event, searches: _SideSearches) -> list[str]:
         """What the purge reports but does not delete by: resources outside the compartment citing
         the Patient, and the history of the patient's resources deleted before the purge. Neither
         changes what the rounds delete, so both run beside them (on HAPI they cost seconds of
@@ -287,8 +287,8 @@ class PurgeEngine:
         async def history() -> None:
             try:
                 with self.settings.observer.phase("earlier"):
-                    details.earlier_deleted = await beside.earlier.find(
-                        resolution, beside.attempted.__contains__, listed, started=beside.listing)
+                    details.earlier_deleted = await searches.earlier.find(
+                        resolution, searches.attempted.__contains__, listed, started=searches.listing)
             except UpstreamError as failure:  # ``find`` has set ``listed`` all the same
                 details.earlier_deleted.unlisted = failure.text
                 problems.append(f"the history of resources deleted before the purge could not be listed: "
@@ -300,7 +300,7 @@ class PurgeEngine:
             try:
                 with self.settings.observer.phase("outside"):
                     details.referrers_searched = await self._find_outside_references(request, details.plan,
-                                                                                     beside.limit)
+                                                                                     searches.limit)
             except (ResolutionError, UpstreamError) as failure:
                 problems.append(f"resources outside the compartment citing the patient could not be "
                                 f"searched: {failure}")
@@ -494,7 +494,7 @@ class _SideLimit(asyncio.Semaphore):
 
 
 @dataclass(frozen=True)
-class _Beside:
+class _SideSearches:
     """What runs beside a purge's deletes (see ``_side_searches``), with what it shares with them."""
 
     early: bool  # the side searches are needed first: their findings are the answer, or go before any write
@@ -504,7 +504,7 @@ class _Beside:
     listing: asyncio.Future[Listing | None] | None  # the system history, listed from the start (``_early_listing``)
 
     @classmethod
-    def of(cls, engine: PurgeEngine, request: PurgeRequest, resolver: Resolver) -> _Beside:
+    def of(cls, engine: PurgeEngine, request: PurgeRequest, resolver: Resolver) -> _SideSearches:
         early = request.dry_run or request.remove_references
         # beside the deletes they may hold only some of the shared slots: the deletes' own reads,
         # transactions and searches are what the purge waits for
