@@ -137,6 +137,12 @@ class Resolver:
         return [",".join(forms[start:start + FORMS_PER_SEARCH])
                 for start in range(0, len(forms), FORMS_PER_SEARCH)]
 
+    @property
+    def reads_patient_history(self) -> bool:
+        """Whether a resolution reads the patient's ``_history`` (for the versioned reference
+        forms it searches; see above): what the earlier-deletes listing may date itself from."""
+        return not self.normalised_references
+
     async def _versions(self, result: Resolution) -> list[str]:
         """The patient's version ids from its ``_history`` (none when the upstream keeps none);
         the versions read go into ``result.patient_history`` once the whole history is read."""

@@ -514,16 +514,17 @@ class _SideSearches:
                                        settings.earlier_deleted_max_entries)
         attempted: set[Key] = set()
         listing = _early_listing(earlier, request.patient_id, attempted, settings.observer) \
-            if engine.profile.normalised_references else None
+            if not resolver.reads_patient_history else None
         return cls(early, limit, earlier, attempted, listing)
 
 
 def _early_listing(earlier: DeletedHistoryFinder, patient_id: str, attempted: set[Key],
                    observer: Observer) -> asyncio.Future[Listing | None]:
     """The system history listed for earlier deletes from the start, beside the resolution: where
-    the resolution reads no patient history to date it from (HAPI: it normalises references),
-    it need not wait for it. The listing was the longest path of a HAPI purge (650 resources on
-    a busy server: 3.2 s of listing beside 2.2 s of deletes, started after the resolution)."""
+    the resolution reads no patient history to date it from (``Resolver.reads_patient_history``;
+    HAPI, which normalises references), it need not wait for it. The listing was the longest path
+    of a HAPI purge (650 resources on a busy server: 3.2 s of listing beside 2.2 s of deletes,
+    started after the resolution)."""
     async def listing() -> Listing | None:
         with observer.phase("earlier"):
             return await earlier.list_deletes(("Patient", patient_id), attempted.__contains__)
