@@ -18,6 +18,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    HARD_DELETE_LIMIT,
     OPERATIONS,
     PASSTHROUGH,
     PASSTHROUGH_PIPE,
@@ -72,6 +73,10 @@ async def _upstream_clients(app: web.Application) -> AsyncIterator[None]:
     app[PROFILE] = ProfileCache(client, config.upstream.kind, config.upstream.fhir_version,
                                 {"purge.excluded_types": config.purge.excluded_types})
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(config.purge.concurrency)
+    # one bound for every purge of the process, as purge.concurrency is: the upstream's capacity
+    # does not grow with the purges running (a $bulk-purge runs 4 at once), and each connection in
+    # flight costs httpx's pool work on every request (per purge, 64 in flight at 4 children)
+    app[HARD_DELETE_LIMIT] = asyncio.Semaphore(config.purge.hard_delete_concurrency)
     yield
     await pipe.close()
     await http.aclose()

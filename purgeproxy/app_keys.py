@@ -25,6 +25,7 @@ FHIR_CLIENT = web.AppKey("fhir_client", FhirClient)
 OPERATIONS = web.AppKey("operations", list[AdvertisedOperation])
 PROFILE = web.AppKey("upstream_profile", ProfileCache)
 UPSTREAM_LIMIT = web.AppKey("upstream_limit", asyncio.Semaphore)  # shared by every operation
+HARD_DELETE_LIMIT = web.AppKey("hard_delete_limit", asyncio.Semaphore)  # every purge's instance hard deletes
 JOB_STORE = web.AppKey("job_store", JobStore)
 JOB_WORKERS = web.AppKey("job_workers", WorkerPool)
 AUTHORIZER = web.AppKey("authorizer", Authorizer)

@@ -284,8 +284,8 @@ class Purge(_Strict):
     page_size: int = Field(1000, ge=1, le=5000, description="_count of compartment searches")
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
     hard_delete_concurrency: int = Field(
-        16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once in each purge, "
-        "besides purge.concurrency"
+        16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once, over every purge "
+        "of the process, besides purge.concurrency"
     )
     transaction_concurrency: int = Field(
         4, ge=1, le=16, description="delete transactions in flight at once in each purge, a batch only beside "

@@ -21,7 +21,7 @@ import respx
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, HARD_DELETE_LIMIT, PROFILE, UPSTREAM_LIMIT
 from purgeproxy.engine.deletion import Deleter
 from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.jobs.store import Job
@@ -299,6 +299,7 @@ async def test_a_resumed_job_reports_the_count_of_every_attempt(medplum_base) ->
     app[FHIR_CLIENT] = client
     app[PROFILE] = ProfileCache(client, "auto", "auto")
     app[UPSTREAM_LIMIT] = asyncio.Semaphore(4)
+    app[HARD_DELETE_LIMIT] = asyncio.Semaphore(16)
     request = {"patient_id": seed.patient, "dry_run": False, "confirmed": True,
                "compartment": {k: list(v) for k, v in (await app[PROFILE].get()).definitions.patient_compartment.items()}}
     job = Job("j1", "$purge", "t", {"request": request, "caller": "test"}, "processing", 50, 40, None, "w", 2,

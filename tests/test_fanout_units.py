@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from purgeproxy.app import create_app
 from purgeproxy.engine.cohort import BLOCKED_BY, SHARED_REMOVED, child_details
 from purgeproxy.engine.compartment import Member, Resolution
 from purgeproxy.engine.deletion import DeletionReport
@@ -22,8 +23,10 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.definitions import definitions_for
 from purgeproxy.jobs.fanout import child_verdict, progress
 from purgeproxy.jobs.store import Job
+from purgeproxy.operations.purge import engine_of
 from purgeproxy.servers.profile import UpstreamProfile
 from purgeproxy.servers.registry import kind_named
+from tests.helpers import config_for
 
 BASE = "http://upstream.test/fhir"
 
@@ -149,3 +152,18 @@ def test_progress_counts_a_resource_two_members_removed_once_and_a_retried_child
     children = [job("p-00000", "error", 40, 42, result=both), job("p-00001", "completed", 51, 51, result=both),
                 job("p-00000-2", "completed", 2, 2, result={"details": {SHARED_REMOVED: []}})]
     assert progress(parent, children).text == "patients 2 of 2, resources 92 of 92"
+
+
+async def test_the_purges_of_one_process_share_one_bound_on_hard_deletes(aiohttp_client: Any) -> None:
+    """purge.hard_delete_concurrency bounds the process, not each purge: the children of a
+    $bulk-purge run side by side (4 job workers), and 16 $expunge calls each put 64 in flight
+    on an upstream that 16 saturate, with httpx's pool doing work per open connection on every
+    request (HAPI, 8 patients of 650: 52 resources/s against 73/s with one bound)."""
+    app = create_app(config_for(BASE, purge={"hard_delete_concurrency": 2}))
+    await aiohttp_client(app)  # started: the app's clients and bounds exist
+    profile = UpstreamProfile(kind_named("generic"), definitions_for("4.0.1"), None)
+    first, second = engine_of(app, profile), engine_of(app, profile)
+    assert first.hard_limit is not None and first.hard_limit is second.hard_limit
+    await first.hard_limit.acquire()
+    await second.hard_limit.acquire()
+    assert first.hard_limit.locked()  # two in flight over both purges: the bound is reached

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from purgeproxy import logs
 from purgeproxy.app import create_app
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import CONFIG, PROFILE
 from purgeproxy.cli.output import Output, ProgressView
 from purgeproxy.cli.proxy_client import (
     UNREACHABLE,
@@ -35,11 +35,11 @@ from purgeproxy.cli.proxy_client import (
 )
 from purgeproxy.config import Config, ConfigError, load_config
 from purgeproxy.engine.context import require_hard_delete_possible
-from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
+from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.fhir.outcome import OutcomeError
 from purgeproxy.fhir.references import is_valid_id
-from purgeproxy.operations.purge import audit_result, settings_from
+from purgeproxy.operations.purge import audit_result, engine_of
 from purgeproxy.security.authorizer import Caller
 
 NOT_ALL_SUCCESS = 1
@@ -218,7 +218,7 @@ async def _direct_one(app: web.Application, caller: Caller, patient: str, dry_ru
     try:
         profile = await app[PROFILE].get()
         require_hard_delete_possible(config.purge.hard_delete, profile.kind)
-        engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(config), app[UPSTREAM_LIMIT])
+        engine = engine_of(app, profile)
         request = PurgeRequest(patient, dict(profile.definitions.patient_compartment), dry_run, confirm)
         result = await engine.run(request, progress)
         await audit_result(app, caller, result)

@@ -5,7 +5,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy import metrics
-from purgeproxy.app_keys import CALLER_LIMITS, CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import (
+    CALLER_LIMITS,
+    CONFIG,
+    FHIR_CLIENT,
+    HARD_DELETE_LIMIT,
+    JOB_STORE,
+    PROFILE,
+    UPSTREAM_LIMIT,
+)
 from purgeproxy.capabilities import AdvertisedOperation
 from purgeproxy.config import Config
 from purgeproxy.engine.context import require_hard_delete_possible
@@ -39,6 +47,14 @@ def settings_from(config: Config) -> PurgeSettings:
                          earlier_deleted_max_entries=purge.earlier_deleted_max_entries)
 
 
+
+def engine_of(app: web.Application, profile: UpstreamProfile) -> PurgeEngine:
+    """The purge engine as every entry point runs it: the app's client, its settings, and the
+    process's bounds on upstream requests and on hard deletes, shared by every purge."""
+    return PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT],
+                       app[HARD_DELETE_LIMIT])
+
+
 async def _validated(request: web.Request) -> tuple[Caller, PurgeRequest, UpstreamProfile, str | None]:
     """Everything checked that can be checked before the first upstream write."""
     patient_id = request.match_info["id"]
@@ -65,8 +81,7 @@ async def audit_result(app: web.Application, caller: Caller, result: Result, rea
 async def handle(request: web.Request) -> web.Response:
     caller, purge_request, profile, reason = await _validated(request)
     ERASURE_REASON.set(reason)
-    engine = PurgeEngine(request.app[FHIR_CLIENT], profile, settings_from(request.app[CONFIG]),
-                         request.app[UPSTREAM_LIMIT])
+    engine = engine_of(request.app, profile)
     if wants_async(request):
         with request.app[CALLER_LIMITS].hold(caller.name):
             await _rail_before_kick_off(engine, purge_request)

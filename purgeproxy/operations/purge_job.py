@@ -13,15 +13,15 @@ from __future__ import annotations
 from aiohttp import web
 
 from purgeproxy import metrics
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, JOB_STORE, PROFILE, UPSTREAM_LIMIT
+from purgeproxy.app_keys import JOB_STORE, PROFILE
 from purgeproxy.engine.cohort import child_details
-from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
+from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import result_outcome
 from purgeproxy.jobs import fanout
 from purgeproxy.jobs.store import COMPLETED, ERROR, Job
 from purgeproxy.jobs.worker import Checkpoint, JobOutcome
-from purgeproxy.operations.purge import audit_result, settings_from
+from purgeproxy.operations.purge import audit_result, engine_of
 from purgeproxy.security.authorizer import Caller
 
 
@@ -39,7 +39,7 @@ async def run(app: web.Application, job: Job, checkpoint: Checkpoint) -> JobOutc
     request = PurgeRequest.from_json(job.payload["request"], await cohort_of(app, job))
     ERASURE_REASON.set(job.payload.get("reason"))
     profile = await app[PROFILE].get()
-    engine = PurgeEngine(app[FHIR_CLIENT], profile, settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
+    engine = engine_of(app, profile)
     with metrics.timed_operation("$purge"):
         result = await engine.run(request, checkpoint)
     result.removed_earlier = checkpoint.earlier

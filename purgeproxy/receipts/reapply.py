@@ -19,10 +19,10 @@ from typing import Any
 
 from aiohttp import web
 
-from purgeproxy.app_keys import CONFIG, FHIR_CLIENT, PROFILE, RECEIPTS, UPSTREAM_LIMIT
+from purgeproxy.app_keys import CONFIG, PROFILE, RECEIPTS
 from purgeproxy.engine.cascade import cascade_delete
 from purgeproxy.engine.erase import erase_resource
-from purgeproxy.engine.purge import PurgeEngine, PurgeRequest
+from purgeproxy.engine.purge import PurgeRequest
 from purgeproxy.engine.reason import ERASURE_REASON
 from purgeproxy.engine.report import verdict
 from purgeproxy.engine.result import Result
@@ -102,13 +102,13 @@ async def reapply(app: web.Application, since: datetime, caller: str, dry_run: b
 
 async def _run(app: web.Application, redo: dict[str, Any], dry_run: bool) -> Result:
     """The recorded operation, as it first ran, confirmed: the operator asked for exactly this."""
-    from purgeproxy.operations.purge import settings_from  # the purge's settings, as its handler has them
+    from purgeproxy.operations.purge import engine_of  # the purge engine, as its handler runs it
     from purgeproxy.operations.vendor import app_context
 
     operation, (rtype, rid) = redo["operation"], redo["target"].split("/", 1)
     if operation == "$purge":
         compartment = {name: tuple(params) for name, params in redo["compartment"].items()}
-        engine = PurgeEngine(app[FHIR_CLIENT], await app[PROFILE].get(), settings_from(app[CONFIG]), app[UPSTREAM_LIMIT])
+        engine = engine_of(app, await app[PROFILE].get())
         return await engine.run(PurgeRequest(rid, compartment, dry_run, confirmed=True))
     ctx = await app_context(app)
     if operation == "cascade-delete":
