@@ -1,6 +1,7 @@
 """Fan-out bookkeeping and reference removal as plain functions: progress summed over children,
 a child's verdict read from its own answer, and exactly the Reference elements removed; and the
-cohort rule: what a member's purge may delete, planned and re-checked with the same rule."""
+cohort rule: what a member's purge may delete, planned and re-checked with the same rule; and the
+one bound on hard deletes that the members' purges, run side by side, share."""
 
 from __future__ import annotations
 

@@ -59,8 +59,9 @@ class PurgeSettings:
     # a confirmed purge deletes what the first page of each search holds and searches again, like
     # an operator's loop, before its full rounds; False: resolve it all first
     sweep: bool = True
-    # instance hard deletes in flight (HAPI: one $expunge per resource, CPU-bound on its side; on
-    # two cores 650 of them took 70 s at 4 in flight, 45 s at 8, 33 s at 16)
+    # instance hard deletes in flight, over every purge sharing the engine's ``hard_limit`` (HAPI:
+    # one $expunge per resource, CPU-bound on its side; on two cores 650 of them took 70 s at 4 in
+    # flight, 45 s at 8, 33 s at 16)
     hard_delete_concurrency: int = 16
     # delete transactions in flight at once, each beside batches that reference nothing in it
     # (HAPI, 650 resources, two cores, median of 5: 3.93 s at 1, 3.09 s at 2, 2.81 s at 4)
@@ -106,7 +107,9 @@ class PurgeEngine:
     profile: UpstreamProfile
     settings: PurgeSettings
     limit: asyncio.Semaphore
-    hard_limit: asyncio.Semaphore | None = None  # this purge's hard deletes: set from the settings
+    # hard deletes in flight: the process's bound, shared by its purges (``operations.purge.engine_of``);
+    # an engine built alone (bench, tests) makes its own from ``settings.hard_delete_concurrency``
+    hard_limit: asyncio.Semaphore | None = None
 
     def __post_init__(self) -> None:
         if self.hard_limit is None:

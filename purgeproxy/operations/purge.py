@@ -47,7 +47,6 @@ def settings_from(config: Config) -> PurgeSettings:
                          earlier_deleted_max_entries=purge.earlier_deleted_max_entries)
 
 
-
 def engine_of(app: web.Application, profile: UpstreamProfile) -> PurgeEngine:
     """The purge engine as every entry point runs it: the app's client, its settings, and the
     process's bounds on upstream requests and on hard deletes, shared by every purge."""
