@@ -310,8 +310,8 @@ async def test_a_resumed_job_reports_the_count_of_every_attempt(medplum_base) ->
         await http.aclose()
     verdict = outcome.outcome["issue"][0]["diagnostics"]
     assert outcome.status == "completed", texts(outcome.outcome)
-    assert f"({40 + len(seed.in_scope)} deleted)" in verdict
-    assert "40 resource(s) were removed by earlier attempts" in texts(outcome.outcome)
+    assert f"(at least {40 + len(seed.in_scope)} deleted)" in verdict  # 40 is what they recorded
+    assert "At least 40 resource(s) were removed by earlier attempts" in texts(outcome.outcome)
 
 
 # --- a blocker is never called "out of scope" when it is in the compartment -----------------------
