@@ -285,7 +285,7 @@ class Purge(_Strict):
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
     hard_delete_concurrency: int = Field(
         16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once, over every purge "
-        "of the process, besides purge.concurrency"
+        "and vendor operation ($erase, $delete-expunge ...) of the process, besides purge.concurrency"
     )
     transaction_concurrency: int = Field(
         4, ge=1, le=16, description="delete transactions in flight at once in each purge, a batch only beside "

@@ -25,6 +25,7 @@ from purgeproxy.fhir.definitions import definitions_for
 from purgeproxy.jobs.fanout import child_verdict, progress
 from purgeproxy.jobs.store import Job
 from purgeproxy.operations.purge import engine_of
+from purgeproxy.operations.vendor import context_for
 from purgeproxy.servers.profile import UpstreamProfile
 from purgeproxy.servers.registry import kind_named
 from tests.helpers import config_for
@@ -156,10 +157,10 @@ def test_progress_counts_a_resource_two_members_removed_once_and_a_retried_child
 
 
 async def test_the_purges_of_one_process_share_one_bound_on_hard_deletes(aiohttp_client: Any) -> None:
-    """purge.hard_delete_concurrency bounds the process, not each purge: the children of a
-    $bulk-purge run side by side (4 job workers), and 16 $expunge calls each put 64 in flight
-    on an upstream that 16 saturate, with httpx's pool doing work per open connection on every
-    request (HAPI, 8 patients of 650: 52 resources/s against 73/s with one bound)."""
+    """purge.hard_delete_concurrency bounds the process, not each purge nor each vendor operation:
+    the children of a $bulk-purge run side by side (4 job workers), and 16 $expunge calls each put
+    64 in flight on an upstream that 16 saturate, with httpx's pool doing work per open connection
+    on every request (HAPI, 8 patients of 650: 52 resources/s against 73/s with one bound)."""
     app = create_app(config_for(BASE, purge={"hard_delete_concurrency": 2}))
     await aiohttp_client(app)  # started: the app's clients and bounds exist
     profile = UpstreamProfile(kind_named("generic"), definitions_for("4.0.1"), None)
@@ -168,3 +169,4 @@ async def test_the_purges_of_one_process_share_one_bound_on_hard_deletes(aiohttp
     await first.hard_limit.acquire()
     await second.hard_limit.acquire()
     assert first.hard_limit.locked()  # two in flight over both purges: the bound is reached
+    assert context_for(app, profile).hard_limit is first.hard_limit  # $erase, $delete-expunge ... too

@@ -17,6 +17,7 @@ from purgeproxy.app_keys import (
     CALLER_LIMITS,
     CONFIG,
     FHIR_CLIENT,
+    HARD_DELETE_LIMIT,
     JOB_STORE,
     PROFILE,
     UPSTREAM_LIMIT,
@@ -30,6 +31,7 @@ from purgeproxy.operations.params import BadRequest, checked_reason, parse_param
 from purgeproxy.receipts import stage
 from purgeproxy.render import render
 from purgeproxy.security.authorizer import Caller
+from purgeproxy.servers.profile import UpstreamProfile
 
 Work = Callable[[Context, Caller], Awaitable[web.StreamResponse]]
 Spec = Mapping[str, str]  # parameter name -> "boolean" | "integer" | "string" | "strings"
@@ -44,11 +46,16 @@ async def context_of(request: web.Request) -> Context:
 
 async def app_context(app: web.Application) -> Context:
     """The engine context of this app's upstream and settings (also for re-applying erasures)."""
+    return context_for(app, await app[PROFILE].get())
+
+
+def context_for(app: web.Application, profile: UpstreamProfile) -> Context:
+    """The vendor operations' context, with the process's bounds: their hard deletes count against
+    ``purge.hard_delete_concurrency`` as every purge's do, not against the 4 general slots."""
     config = app[CONFIG]
-    profile = await app[PROFILE].get()
     return Context(app[FHIR_CLIENT], profile, app[UPSTREAM_LIMIT], config.purge.batch_size,
                    config.purge.page_size, config.purge.hard_delete, frozenset(config.purge.excluded_types),
-                   config.purge.max_without_confirm, observer=metrics.PHASES)
+                   config.purge.max_without_confirm, observer=metrics.PHASES, hard_limit=app[HARD_DELETE_LIMIT])
 
 
 async def run(request: web.Request, operation: str, work: Work) -> web.StreamResponse:
