@@ -51,7 +51,7 @@ async def app_context(app: web.Application) -> Context:
 
 def context_for(app: web.Application, profile: UpstreamProfile) -> Context:
     """The vendor operations' context, with the process's bounds: their hard deletes count against
-    ``purge.hard_delete_concurrency`` as every purge's do, not against the 4 general slots."""
+    ``purge.hard_delete_concurrency`` as every purge's do, not against ``purge.concurrency``."""
     config = app[CONFIG]
     return Context(app[FHIR_CLIENT], profile, app[UPSTREAM_LIMIT], config.purge.batch_size,
                    config.purge.page_size, config.purge.hard_delete, frozenset(config.purge.excluded_types),
