@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import pytest
 import respx
 
@@ -41,8 +42,26 @@ async def test_expunges_the_deleted_resource_only(client: FhirClient) -> None:
 
 
 @respx.mock
+@pytest.mark.parametrize(("history", "error"), [
+    (httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": [{"resource": {}}]}),
+     "removed nothing: the resource is not deleted any more"),  # written again: its history is kept
+    (httpx.Response(404, json={"resourceType": "OperationOutcome"}), None),  # another expunge took it
+    (httpx.Response(200, json={"resourceType": "Bundle", "type": "history"}), None),
+    (httpx.Response(500, json={"resourceType": "OperationOutcome"}), "removed nothing"),  # unknown: failed
+])
+async def test_an_expunge_that_removed_nothing_reads_the_history(client: FhirClient, history: httpx.Response,
+                                                                 error: str | None) -> None:
+    """A count of 0 is a failed hard delete only while a history is still served: two children of
+    one cohort purge expunge a resource both deleted, and the second finds nothing (CI, HAPI)."""
+    respx.post(f"{BASE}/Observation/o1/$expunge").respond(200, json=removed(0))
+    respx.get(f"{BASE}/Observation/o1/_history").mock(return_value=history)
+    answer = await kind_named("hapi").hard_delete(client, ("Observation", "o1"))
+    assert answer == error if error is None else error in str(answer)
+
+
+@respx.mock
 @pytest.mark.parametrize(("status", "body", "error"), [
-    (200, removed(0), "removed nothing: the resource is not deleted any more"),
+    (200, removed(0), "removed nothing: the resource is not deleted any more"),  # history read: 404 below
     (200, {"resourceType": "Parameters"}, None),  # no count: the history read-back decides
     (404, {"resourceType": "OperationOutcome"}, None),  # already expunged
     (500, {"resourceType": "OperationOutcome"}, "$expunge answered 500"),
@@ -50,6 +69,8 @@ async def test_expunges_the_deleted_resource_only(client: FhirClient) -> None:
 async def test_what_the_expunge_answer_means(client: FhirClient, status: int, body: dict[str, object],
                                              error: str | None) -> None:
     respx.post(f"{BASE}/Observation/o1/$expunge").respond(status, json=body)
+    respx.get(f"{BASE}/Observation/o1/_history").respond(
+        200, json={"resourceType": "Bundle", "type": "history", "entry": [{"resource": {}}]})
     answer = await kind_named("hapi").hard_delete(client, ("Observation", "o1"))
     assert answer == error if error is None else error in str(answer)
 
