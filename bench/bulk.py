@@ -32,6 +32,7 @@ import httpx
 from bench.purge import hapi, medplum, patient_resources, write
 from bench.report import Section
 from bench.targets import Processes, free_port, wait_ready
+from purgeproxy.config import Purge
 
 TOKEN = "bench-bulk-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -40,10 +41,12 @@ ONE_BY_ONE = "one by one: Patient/[id]/$purge"
 BATCH_ONE = "batch: Patient/$bulk-purge, one proxy"
 BATCH_TWO = "batch: two proxies, shared PostgreSQL"
 ORDER = (ONE_BY_ONE, BATCH_ONE, BATCH_TWO)
+DEFAULTS = Purge()  # what every proxy of the scenario runs with, unless said
 # Two replicas on the one upstream run with each bound halved, as the README's "Bounds add up on the
 # upstream" advises: with the defaults each (32 $expunge in flight on a two-core HAPI) HAPI's CPU per
 # resource rose by a third, and two replicas purged at 0.76x one.
-REPLICA_BOUNDS = "purge: {concurrency: 2, hard_delete_concurrency: 8}\n"
+REPLICA_BOUNDS = (f"purge: {{concurrency: {DEFAULTS.concurrency // 2}, "
+                  f"hard_delete_concurrency: {DEFAULTS.hard_delete_concurrency // 2}}}\n")
 
 
 @dataclass(frozen=True)
@@ -284,8 +287,9 @@ def _body(rows: list[Row], settings: Settings, seconds: float) -> str:
     return "\n".join([
         f"`python -m bench --only bulk --bulk-patients {settings.patients}`: {settings.patients} patients of "
         f"{settings.size} resources per mode, in two halves run A B C C B A, a fresh cohort per run; defaults "
-        f"of purgeproxy (batch 100, `purge.concurrency` 4, `hard_delete_concurrency` 16, 4 job workers per "
-        "proxy); the two replicas share one upstream, so each has those bounds halved, as the README advises "
+        f"of purgeproxy (batch {DEFAULTS.batch_size}, `purge.concurrency` {DEFAULTS.concurrency}, "
+        f"`hard_delete_concurrency` {DEFAULTS.hard_delete_concurrency}, 4 job workers per proxy); the two "
+        "replicas share one upstream, so each has those bounds halved, as the README advises "
         f"(`{REPLICA_BOUNDS.strip()}`). Scenario time {seconds:.0f} s.",
         "", *table, "", *verdicts(rows), "",
         "CPU per resource is the whole run's CPU time of the proxy process(es) and of the upstream over "

@@ -28,7 +28,7 @@ from typing import Any
 
 from purgeproxy.engine.compartment import Resolution
 from purgeproxy.engine.verify import version_of
-from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.client import GONE, FhirClient
 from purgeproxy.fhir.references import Key, parse_reference
 from purgeproxy.fhir.search import STRICT, ResolutionError, SearchFailed, search_pages
 
@@ -116,7 +116,7 @@ class AttachmentFinder:
         if answer.status == 200 and answer.resource_type == "Binary" and answer.body.get("id") == key[1]:
             binary: dict[str, Any] = answer.body
             return binary
-        if answer.status not in (404, 410):  # already gone is fine: nothing left to remove
+        if answer.status not in GONE:  # already gone is fine: nothing left to remove
             result.unreadable[key] = f"reading it answered {answer.status}"
         return None
 

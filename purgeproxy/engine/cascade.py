@@ -23,8 +23,7 @@ from typing import Any
 from purgeproxy.engine.compartment import patients_of
 from purgeproxy.engine.references import find_referrers, references_among
 from purgeproxy.engine.removal import Context, Recheck, Refused, Result, order_resources, remove, versions_of
-from purgeproxy.engine.verify import GONE
-from purgeproxy.fhir.client import UpstreamError
+from purgeproxy.fhir.client import GONE, UpstreamError
 from purgeproxy.fhir.references import Key
 
 

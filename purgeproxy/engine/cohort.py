@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.removal import Context, Refused, Result, remove
-from purgeproxy.engine.verify import GONE, read_current, version_of
+from purgeproxy.engine.verify import read_current, version_of
+from purgeproxy.fhir.client import GONE
 from purgeproxy.fhir.outcome import issue, outcome
 from purgeproxy.fhir.references import Key, is_valid_id, parse_reference
 

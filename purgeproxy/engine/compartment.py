@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.client import GONE, FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
 from purgeproxy.fhir.references import Key, all_references, reference_forms, references_at
 from purgeproxy.fhir.search import ResolutionError, next_link, search_each
@@ -154,7 +154,7 @@ class Resolver:
         while url:
             async with self.limit:
                 answer = await self.client.request("GET", url)
-            if answer.status in (404, 410):
+            if answer.status in GONE:
                 return versions
             if answer.status != 200 or answer.resource_type != "Bundle":
                 self.versions_unknown[patient] = f"reading its _history answered {answer.status}"
@@ -176,7 +176,7 @@ class Resolver:
         if answer.status == 200 and answer.resource_type == "Patient":
             patient: dict[str, Any] = answer.body
             return patient
-        if answer.status in (404, 410):
+        if answer.status in GONE:
             return None
         raise ResolutionError(f"reading Patient/{patient_id} answered {answer.status}")
 

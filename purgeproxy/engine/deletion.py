@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.engine.observer import NO_OBSERVER, Observer
-from purgeproxy.engine.verify import GONE, Reading, read_current, read_histories, version_of
-from purgeproxy.fhir.client import FhirClient, FhirResponse
+from purgeproxy.engine.verify import Reading, read_current, read_histories, version_of
+from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import ResolutionError
 from purgeproxy.servers.base import ServerKind

@@ -13,7 +13,7 @@ import re
 from typing import Any
 
 from purgeproxy.engine.removal import Context, Refused, Result, history_left, remove
-from purgeproxy.engine.verify import GONE
+from purgeproxy.fhir.client import GONE
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.expunge import (
     INSTANCE,

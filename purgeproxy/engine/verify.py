@@ -10,11 +10,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from purgeproxy.fhir.client import FhirClient, FhirResponse
+from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import ResolutionError, next_link
-
-GONE = (404, 410)
 
 
 @dataclass
@@ -152,9 +150,7 @@ async def history_left(client: FhirClient, limit: asyncio.Semaphore, keys: list[
 async def _history_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> bool:
     async with limit:
         answer = await client.request("GET", f"{key[0]}/{key[1]}/_history")
-    if answer.status in GONE:
-        return False
-    return not (answer.resource_type == "Bundle" and not answer.body.get("entry"))
+    return not answer.serves_no_history
 
 
 async def _history_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[bool | None]:

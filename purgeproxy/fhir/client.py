@@ -31,6 +31,7 @@ from purgeproxy.fhir.outcome import (
 from purgeproxy.logs import current_request_id
 from purgeproxy.upstream_tls import UPSTREAM_TLS, tls_failure
 
+GONE = (404, 410)  # the answers to a read of a resource that was deleted or never existed
 FRESH = {"Cache-Control": "no-cache"}  # bypass upstream (and intermediary) caches
 
 
@@ -47,6 +48,12 @@ class FhirResponse:
     @property
     def resource_type(self) -> str | None:
         return self.body.get("resourceType") if isinstance(self.body, dict) else None
+
+    @property
+    def serves_no_history(self) -> bool:
+        """For an answer to ``GET Type/id/_history``: nothing of the resource is left (404, 410 or
+        an empty Bundle). Any other answer, an error included, counts as history still served."""
+        return self.status in GONE or (self.resource_type == "Bundle" and not self.body.get("entry"))
 
 
 class FhirClient:

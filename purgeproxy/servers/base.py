@@ -11,7 +11,7 @@ import re
 from abc import ABC
 from typing import Any, ClassVar
 
-from purgeproxy.fhir.client import FhirClient, FhirResponse
+from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
 
 SYSTEM, TYPE, INSTANCE, VERSION = "system", "type", "instance", "version"
@@ -74,11 +74,15 @@ class ServerKind(ABC):
             return "this upstream offers no hard delete"
         operation = self.instance_operation
         answer = await client.request("POST", f"{key[0]}/{key[1]}/{operation}", json=self.operation_parameters(key))
-        return _failure(answer, operation) or (self.removed_nothing(answer.body) if 200 <= answer.status < 300 else None)
+        failure = _failure(answer, operation)
+        if failure is not None or not 200 <= answer.status < 300:
+            return failure
+        return await self.removed_nothing(client, key, answer.body)
 
-    def removed_nothing(self, body: Any) -> str | None:
-        """Why a successful answer to the hard-delete operation still removed nothing (HAPI says
-        so with a count of 0), or None: the answer's status is all there is to trust."""
+    async def removed_nothing(self, client: FhirClient, key: Key, body: Any) -> str | None:
+        """Why a successful answer to the hard-delete operation left the resource's history in
+        place (HAPI says it removed nothing with a count of 0), or None: the answer's status is
+        all there is to trust. ``client`` lets a kind ask the upstream what its answer meant."""
         return None
 
     def operation_parameters(self, key: Key) -> dict[str, Any] | None:
@@ -118,6 +122,6 @@ async def call_ok(client: FhirClient, method: str, path: str, what: str, **kwarg
 
 def _failure(answer: FhirResponse, what: str) -> str | None:
     """None when a hard-delete call worked (or the resource is already gone), else why not."""
-    if 200 <= answer.status < 300 or answer.status in (404, 410):
+    if 200 <= answer.status < 300 or answer.status in GONE:
         return None
     return f"{what} answered {answer.status}"

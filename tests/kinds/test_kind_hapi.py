@@ -61,7 +61,7 @@ async def test_an_expunge_that_removed_nothing_reads_the_history(client: FhirCli
 
 @respx.mock
 @pytest.mark.parametrize(("status", "body", "error"), [
-    (200, removed(0), "removed nothing: the resource is not deleted any more"),  # history read: 404 below
+    (200, removed(0), "removed nothing: the resource is not deleted any more"),  # its history still served (below)
     (200, {"resourceType": "Parameters"}, None),  # no count: the history read-back decides
     (404, {"resourceType": "OperationOutcome"}, None),  # already expunged
     (500, {"resourceType": "OperationOutcome"}, "$expunge answered 500"),
