@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -237,15 +238,23 @@ async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(up
     """A page of 7: the purge deletes page one of each search and searches again many times
     (deep pages never read), referencing resources before what they reference (HAPI refuses
     otherwise), and ends with the full resolution: shared resources and the control patient
-    stay byte-identical, history included, and every deleted resource is in what was planned."""
+    stay byte-identical, history included, and every deleted resource is in what was planned.
+    Later sweeps, of fewer searches, ask larger pages."""
     seed = seeds.build(sizes={"Encounter": 6, "Observation": 40, "DiagnosticReport": 9, "Condition": 10})
     seeds.write(upstream, seed.resources)
     before = seeds.snapshot(upstream, seed.untouchable)
     observer = Phases()
-    engine, result = await _purge_observed(upstream, seed.patient, observer, confirmed=True, page_size=7,
+    counts: list[int] = []
+
+    async def note(request: Any) -> None:
+        text = request.content.decode() if request.method == "POST" else str(request.url)
+        counts.extend(int(found) for found in re.findall(r"_count=(\d+)", text))
+
+    engine, result = await _purge_observed(upstream, seed.patient, observer, note, confirmed=True, page_size=7,
                                            batch_size=10)
     patient = ("Patient", seed.patient)
     assert observer.entered.count("resolve") >= 6  # 40 Observations, 7 a page: it swept
+    assert max(counts) > 7, sorted(set(counts))
     assert not result.errors and not result.deletion.failed, result.errors
     assert seeds.snapshot(upstream, seed.untouchable) == before  # byte-identical, _history too
     if engine.profile.kind.name == "hapi":  # referential integrity: the kept shared ones block the Patient
@@ -293,6 +302,17 @@ async def test_sweeps_search_the_types_own_parameter_and_still_prove_every_candi
     conditions = sorted(k for k in seed.in_scope if k[0] == "Condition")
     assert len(conditions) == 30 and seeds.present(upstream, conditions) == []
     assert set(conditions) <= set(result.deletion.deleted)
+
+
+def test_later_sweeps_share_what_the_first_read_in_larger_pages() -> None:
+    """As many resources as the first sweep read, shared among the searches left: never a page
+    smaller than the configured one, nor larger than the largest it allows."""
+    from purgeproxy.engine.purge import MAX_SWEEP_PAGE, _sweep_page
+
+    assert _sweep_page(7, 30, 2) == 15
+    assert _sweep_page(7, 30, 10) == 7
+    assert _sweep_page(1000, 100_000, 1) == MAX_SWEEP_PAGE
+    assert _sweep_page(1000, 0, 0) == 1000
 
 
 def test_the_sweep_parameter_is_the_types_own_where_the_compartments_filters_by_type() -> None:

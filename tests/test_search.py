@@ -120,3 +120,27 @@ async def test_an_upstream_refusing_batches_gets_one_search_per_request() -> Non
                       on_page=lambda i, matches: found.extend(m["id"] for m in matches))
     await http.aclose()
     assert sorted(found) == ["c1", "o1"]
+
+
+@respx.mock
+async def test_a_count_refused_is_asked_again_at_the_fallback_page() -> None:
+    """Microsoft's FHIR server answers 400 to a ``_count`` above its maximum where others cap it:
+    a sweep's larger page is then asked again at the configured one, not reported unsearchable.
+    A search refused at the fallback too says why."""
+    too_many = {"resourceType": "OperationOutcome", "issue": [{"diagnostics": "_count exceeds limit"}]}
+    respx.post(BASE).respond(405, json={"resourceType": "OperationOutcome", "issue": []})
+    respx.get(f"{BASE}/Observation", params={"_count": "10"}).respond(400, json=too_many)
+    respx.get(f"{BASE}/Observation", params={"_count": "2"}).respond(200, json=page(["o1", "o2"]))
+    respx.get(f"{BASE}/Condition").respond(400, json={"resourceType": "OperationOutcome", "issue": [
+        {"diagnostics": "unknown parameter"}]})
+    found: dict[int, list[str]] = {}
+    http = make_http_client(connect=1, read=1, max_connections=2)
+    searches = [(t, [("subject", "Patient/p")]) for t in ("Observation", "Condition")]
+    problems = await search_each(FhirClient(BASE, http), asyncio.Semaphore(2), searches, 10, parts=1,
+                                 on_page=lambda i, matches: found.setdefault(i, []).extend(m["id"] for m in matches),
+                                 fallback_page=2)
+    await http.aclose()
+    assert found == {0: ["o1", "o2"]}
+    assert problems == {1: "search answered 400: unknown parameter"}
+    counts = [call.request.url.params.get("_count") for call in respx.calls if call.request.method == "GET"]
+    assert counts.count("10") == 2 and counts.count("2") == 2  # each asked at 10, then at 2

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 from urllib.parse import urlencode
 
@@ -120,11 +121,14 @@ Search = tuple[str, list[tuple[str, str]]]  # (resource type, query parameters)
 async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Sequence[Search],
                       page_size: int, parts: int,
                       on_page: Callable[[int, list[dict[str, Any]]], None],
-                      max_pages: int | None = None, truncated: set[int] | None = None) -> dict[int, str]:
+                      max_pages: int | None = None, truncated: set[int] | None = None,
+                      fallback_page: int | None = None) -> dict[int, str]:
     """Run many strict searches to the end; ``on_page(index, matches)`` sees every page.
 
     ``max_pages``: read at most that many pages of each search; the index of every search that
-    had more then goes into ``truncated``.
+    had more then goes into ``truncated``. ``fallback_page``: a search refused at ``page_size``
+    runs once more at this ``_count`` (an upstream may refuse a ``_count`` above its maximum,
+    as Microsoft's FHIR server does, where others cap it); pages it saw before are seen again.
 
     The first pages travel in ``parts`` batch Bundles sent side by side: a purge runs a hundred
     searches that mostly find nothing, and one round trip per search is what made it slow on
@@ -133,15 +137,22 @@ async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Se
     """
     problems: dict[int, str] = {}
 
+    async def one(index: int, first: FhirResponse | None, count: int) -> None:
+        rtype, params = searches[index]
+        more = partial(truncated.add, index) if truncated is not None else None
+        async for page in search_pages(client, limit, rtype, params, count, first, max_pages, more):
+            on_page(index, page)
+
     async def run(indices: list[int]) -> None:
         firsts = await _first_pages(client, limit, [searches[i] for i in indices], page_size)
         for index, first in zip(indices, firsts, strict=True):
-            rtype, params = searches[index]
             try:
-                more = (lambda i=index: truncated.add(i)) if truncated is not None else None
-                async for page in search_pages(client, limit, rtype, params, page_size, first,
-                                               max_pages, more):
-                    on_page(index, page)
+                try:
+                    await one(index, first, page_size)
+                except SearchFailed:
+                    if fallback_page is None or fallback_page >= page_size:
+                        raise
+                    await one(index, None, fallback_page)
             except SearchFailed as failure:
                 problems[index] = str(failure)
 
