@@ -634,10 +634,11 @@ def _sweep_params(compartment: Compartment, profile: UpstreamProfile) -> dict[st
 
 def _sweep_page(page_size: int, budget: int, searches: int) -> int:
     """The ``_count`` of a sweep's searches: ``budget`` resources shared among them, at least
-    ``page_size`` and at most ``MAX_SWEEP_PAGE`` each. An upstream that scans all of a type's matches for every page, whatever
-    its ``_count`` (the Medplum engine: a search of 6,000 Observations takes 108 ms for 1,000 of
-    them and 145 ms for 5,000), pays once per sweep, so fewer, larger pages cost less; one that
-    caps ``_count`` answers its own page and a next link, as it would to ``page_size``."""
+    ``page_size`` and at most ``MAX_SWEEP_PAGE`` each. An upstream that scans all of a type's
+    matches for every page, whatever its ``_count`` (the Medplum engine: a search of 6,000
+    Observations takes 108 ms for 1,000 of them and 145 ms for 5,000), pays once per sweep, so
+    fewer, larger pages cost less; one that caps ``_count`` answers its own page and a next link,
+    as it would to ``page_size``."""
     return max(page_size, min(MAX_SWEEP_PAGE, budget // max(1, searches)))
 
 
