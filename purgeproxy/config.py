@@ -26,6 +26,7 @@ from pydantic import (
 )
 
 from purgeproxy.fhir.definitions import known_resource_types, type_name_problem
+from purgeproxy.fhir.search import MAX_COUNT
 from purgeproxy.servers.registry import KIND_NAMES
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -281,7 +282,7 @@ class Purge(_Strict):
         "keep", description="resources also in another patient's compartment"
     )
     batch_size: int = Field(100, ge=1, le=5000, description="DELETE entries per transaction")
-    page_size: int = Field(1000, ge=1, le=5000, description="_count of compartment searches")
+    page_size: int = Field(1000, ge=1, le=MAX_COUNT, description="_count of compartment searches")
     concurrency: int = Field(4, ge=1, le=64, description="upstream requests in flight at once")
     hard_delete_concurrency: int = Field(
         16, ge=1, le=64, description="instance hard deletes ($expunge) in flight at once, over every purge "

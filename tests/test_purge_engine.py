@@ -307,11 +307,12 @@ async def test_sweeps_search_the_types_own_parameter_and_still_prove_every_candi
 def test_later_sweeps_share_what_the_first_read_in_larger_pages() -> None:
     """As many resources as the first sweep read, shared among the searches left: never a page
     smaller than the configured one, nor larger than the largest it allows."""
-    from purgeproxy.engine.purge import MAX_SWEEP_PAGE, _sweep_page
+    from purgeproxy.engine.purge import _sweep_page
+    from purgeproxy.fhir.search import MAX_COUNT
 
     assert _sweep_page(7, 30, 2) == 15
     assert _sweep_page(7, 30, 10) == 7
-    assert _sweep_page(1000, 100_000, 1) == MAX_SWEEP_PAGE
+    assert _sweep_page(1000, 100_000, 1) == MAX_COUNT
     assert _sweep_page(1000, 0, 0) == 1000
 
 

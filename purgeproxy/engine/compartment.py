@@ -74,8 +74,8 @@ class Resolver:
     normalised_references: bool = False  # the upstream's searches find every form of a reference
     # patients whose versions could not be read, so versioned references were not searched: why
     versions_unknown: dict[Key, str] = field(default_factory=dict)
-    # one object for each equal part of the members (see ``_shared``)
-    shared: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
+    # one object for each equal part of the members (see ``_intern``)
+    interned: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     async def resolve(self, patient_id: str, sweep: bool = False,
                       only: set[tuple[str, str]] | None = None, page: int | None = None) -> Resolution:
@@ -224,16 +224,16 @@ class Resolver:
             return None
         others = self.patients(resource) - {patient[1]}
         version = (resource.get("meta") or {}).get("versionId")
-        refs = {self._shared(key) for key in all_references(resource, base)} - {(rtype, resource["id"])}
-        return Member((rtype, resource["id"]), self._shared(version), self._shared(frozenset(via)),
-                      self._shared(others), self._shared(frozenset(refs)))
+        refs = {self._intern(key) for key in all_references(resource, base)} - {(rtype, resource["id"])}
+        return Member((rtype, resource["id"]), self._intern(version), self._intern(frozenset(via)),
+                      self._intern(others), self._intern(frozenset(refs)))
 
-    def _shared(self, value: A) -> A:
+    def _intern(self, value: A) -> A:
         """``value``, or the equal one a member already holds: most members hold the same version
         ("1"), compartment params and referenced keys (the Patient, the few Encounters), each
         parsed afresh from its page. Measured: 100,000 Observation members take 1,018 bytes each
         apart, 505 sharing (``tracemalloc``)."""
-        return self.shared.setdefault(value, value)  # type: ignore[no-any-return]
+        return self.interned.setdefault(value, value)  # type: ignore[no-any-return]
 
     def patients(self, resource: dict[str, Any]) -> frozenset[str]:
         """The ids of every patient whose compartment holds ``resource`` (see ``patients_of``)."""

@@ -31,10 +31,10 @@ from typing import Any
 from purgeproxy.engine.compartment import Resolution, Resolver
 from purgeproxy.engine.deletion import hard_delete_each
 from purgeproxy.engine.plan import Policy
-from purgeproxy.engine.verify import HISTORY_BATCH, MAX_PAGES, history_left, read_current, read_histories, read_history
+from purgeproxy.engine.verify import HISTORY_BATCH, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, is_valid_id
-from purgeproxy.fhir.search import ResolutionError, next_link, outcome_text
+from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link, outcome_text
 from purgeproxy.servers.base import ServerKind
 
 

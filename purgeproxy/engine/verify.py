@@ -12,7 +12,7 @@ from typing import Any
 
 from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
-from purgeproxy.fhir.search import ResolutionError, next_link
+from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link
 
 
 @dataclass
@@ -173,7 +173,6 @@ def _history_entry(status: int, body: Any) -> bool | None:
     return None
 
 
-MAX_PAGES = 100_000
 History = list[dict[str, Any]] | None  # every version's resource in an instance history; None: 404/410
 # (not ``deletion.Versions``, which maps each resource to the one version the proxy examined)
 

@@ -22,6 +22,10 @@ from purgeproxy.fhir.outcome import OutcomeError
 
 STRICT = {"Prefer": "handling=strict"}  # an unknown parameter must fail, not match everything
 MAX_PAGES = 100_000
+# the largest _count the proxy asks (purge.page_size's bound, and a sweep's); measured on the
+# Medplum engine at 100,000 resources: sweep pages of up to 10,000 raised the peak RSS growth from
+# 76 to 92 MB, for 30.5 s against 36.0 s
+MAX_COUNT = 5000
 
 
 class ResolutionError(OutcomeError):
@@ -137,22 +141,25 @@ async def search_each(client: FhirClient, limit: asyncio.Semaphore, searches: Se
     """
     problems: dict[int, str] = {}
 
-    async def one(index: int, first: FhirResponse | None, count: int) -> None:
+    async def pages(index: int, first: FhirResponse | None, count: int) -> None:
         rtype, params = searches[index]
         more = partial(truncated.add, index) if truncated is not None else None
         async for page in search_pages(client, limit, rtype, params, count, first, max_pages, more):
             on_page(index, page)
 
+    async def one(index: int, first: FhirResponse | None) -> None:
+        try:
+            await pages(index, first, page_size)
+        except SearchFailed:
+            if fallback_page is None or fallback_page >= page_size:
+                raise
+            await pages(index, None, fallback_page)
+
     async def run(indices: list[int]) -> None:
         firsts = await _first_pages(client, limit, [searches[i] for i in indices], page_size)
         for index, first in zip(indices, firsts, strict=True):
             try:
-                try:
-                    await one(index, first, page_size)
-                except SearchFailed:
-                    if fallback_page is None or fallback_page >= page_size:
-                        raise
-                    await one(index, None, fallback_page)
+                await one(index, first)
             except SearchFailed as failure:
                 problems[index] = str(failure)
 
