@@ -27,11 +27,12 @@ OBSERVATIONS = 3000
 LEASE = 2.0
 
 
-def _config(tmp_path: Path, upstream: str, store: str, lease: float = LEASE) -> Path:
+def _config(tmp_path: Path, upstream: str, store: str, lease: float = LEASE,
+            transactions: int = TRANSACTIONS) -> Path:
     path = tmp_path / f"config-{uuid.uuid4().hex[:6]}.yaml"
     path.write_text(
         f"upstream: {{url: '{upstream}'}}\nauth: {{admin_token: '{TOKEN}'}}\n"
-        f"purge: {{batch_size: {BATCH}, transaction_concurrency: {TRANSACTIONS}, max_rounds: 40}}\nlogging: {{level: info}}\n"
+        f"purge: {{batch_size: {BATCH}, transaction_concurrency: {transactions}, max_rounds: 40}}\nlogging: {{level: info}}\n"
         f"jobs: {{store: '{store}', lease_seconds: {lease}, poll_seconds: 0.2}}\n")
     return path
 
