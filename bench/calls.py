@@ -25,7 +25,7 @@ from aiohttp import web
 
 from bench.load import wrk_binary
 from bench.targets import PATIENT_PATH, Processes, free_port, start_upstream
-from purgeproxy.cli.serve import _event_loop
+from purgeproxy.runtime import event_loop
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def count(log_level: str = "warning", seconds: int = 3) -> CallCount:
     """Start the fake upstream, count the proxy's calls per request, stop the upstream."""
     with Processes(Path(tempfile.mkdtemp(prefix="purgeproxy-calls-"))) as procs:
         upstream = start_upstream(procs, delay=0.0)
-        loop = _event_loop()  # the loop `purgeproxy serve` runs on (uvloop where installed)
+        loop = event_loop()  # the loop `purgeproxy serve` runs on (uvloop where installed)
         try:
             return loop.run_until_complete(_count(upstream.base_url, log_level, seconds))
         finally:

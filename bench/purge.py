@@ -425,6 +425,9 @@ def child(job: dict[str, Any]) -> dict[str, Any]:
     elif job["contender"] in ("loop", "recipe"):
         out = _loop({**job, "expunge": job["contender"] == "recipe"}, counts)
     else:
+        from purgeproxy.runtime import tune_gc
+
+        tune_gc()  # as every purgeproxy process does; the operators' scripts run Python's defaults
         out = asyncio.run(_engine(job, counts))
     import purgeproxy
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from purgeproxy import __version__
+from purgeproxy import __version__, runtime
 from purgeproxy.cli import check_config, jobs, ledger, purge, reapply, receipt, serve
 
 COMMANDS = [serve, check_config, purge, jobs, receipt, ledger, reapply]
@@ -38,6 +38,7 @@ def build_app() -> typer.Typer:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; the return value is the process's exit status (2 for usage and
     configuration mistakes, as click and ``serve`` already use it)."""
+    runtime.tune_gc()
     try:
         build_app()(args=argv, prog_name="purgeproxy")
     except SystemExit as done:

@@ -20,7 +20,7 @@ from typing import Annotated
 import typer
 from aiohttp import web
 
-from purgeproxy import logs, metrics, serving
+from purgeproxy import logs, metrics, runtime, serving
 from purgeproxy.app import create_app
 from purgeproxy.app_keys import PROFILE
 from purgeproxy.config import Config, ConfigError, parse_config, read_document
@@ -43,7 +43,8 @@ def _run(config: Config, warnings: Sequence[str] = ()) -> None:
     )
     for warning in warnings:  # what check-config would warn about: names keys, never values
         logs.get_logger("purgeproxy").warning("config_warning", detail=warning)
-    loop = _event_loop()
+    runtime.tune_gc()  # a spawned worker is a fresh interpreter
+    loop = runtime.event_loop()
     asyncio.set_event_loop(loop)
     app = create_app(config)
     app.cleanup_ctx.append(_announce_upstream)
@@ -71,15 +72,6 @@ async def _announce_upstream(app: web.Application) -> AsyncIterator[None]:
     task = asyncio.create_task(app[PROFILE].announce())
     yield
     task.cancel()
-
-
-def _event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop where it is installed: measured ~4-8 % less CPU per proxied request."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def serve(config: Config, warnings: Sequence[str] = ()) -> None:

@@ -217,12 +217,13 @@ class Resolver:
         """
         rtype = resource["resourceType"]
         base = self.client.base_url
-        via = {param for param in self.compartment.get(rtype, ())
-               for path in self.definitions.reference_paths(rtype, param) or ()
-               if patient in references_at(resource, path, base)}
+        requested = self.compartment.get(rtype, ())
+        # one reading of the paths serves both judgements (its own params, every patient's)
+        found = references_by_param(resource, self.definitions, base, judged_params(self.definitions, rtype, requested))
+        via = {param for param in requested if patient in found[param]}
         if not via:
             return None
-        others = self.patients(resource) - {patient[1]}
+        others = _patients(resource, found) - {patient[1]}
         version = (resource.get("meta") or {}).get("versionId")
         refs = {self._intern(key) for key in all_references(resource, base)} - {(rtype, resource["id"])}
         return Member((rtype, resource["id"]), self._intern(version), self._intern(frozenset(via)),
@@ -262,10 +263,28 @@ def patients_of(resource: dict[str, Any], definitions: FhirDefinitions, base_url
     the one judgement of "whose data is this" that the purge and the cascade share. A Patient is
     always in its own compartment.
     """
+    params = judged_params(definitions, resource["resourceType"], extra_params)
+    return _patients(resource, references_by_param(resource, definitions, base_url, params))
+
+
+def judged_params(definitions: FhirDefinitions, rtype: str, extra_params: Iterable[str]) -> set[str]:
+    """The params ``patients_of`` reads for a type: the server's Patient compartment's, and
+    ``extra_params``."""
+    return {*definitions.patient_compartment.get(rtype, ()), *extra_params}
+
+
+def references_by_param(resource: dict[str, Any], definitions: FhirDefinitions, base_url: str,
+                        params: Iterable[str]) -> dict[str, set[Key]]:
+    """The local references at each of ``params``' paths in ``resource`` (none for a param that
+    is not a reference search parameter of its type)."""
     rtype = resource["resourceType"]
-    params = {*definitions.patient_compartment.get(rtype, ()), *extra_params}
-    patients = {key[1] for param in params for path in definitions.reference_paths(rtype, param) or ()
-                for key in references_at(resource, path, base_url) if key[0] == "Patient"}
-    if rtype == "Patient" and isinstance(resource.get("id"), str):
+    return {param: {key for path in definitions.reference_paths(rtype, param) or ()
+                    for key in references_at(resource, path, base_url)} for param in params}
+
+
+def _patients(resource: dict[str, Any], found: dict[str, set[Key]]) -> frozenset[str]:
+    """The patients ``found`` names (see ``patients_of``), and a Patient itself."""
+    patients = {key[1] for keys in found.values() for key in keys if key[0] == "Patient"}
+    if resource["resourceType"] == "Patient" and isinstance(resource.get("id"), str):
         patients.add(resource["id"])
     return frozenset(patients)
