@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import httpx
 import pytest
 import respx
@@ -103,3 +106,23 @@ async def test_only_bundles_of_reads_and_deletes_are_sent_again(client: FhirClie
         with pytest.raises(UpstreamError):
             await client.request("POST", "", json={"resourceType": "Bundle", **bundle})
         assert route.call_count == 1
+
+
+async def test_a_read_answer_is_freed_without_the_cycle_collector() -> None:
+    """httpx's response and its stream reference each other; the body (megabytes for a search
+    page) must not wait for the cyclic collector: measured, a 100,000-resource purge's peak RSS
+    growth was 96-99 MB with the cycle, 73-74 MB without."""
+    answers: list[weakref.ref[httpx.Response]] = []
+
+    async def keep(response: httpx.Response) -> None:
+        answers.append(weakref.ref(response))
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"resourceType": "Bundle"}))
+    async with httpx.AsyncClient(transport=transport, event_hooks={"response": [keep]}) as http:
+        gc.disable()
+        try:
+            answer = await FhirClient(BASE, http).request("GET", "Observation")
+            assert answer.resource_type == "Bundle"
+            assert answers and answers[0]() is None
+        finally:
+            gc.enable()

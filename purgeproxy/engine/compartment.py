@@ -219,7 +219,7 @@ class Resolver:
         base = self.client.base_url
         requested = self.compartment.get(rtype, ())
         # one reading of the paths serves both judgements (its own params, every patient's)
-        found = references_by_param(resource, self.definitions, base, judged_params(self.definitions, rtype, requested))
+        found = _references_by_param(resource, self.definitions, base, _judged_params(self.definitions, rtype, requested))
         via = {param for param in requested if patient in found[param]}
         if not via:
             return None
@@ -263,17 +263,17 @@ def patients_of(resource: dict[str, Any], definitions: FhirDefinitions, base_url
     the one judgement of "whose data is this" that the purge and the cascade share. A Patient is
     always in its own compartment.
     """
-    params = judged_params(definitions, resource["resourceType"], extra_params)
-    return _patients(resource, references_by_param(resource, definitions, base_url, params))
+    params = _judged_params(definitions, resource["resourceType"], extra_params)
+    return _patients(resource, _references_by_param(resource, definitions, base_url, params))
 
 
-def judged_params(definitions: FhirDefinitions, rtype: str, extra_params: Iterable[str]) -> set[str]:
+def _judged_params(definitions: FhirDefinitions, rtype: str, extra_params: Iterable[str]) -> set[str]:
     """The params ``patients_of`` reads for a type: the server's Patient compartment's, and
     ``extra_params``."""
     return {*definitions.patient_compartment.get(rtype, ()), *extra_params}
 
 
-def references_by_param(resource: dict[str, Any], definitions: FhirDefinitions, base_url: str,
+def _references_by_param(resource: dict[str, Any], definitions: FhirDefinitions, base_url: str,
                         params: Iterable[str]) -> dict[str, set[Key]]:
     """The local references at each of ``params``' paths in ``resource`` (none for a param that
     is not a reference search parameter of its type)."""

@@ -97,7 +97,7 @@ class FhirClient:
             sent["X-Request-Id"] = request_id  # the upstream's logs join the proxy's
         try:
             response = await self._send(method, self.url(path), params, json, sent, auth)
-            return FhirResponse(response.status_code, response.headers, _json_body(response))
+            return FhirResponse(response.status_code, response.headers, _json_body(_released(response)))
         except httpx.HTTPError as failure:
             raise self._failed(_upstream_error(failure, self.base_url.startswith("https:"))) from None
         except UpstreamError as failure:
@@ -146,6 +146,14 @@ def _upstream_error(failure: httpx.HTTPError, over_tls: bool) -> UpstreamError:
     if isinstance(failure, httpx.ConnectError):
         return UpstreamError(502, "transient", UPSTREAM_UNREACHABLE)
     return UpstreamError(502, "transient", UPSTREAM_MALFORMED)
+
+
+def _released(response: httpx.Response) -> httpx.Response:
+    """The response, read, with httpx's cycle broken: its stream (a ``BoundAsyncStream``) holds
+    the response, so the raw body (megabytes for a search page of thousands of resources) would
+    otherwise wait for the cyclic garbage collector."""
+    response.stream = httpx.ByteStream(b"")
+    return response
 
 
 def _json_body(response: httpx.Response) -> Any:
