@@ -219,7 +219,8 @@ class Resolver:
         base = self.client.base_url
         requested = self.compartment.get(rtype, ())
         # one reading of the paths serves both judgements (its own params, every patient's)
-        found = _references_by_param(resource, self.definitions, base, _judged_params(self.definitions, rtype, requested))
+        judged = _judged_params(self.definitions, rtype, requested)
+        found = _references_by_param(resource, self.definitions, base, judged)
         via = {param for param in requested if patient in found[param]}
         if not via:
             return None
