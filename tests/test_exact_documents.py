@@ -265,9 +265,9 @@ async def test_a_bounded_history_listing_says_back_to_when_it_searched(make_prox
 @pytest.mark.hapi
 async def test_the_history_scan_beside_the_deletes_tells_earlier_deletes_from_its_own(make_proxy, hapi_base) -> None:
     """The system history is listed while the purge deletes (small pages and batches make them
-    overlap): the purge's own DELETEs must not be reported as deleted before it. HAPI bounds a
-    history's pages by the time of its first request; the proxy also skips every DELETE it sent
-    itself, for upstreams that do not (measured: this passes on HAPI without that skip too)."""
+    overlap): the purge's own DELETEs must not be reported as deleted before it. On HAPI the
+    listing ends at the upstream's clock when it starts (``_at`` window); the proxy also skips
+    every DELETE it sent itself, for upstreams that take no window."""
     base = hapi_base
     seed = seeds.build(sizes={"Observation": 60, "Condition": 2}, shared=False)
     seeds.write(base, seed.resources)

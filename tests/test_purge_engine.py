@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from purgeproxy.engine.compartment import Member
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder
 from purgeproxy.engine.plan import Policy, delete_order
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.fhir.client import FhirClient, make_http_client
@@ -164,6 +165,46 @@ async def test_the_patient_history_is_read_once_per_resolution_not_again_for_ear
         assert reads.count("resolve") == 0 and reads.count("earlier") == 1, reads
     else:
         assert reads.count("resolve") == resolutions and reads.count("earlier") == 0, reads
+
+
+@pytest.mark.hapi
+async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_server_is_written(hapi_base) -> None:
+    """HAPI pages its system history from the newest change at every request (``_offset``): a
+    change written between two pages pushes the others down and the next page lists them again
+    (measured on HAPI 8.4: five writes between pages of ten, five listed twice; in a purge of
+    10,000 resources its own deletes made 3,800 of 13,800 entries repeats). The listing covers
+    the changes made before its first page, each counted once however busy the server is: the
+    bounded listing's "newest N changes" is then true, and no page is read twice."""
+    seed = seeds.build(sizes={"Observation": 4}, shared=False)
+    seeds.write(hapi_base, seed.resources)
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-busy{i}"} for i in range(9)])
+    created = httpx.get(f"{hapi_base}/Patient/{seed.patient}", headers=seeds.FHIR).json()["meta"]["lastUpdated"]
+    quiet = httpx.get(f"{hapi_base}/_history", params={"_since": created, "_count": "1000"}, headers=seeds.FHIR).json()
+    assert not [link for link in quiet["link"] if link["relation"] == "next"]
+    pages: list[str] = []
+
+    async def written_between_pages(request: httpx.Request) -> None:
+        if request.url.path.endswith("/fhir/_history"):
+            pages.append(str(request.url))
+            if len(pages) > 1:
+                seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-w{len(pages)}-{i}"}
+                                        for i in range(3)])
+
+    http = make_http_client(connect=5, read=120, max_connections=8)
+    http.event_hooks = {"request": [written_between_pages], "response": []}
+    client = FhirClient(hapi_base, http)
+    try:
+        profile = await ProfileCache(client, "auto", "auto").get()
+        engine = PurgeEngine(client, profile, SETTINGS, asyncio.Semaphore(4))
+        finder = DeletedHistoryFinder(client, asyncio.Semaphore(4), 5, engine.resolver(
+            dict(profile.definitions.patient_compartment)), SETTINGS.policy,
+            windowed=profile.kind.history_window)
+        listing = await finder.list_deletes(("Patient", seed.patient), lambda key: False)
+    finally:
+        await http.aclose()
+    assert listing is not None
+    assert listing.entries == len(quiet["entry"]), pages
+    assert len(pages) == 1 + -(-len(quiet["entry"]) // 5)  # the clock, then each page once
 
 
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:

@@ -518,7 +518,7 @@ class _SideSearches:
         limit = engine.limit if early else _SideLimit(engine.limit, SIDE_SLOTS)
         settings = engine.settings
         earlier = DeletedHistoryFinder(engine.client, limit, settings.page_size, resolver, settings.policy,
-                                       settings.earlier_deleted_max_entries)
+                                       settings.earlier_deleted_max_entries, engine.profile.kind.history_window)
         attempted: set[Key] = set()
         listing = _early_listing(earlier, request.patient_id, attempted, settings.observer) \
             if not resolver.reads_patient_history else None

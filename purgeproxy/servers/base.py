@@ -43,6 +43,10 @@ class ServerKind(ABC):
     # its searches find versioned (Patient/1/_history/2) and absolute references on its own base
     # as Patient/1; otherwise the proxy searches for every form it counts (checked on real servers)
     normalises_references: ClassVar[bool] = False
+    # its system ``_history`` takes a window as two ``_at`` values (``ge``, ``le``) and pages it by
+    # ``_offset``: a listing of it can fix its end, so that changes written meanwhile do not push
+    # the next page's entries down onto ones already listed
+    history_window: ClassVar[bool] = False
     software_names: ClassVar[tuple[str, ...]] = ()  # any of these in software.name, lower case
     requires_operation: ClassVar[str | None] = None  # ... and the statement declares this one
     detection_order: ClassVar[int] = 50  # lower is tried first; the generic kind comes last

@@ -46,6 +46,7 @@ class Hapi(ServerKind):
     expunge_levels = ALL_LEVELS
     expunge_keeps_current = True
     normalises_references = True
+    history_window = True
 
     def operation_parameters(self, key: Key) -> dict[str, Any]:
         return _EXPUNGE_DELETED
