@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.deleted_history import DeletedHistoryFinder
@@ -21,6 +22,7 @@ from purgeproxy.fhir.client import FhirClient, make_http_client
 from purgeproxy.servers.profile import ProfileCache
 from tests import seed as seeds
 
+_CHANGED = {"resourceType": "Observation", "id": "o9", "status": "final", "code": {"text": "x"}}
 SETTINGS = PurgeSettings(Policy(frozenset({"AuditEvent", "Provenance"}), False),
                          batch_size=25, page_size=50, max_rounds=5, hard_delete="auto")
 
@@ -197,14 +199,53 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
         profile = await ProfileCache(client, "auto", "auto").get()
         engine = PurgeEngine(client, profile, SETTINGS, asyncio.Semaphore(4))
         finder = DeletedHistoryFinder(client, asyncio.Semaphore(4), 5, engine.resolver(
-            dict(profile.definitions.patient_compartment)), SETTINGS.policy,
-            windowed=profile.kind.history_window)
+            dict(profile.definitions.patient_compartment)), SETTINGS.policy, profile.kind)
         listing = await finder.list_deletes(("Patient", seed.patient), lambda key: False)
     finally:
         await http.aclose()
     assert listing is not None
     assert listing.entries == len(quiet["entry"]), pages
     assert len(pages) == 1 + -(-len(quiet["entry"]) // 5)  # the clock, then each page once
+
+
+@pytest.mark.parametrize(("newest", "window"), [
+    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:09.000+00:00"}}},
+     ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:09.000+00:00"]),
+    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:01.000+00:00"}}},
+     ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:05.000+00:00"]),
+    ({"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}, []),
+], ids=["a-node-ahead-of-the-clock", "the-clock", "a-delete-without-time"])
+async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest, window) -> None:
+    """HAPI stamps a change with the clock of the node that wrote it, and a cluster's clocks
+    differ: a window ending at the answering node's clock (5 s here) could leave out an earlier
+    delete stamped by a node ahead of it. The window ends at the newest change's time when that
+    is later; where the newest change has no time (HAPI lists a DELETE without one), the listing
+    takes no window at all and runs to the end."""
+    from purgeproxy.engine.compartment import Resolver
+    from purgeproxy.fhir.definitions import definitions_for
+    from purgeproxy.servers.registry import kind_named
+    from tests.fake_upstream import BASE
+
+    created = "2026-01-01T00:00:00.000+00:00"
+    listed: list[list[str]] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": [newest],
+                                             "meta": {"lastUpdated": "2026-01-01T00:00:05.000+00:00"}})
+        listed.append(request.url.params.get_list("_at"))
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": []})
+
+    with respx.mock(assert_all_called=True) as router:
+        router.get(f"{BASE}/Patient/p1/_history").respond(200, json={"resourceType": "Bundle", "type": "history",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1", "lastUpdated": created}}}]})
+        router.get(f"{BASE}/_history").mock(side_effect=history)
+        async with httpx.AsyncClient() as http:
+            client, limit = FhirClient(BASE, http), asyncio.Semaphore(2)
+            resolver = Resolver(client, definitions_for("4.0.1"), {"Observation": ("subject",)}, 5, limit)
+            finder = DeletedHistoryFinder(client, limit, 5, resolver, SETTINGS.policy, kind_named("hapi"))
+            await finder.list_deletes(("Patient", "p1"), lambda key: False)
+    assert listed == [window]
 
 
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:

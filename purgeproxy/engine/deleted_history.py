@@ -4,9 +4,9 @@ A soft-deleted resource is invisible to search, so the compartment searches neve
 HAPI its earlier versions stay readable in ``_history``. They are found in the system history
 since the patient's first version (``_history?_since=``; nothing that references the patient can
 be older than the patient), which lists every resource changed since, deletions included (on
-HAPI up to its clock when the listing starts: see ``_since``). Each resource with a DELETE there
-has its instance ``_history`` read: it must still be deleted (no version after that DELETE;
-where the listing does not say which version the DELETE made, a read
+HAPI up to the newest change when the listing starts: see ``_listing_query``). Each resource
+with a DELETE there has its instance ``_history`` read: it must still be deleted (no version
+after that DELETE; where the listing does not say which version the DELETE made, a read
 answering 404/410), and its versions are checked with ``Resolver.check``, the compartment's own
 test: a version that references the patient through a compartment parameter makes it the
 patient's; one that references another patient makes it shared. Policy applies as to live
@@ -27,7 +27,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from purgeproxy.engine.compartment import Resolution, Resolver
 from purgeproxy.engine.deletion import hard_delete_each
@@ -60,8 +60,8 @@ class DeletedHistoryFinder:
     page_size: int
     resolver: Resolver
     policy: Policy
+    kind: ServerKind  # how the upstream lists its history and removes a deleted resource's
     max_entries: int | None = None  # the system history's changes listed at most (newest first)
-    windowed: bool = False  # the upstream takes a window of its system history (``ServerKind.history_window``)
 
     async def find(self, resolution: Resolution, ours: Callable[[Key], bool] = lambda key: False,
                    listed: asyncio.Event | None = None,
@@ -122,9 +122,9 @@ class DeletedHistoryFinder:
                 result.found.append(key)
         result.found.sort()
 
-    async def remove(self, result: EarlierDeleted, kind: ServerKind) -> None:
+    async def remove(self, result: EarlierDeleted) -> None:
         """Hard-delete what was found, then read each history back."""
-        await hard_delete_each(self.client, kind, self.limit, result.found, result.hard_deleted, result.failed)
+        await hard_delete_each(self.client, self.kind, self.limit, result.found, result.hard_deleted, result.failed)
         result.history_remaining = await history_left(self.client, self.limit, result.found)
 
     async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:
@@ -132,42 +132,52 @@ class DeletedHistoryFinder:
         (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
         listing = Listing(patient, self.resolver, ours, self.client.base_url)
         url: str | None = "_history"
-        params: list[tuple[str, str]] | None = await self._since(since)
+        params: list[tuple[str, str]] | None = await self._listing_query(since)
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
             if url is None:
                 return listing
-            async with self.limit:
-                answer = await self.client.request("GET", url, params=params)
-            if answer.status != 200 or answer.resource_type != "Bundle":
-                raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
-            entries = answer.body.get("entry") or []
+            page = await self._history_page(url, params)
+            entries = page.get("entry") or []
             for entry in entries:
                 listing.take(entry)
-            url, params = next_link(answer.body, self.client.base_url, seen), None
+            url, params = next_link(page, self.client.base_url, seen), None
             if url is not None and self.max_entries is not None and listing.entries >= self.max_entries:
                 listing.stopped_at = _oldest(entries)
                 return listing
         raise ResolutionError("the upstream's history paging does not end")
 
-    async def _since(self, since: str) -> list[tuple[str, str]]:
-        """The listing's query: every change since ``since``, up to now on an upstream that takes
-        a window (``windowed``). Such an upstream (HAPI) pages by offset from its newest change,
-        so changes written while the listing runs (this purge's own deletes among them) would
-        push entries already listed onto the next page: measured on HAPI 8.4, 3,800 of 13,800
-        entries listed twice beside the deletes of 10,000 resources. Every earlier delete is
-        older than the upstream's clock now: a one-entry page tells it (``meta.lastUpdated``)."""
-        params = [("_since", since), ("_count", str(self.page_size))]
-        if not self.windowed:
-            return params
+    async def _listing_query(self, since: str) -> list[tuple[str, str]]:
+        """Every change since ``since``; on an upstream that takes a window of its history
+        (``ServerKind.history_window``), only those up to its newest change now. Such an upstream
+        (HAPI) pages by offset from its newest change, so changes written while the listing runs
+        (this purge's own deletes among them) would push entries already listed onto the next
+        page: measured on HAPI 8.4, 3,800 of 13,800 entries listed twice beside the deletes of
+        10,000 resources. A one-entry page names the newest change; the window ends at its time
+        or at the upstream's clock (the Bundle's ``meta.lastUpdated``), whichever is later, so
+        that a change stamped by a node whose clock runs ahead is still in it. Where the newest
+        change carries no time (HAPI lists a DELETE without one), nothing bounds the window: the
+        listing runs to the end as on any other upstream."""
+        unbounded = [("_since", since), ("_count", str(self.page_size))]
+        if not self.kind.history_window:
+            return unbounded
+        newest = await self._history_page("_history", [("_since", since), ("_count", "1")])
+        entries = newest.get("entry") or []
+        stamp = _stamp(entries[0]) if entries else None
+        clock = (newest.get("meta") or {}).get("lastUpdated")
+        if stamp is None or not isinstance(clock, str):
+            return unbounded
+        end = _latest([clock, stamp])
+        return unbounded if end is None else [("_at", f"ge{since}"), ("_at", f"le{end}"),
+                                              ("_count", str(self.page_size))]
+
+    async def _history_page(self, url: str, params: list[tuple[str, str]] | None) -> dict[str, Any]:
+        """One page of the system history, or ``ResolutionError`` saying what the upstream answered."""
         async with self.limit:
-            answer = await self.client.request("GET", "_history", params=[("_since", since), ("_count", "1")])
+            answer = await self.client.request("GET", url, params=params)
         if answer.status != 200 or answer.resource_type != "Bundle":
             raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
-        now = (answer.body.get("meta") or {}).get("lastUpdated")
-        if not isinstance(now, str):
-            return params
-        return [("_at", f"ge{since}"), ("_at", f"le{now}"), ("_count", str(self.page_size))]
+        return cast(dict[str, Any], answer.body)
 
     async def _judge_all(self, keys: list[Key], patient: Key,
                          deleted_at: dict[Key, int]) -> list[frozenset[str] | None]:
@@ -238,19 +248,22 @@ class Listing:
 
 
 def _oldest(entries: list[Any]) -> str:
-    """When the oldest change of a history page was made (the upstream lists newest first): its
-    version's ``lastUpdated``, or for a DELETE (no body) the entry's ``response.lastModified``."""
-    for entry in reversed(entries):
-        if not isinstance(entry, dict):
-            continue
-        body, response = entry.get("resource"), entry.get("response")
-        meta = body.get("meta") if isinstance(body, dict) else None
-        stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
-        if stamp is None and isinstance(response, dict):
-            stamp = response.get("lastModified")
-        if isinstance(stamp, str):
-            return stamp
-    return "a time the upstream did not give"
+    """When the oldest change of a history page was made (the upstream lists newest first)."""
+    return next((stamp for stamp in map(_stamp, reversed(entries)) if stamp is not None),
+                "a time the upstream did not give")
+
+
+def _stamp(entry: Any) -> str | None:
+    """When a history entry's change was made: its version's ``lastUpdated``, or for a DELETE (no
+    body) the entry's ``response.lastModified``; None where the upstream gives neither."""
+    if not isinstance(entry, dict):
+        return None
+    body, response = entry.get("resource"), entry.get("response")
+    meta = body.get("meta") if isinstance(body, dict) else None
+    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
+    if stamp is None and isinstance(response, dict):
+        stamp = response.get("lastModified")
+    return stamp if isinstance(stamp, str) else None
 
 
 def _version_in(url: str) -> int | None:
@@ -294,14 +307,21 @@ def _judge(key: Key, patient: Key, resolver: Resolver,
 
 def _earliest(versions: list[dict[str, Any]]) -> str | None:
     """The earliest ``meta.lastUpdated`` as the server wrote it (compared as instants)."""
-    stamps = []
-    for body in versions:
-        text = (body.get("meta") or {}).get("lastUpdated")
-        try:
-            stamps.append((datetime.fromisoformat(str(text)), str(text)))
-        except ValueError:
-            return None
-    return min(stamps)[1] if stamps else None
+    return _first([str((body.get("meta") or {}).get("lastUpdated")) for body in versions], min)
+
+
+def _latest(stamps: list[str]) -> str | None:
+    """The latest of ``stamps`` as the server wrote it (compared as instants)."""
+    return _first(stamps, max)
+
+
+def _first(stamps: list[str], pick: Callable[[list[tuple[datetime, str]]], tuple[datetime, str]]) -> str | None:
+    """``pick`` (min or max) of ``stamps`` compared as instants; None if any is not one."""
+    try:
+        instants = [(datetime.fromisoformat(text), text) for text in stamps]
+    except ValueError:
+        return None
+    return pick(instants)[1] if instants else None
 
 
 def _key_of(url: str, base_url: str) -> Key | None:

@@ -237,7 +237,7 @@ class PurgeEngine:
         if read_back and hard and details.earlier_deleted.found:
             try:
                 with self.settings.observer.phase("earlier"):
-                    await searches.earlier.remove(details.earlier_deleted, self.profile.kind)
+                    await searches.earlier.remove(details.earlier_deleted)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         result.errors += problems
@@ -518,7 +518,7 @@ class _SideSearches:
         limit = engine.limit if early else _SideLimit(engine.limit, SIDE_SLOTS)
         settings = engine.settings
         earlier = DeletedHistoryFinder(engine.client, limit, settings.page_size, resolver, settings.policy,
-                                       settings.earlier_deleted_max_entries, engine.profile.kind.history_window)
+                                       engine.profile.kind, settings.earlier_deleted_max_entries)
         attempted: set[Key] = set()
         listing = _early_listing(earlier, request.patient_id, attempted, settings.observer) \
             if not resolver.reads_patient_history else None
