@@ -176,10 +176,13 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
     (measured on HAPI 8.4: five writes between pages of ten, five listed twice; in a purge of
     10,000 resources its own deletes made 3,800 of 13,800 entries repeats). The listing covers
     the changes made before its first page, each counted once however busy the server is: the
-    bounded listing's "newest N changes" is then true, and no page is read twice."""
+    bounded listing's "newest N changes" is then true, and no page is read twice. The newest
+    change before the listing is a DELETE, as after any purge."""
     seed = seeds.build(sizes={"Observation": 4}, shared=False)
     seeds.write(hapi_base, seed.resources)
     seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-busy{i}"} for i in range(9)])
+    # the newest change a DELETE, as after any purge: HAPI lists it without a time
+    assert httpx.delete(f"{hapi_base}/Patient/{seed.patient[:-2]}-busy8", headers=seeds.FHIR).status_code == 200
     created = httpx.get(f"{hapi_base}/Patient/{seed.patient}", headers=seeds.FHIR).json()["meta"]["lastUpdated"]
     quiet = httpx.get(f"{hapi_base}/_history", params={"_since": created, "_count": "1000"}, headers=seeds.FHIR).json()
     assert not [link for link in quiet["link"] if link["relation"] == "next"]
@@ -188,7 +191,7 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
     async def written_between_pages(request: httpx.Request) -> None:
         if request.url.path.endswith("/fhir/_history"):
             pages.append(str(request.url))
-            if len(pages) > 1:
+            if request.url.params.get("_count") == "5":  # before each page of the listing
                 seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-w{len(pages)}-{i}"}
                                         for i in range(3)])
 
@@ -205,22 +208,31 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
         await http.aclose()
     assert listing is not None
     assert listing.entries == len(quiet["entry"]), pages
-    assert len(pages) == 1 + -(-len(quiet["entry"]) // 5)  # the clock, then each page once
+    assert len(pages) == 2 + -(-len(quiet["entry"]) // 5)  # the clock, none after it, then each page once
 
 
-@pytest.mark.parametrize(("newest", "window"), [
-    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:09.000+00:00"}}},
+_DELETED = {"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}
+
+
+@pytest.mark.parametrize(("newest", "later", "window"), [
+    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:09.000+00:00"}}}, None,
      ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:09.000+00:00"]),
-    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:01.000+00:00"}}},
+    ({"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:01.000+00:00"}}}, None,
      ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:05.000+00:00"]),
-    ({"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}, []),
-], ids=["a-node-ahead-of-the-clock", "the-clock", "a-delete-without-time"])
-async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest, window) -> None:
+    (_DELETED, [], ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:05.000+00:00"]),
+    (_DELETED, [{"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:07.000+00:00"}}}],
+     ["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:07.000+00:00"]),
+    (_DELETED, [_DELETED], []),
+], ids=["a-node-ahead-of-the-clock", "the-clock", "a-delete-and-nothing-after-the-clock",
+        "a-delete-and-a-change-after-the-clock", "a-delete-after-the-clock"])
+async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest, later, window) -> None:
     """HAPI stamps a change with the clock of the node that wrote it, and a cluster's clocks
     differ: a window ending at the answering node's clock (5 s here) could leave out an earlier
     delete stamped by a node ahead of it. The window ends at the newest change's time when that
-    is later; where the newest change has no time (HAPI lists a DELETE without one), the listing
-    takes no window at all and runs to the end."""
+    is later. Where the newest change has no time (HAPI lists a DELETE without one; after any
+    purge the newest change is its Patient's DELETE) the upstream is asked for a change after
+    its newest change after its clock: with none, the window ends at the clock; with one, at its
+    time; where that is a DELETE again, the listing takes no window and runs to the end."""
     from purgeproxy.engine.compartment import Resolver
     from purgeproxy.fhir.definitions import definitions_for
     from purgeproxy.servers.registry import kind_named
@@ -228,13 +240,19 @@ async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest
 
     created = "2026-01-01T00:00:00.000+00:00"
     listed: list[list[str]] = []
+    asked_after: list[list[str]] = []
 
     def history(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("_count") == "1":
-            return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": [newest],
-                                             "meta": {"lastUpdated": "2026-01-01T00:00:05.000+00:00"}})
-        listed.append(request.url.params.get_list("_at"))
-        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": []})
+        entries = None
+        if request.url.params.get("_count") == "1" and "_since" in request.url.params:
+            entries = [newest]
+        elif request.url.params.get("_count") == "1":
+            asked_after.append(request.url.params.get_list("_at"))
+            entries = later
+        else:
+            listed.append(request.url.params.get_list("_at"))
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": entries or [],
+                                         "meta": {"lastUpdated": "2026-01-01T00:00:05.000+00:00"}})
 
     with respx.mock(assert_all_called=True) as router:
         router.get(f"{BASE}/Patient/p1/_history").respond(200, json={"resourceType": "Bundle", "type": "history",
@@ -246,6 +264,7 @@ async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest
             finder = DeletedHistoryFinder(client, limit, 5, resolver, SETTINGS.policy, kind_named("hapi"))
             await finder.list_deletes(("Patient", "p1"), lambda key: False)
     assert listed == [window]
+    assert asked_after == ([] if later is None else [["gt2026-01-01T00:00:05.000+00:00"]])
 
 
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:

@@ -153,23 +153,32 @@ class DeletedHistoryFinder:
         (HAPI) pages by offset from its newest change, so changes written while the listing runs
         (this purge's own deletes among them) would push entries already listed onto the next
         page: measured on HAPI 8.4, 3,800 of 13,800 entries listed twice beside the deletes of
-        10,000 resources. A one-entry page names the newest change; the window ends at its time
-        or at the upstream's clock (the Bundle's ``meta.lastUpdated``), whichever is later, so
-        that a change stamped by a node whose clock runs ahead is still in it. Where the newest
-        change carries no time (HAPI lists a DELETE without one), nothing bounds the window: the
+        10,000 resources. Where no window can be proven to hold every change made so far, the
         listing runs to the end as on any other upstream."""
         unbounded = [("_since", since), ("_count", str(self.page_size))]
         if not self.kind.history_window:
             return unbounded
-        newest = await self._history_page("_history", [("_since", since), ("_count", "1")])
-        entries = newest.get("entry") or []
-        stamp = _stamp(entries[0]) if entries else None
-        clock = (newest.get("meta") or {}).get("lastUpdated")
-        if stamp is None or not isinstance(clock, str):
-            return unbounded
-        end = _latest([clock, stamp])
+        end = await self._window_end(await self._history_page("_history", [("_since", since), ("_count", "1")]))
         return unbounded if end is None else [("_at", f"ge{since}"), ("_at", f"le{end}"),
                                               ("_count", str(self.page_size))]
+
+    async def _window_end(self, newest: dict[str, Any]) -> str | None:
+        """Where a window holding every change made so far ends, from a one-entry page (``newest``):
+        the upstream's clock (the Bundle's ``meta.lastUpdated``) or the newest change's time,
+        whichever is later, so that a change stamped by a node whose clock runs ahead is still
+        in it. HAPI lists a DELETE without its time, and after any purge the newest change is
+        one (its Patient's): then the newest change after the clock (``_at=gt``) says it, and
+        with none the window ends at the clock. None: no window (a DELETE newest again)."""
+        entries = newest.get("entry") or []
+        clock = _latest([str((newest.get("meta") or {}).get("lastUpdated"))])
+        if not entries or clock is None:
+            return None
+        if _stamp(entries[0]) is None:
+            entries = (await self._history_page("_history", [("_at", f"gt{clock}"), ("_count", "1")])).get("entry") or []
+            if not entries:
+                return clock
+        stamp = _stamp(entries[0])
+        return None if stamp is None else _latest([clock, stamp])
 
     async def _history_page(self, url: str, params: list[tuple[str, str]] | None) -> dict[str, Any]:
         """One page of the system history, or ``ResolutionError`` saying what the upstream answered."""
