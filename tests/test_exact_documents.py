@@ -378,10 +378,14 @@ async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources
     assert seeds.snapshot(base, seed.untouchable) == before
 
 
-def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() -> None:
-    """A resource deleted since the patient was created needs no reads when the listing holds
-    each of its versions (1 up to its DELETE) and none references the patient; anything else
-    (a version missing, one that references the patient, an unnumbered DELETE) is read."""
+@pytest.mark.parametrize("stopped", [False, True], ids=["whole", "stopped-at-its-bound"])
+def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_them_not_the_patients(stopped) -> None:
+    """A resource deleted since the patient was created needs no reads when none of its listed
+    versions references the patient, whatever the order they come in, and they run unbroken up
+    to its DELETE: from version 1, or, when the listing holds every change since the patient
+    was created, from any version (the ones before are older than the patient). Anything else
+    (a version missing in between, one that references the patient, an unnumbered DELETE, the
+    listing stopped at its bound and version 1 not in it) is read."""
     import asyncio
 
     from purgeproxy.engine.compartment import Resolver
@@ -408,11 +412,17 @@ def test_the_history_listing_clears_only_deletes_whose_every_version_it_holds() 
                deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),
                deleted("bare", ""), version("bare", 1, "q"),  # DELETE without its version
                version("early", 1, "q"), deleted("early", "/_history/2"),  # oldest first
+               version("late", 1, "p"), deleted("late", "/_history/2"),  # oldest first, the patient's
+               deleted("older", "/_history/2"),  # version 1 not listed: older than the patient
+               deleted("since2", "/_history/3"), version("since2", 2, "q"),  # version 1 older
                deleted("ours", "/_history/2"), version("ours", 1, "p")]
     for entry in entries:
         listing.take(entry)
-    assert listing.deleted == {("Observation", i) for i in ("other", "gap", "mine", "bare", "early")}
-    assert listing.cleared() == {("Observation", "other")}
+    listing.stopped_at = "2026-01-01T00:00:00Z" if stopped else None
+    assert listing.deleted == {("Observation", i) for i in
+                               ("other", "gap", "mine", "bare", "early", "late", "older", "since2")}
+    cleared = ["other"] if stopped else ["other", "early", "older", "since2"]
+    assert listing.cleared() == {("Observation", i) for i in cleared}
 
 
 def test_a_history_shows_its_resource_still_deleted_only_when_it_can_tell() -> None:

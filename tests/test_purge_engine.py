@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -209,6 +210,48 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
     assert listing is not None
     assert listing.entries == len(quiet["entry"]), pages
     assert len(pages) == 2 + -(-len(quiet["entry"]) // 5)  # the clock, none after it, then each page once
+
+
+@pytest.mark.hapi
+async def test_resources_older_than_the_patient_are_judged_by_the_listing_without_reads(hapi_base) -> None:
+    """Two of the control's Conditions were written before the patient. One was moved to the
+    patient afterwards, the other was only deleted afterwards (as after another patient's
+    purge). The system history since the patient was created holds only the DELETE of the
+    second: it cannot be the patient's (nothing older than the patient references it), so it is
+    not read; the first has a version there that references the patient, so it is read, judged
+    shared (its first version is the control's) and kept. The control stays byte-identical."""
+    tag = seeds.new_tag()
+    control = {"resourceType": "Patient", "id": f"{tag}-c", "name": [{"family": "Control"}]}
+    older = [{"resourceType": "Condition", "id": f"{tag}-{name}", "code": {"text": name},
+              "subject": seeds.ref("Patient", control["id"])} for name in ("moved", "theirs")]
+    seeds.write(hapi_base, [control, *older])
+    await asyncio.sleep(0.05)  # the patient's first version strictly later than theirs
+    seed = seeds.build(tag, sizes={"Observation": 2, "Condition": 1}, shared=False)
+    seeds.write(hapi_base, seed.resources)
+    moved, theirs = ("Condition", older[0]["id"]), ("Condition", older[1]["id"])
+    put = httpx.put(f"{hapi_base}/Condition/{moved[1]}", headers=seeds.FHIR,
+                    json={**older[0], "subject": seeds.ref("Patient", seed.patient)})
+    assert put.status_code == 200
+    for rtype, rid in (moved, theirs):
+        assert httpx.delete(f"{hapi_base}/{rtype}/{rid}", headers=seeds.FHIR).status_code == 200
+    keep = [moved, theirs, *seed.untouchable]
+    before = seeds.snapshot(hapi_base, keep)
+    read: list[str] = []
+
+    async def histories_read(request: httpx.Request) -> None:
+        if request.method == "POST" and request.url.path.endswith("/fhir"):
+            read.extend(entry["request"]["url"] for entry in json.loads(request.content).get("entry", []))
+        elif request.method == "GET" and request.url.path.endswith("/_history"):
+            read.append(request.url.path)
+
+    engine, result = await _purge_observed(hapi_base, seed.patient, Phases(), histories_read)
+    earlier = result.purge.earlier_deleted
+    assert earlier.kept == {moved: f"shared with Patient/{control['id']}"}, earlier
+    assert moved not in earlier.found and theirs not in earlier.found
+    assert [url for url in read if f"Condition/{moved[1]}/_history" in url]
+    assert not [url for url in read if f"Condition/{theirs[1]}" in url], read
+    assert seeds.present(hapi_base, seed.in_scope) == []
+    assert seeds.snapshot(hapi_base, keep) == before
 
 
 _DELETED = {"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}
