@@ -5,7 +5,8 @@ HAPI its earlier versions stay readable in ``_history``. They are found in the s
 since the patient's first version (``_history?_since=``; nothing that references the patient can
 be older than the patient), which lists every resource changed since, deletions included (on
 HAPI up to the newest change when the listing starts: see ``_listing_query``). Each resource
-with a DELETE there has its instance ``_history`` read: it must still be deleted (no version
+with a DELETE there, unless the listing alone proves it is not the patient's (``Listing``), has
+its instance ``_history`` read: it must still be deleted (no version
 after that DELETE; where the listing does not say which version the DELETE made, a read
 answering 404/410), and its versions are checked with ``Resolver.check``, the compartment's own
 test: a version that references the patient through a compartment parameter makes it the
