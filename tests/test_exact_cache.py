@@ -9,6 +9,7 @@ scope is deleted, and ``success`` is said only when a fresh search finds nothing
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Any
 
 import httpx
@@ -134,7 +135,10 @@ WRITES = 100  # the writer's budget: it must stop for the purge to be able to fi
 @pytest.mark.hapi
 async def test_a_concurrent_writer_cannot_make_the_purge_claim_success_falsely(make_proxy, hapi_base) -> None:
     """With HAPI's hard delete, as in production (soft deletes would also leave thousands of
-    deleted resources that slow every later type-level $expunge in the session)."""
+    deleted resources that slow every later type-level $expunge in the session). Success only
+    when nothing is left, and the count deleted is exact either way. When the rounds end before
+    the writer does, the outcome is incomplete: the writer may still add to what it said remains
+    (on HAPI it writes until the Patient is deleted), so only that is checked as an upper bound."""
     base = hapi_base
     proxy = await make_proxy(base, auth={"admin_token": TOKEN}, purge={"max_rounds": 10})
     seed = seeds.build(sizes=LARGE, shared=False)
@@ -151,12 +155,14 @@ async def test_a_concurrent_writer_cannot_make_the_purge_claim_success_falsely(m
     found = {q: fresh_search(base, q) for q in (f"Observation?subject=Patient/{seed.patient}",
                                                 f"Condition?subject=Patient/{seed.patient}",
                                                 f"Patient?_id={seed.patient}")}
-    report = texts(outcome)
+    report, verdict = texts(outcome), outcome["issue"][0]["diagnostics"]
+    deleted = len(doomed) - len(left)  # nothing but the purge deletes them
     if outcome["issue"][0]["code"] == "success":
         assert left == [] and not any(found.values()), report
-    deleted = len(doomed) - len(left)
-    counted = f"({deleted} deleted)" if not left else f": {deleted} deleted, {len(left)} in scope remain"
-    assert counted in outcome["issue"][0]["diagnostics"], (deleted, left, report[:3000])
+        assert f"({deleted} deleted)" in verdict, (deleted, report[:3000])
+    else:  # gave up while the writer still wrote: what it says remains is there; later writes add to it
+        said = re.search(r": (\d+) deleted, (\d+) in scope remain", verdict)
+        assert said and int(said[1]) == deleted and int(said[2]) <= len(left), (deleted, left, report[:3000])
     assert seeds.snapshot(base, seed.untouchable) == before
 
 
