@@ -128,6 +128,39 @@ async def test_a_table_from_before_the_caller_column_is_upgraded(tmp_path: Path)
     await upgraded.close()
 
 
+def test_workers_opening_one_new_sqlite_file_at_once_all_open_it(tmp_path: Path) -> None:
+    """``serve --workers 2`` with a new SQLite store: each worker creates and upgrades the schema
+    at start. Before the schema was set up under one write lock, a worker could see a column
+    missing that the other had just added and die ("duplicate column name: parent"; the
+    switch to WAL answered "database is locked" at once too): 12 of 30 trials of four at once."""
+    import threading
+
+    from purgeproxy.jobs.sqlite import SqliteJobStore
+
+    failures: list[str] = []
+    for trial in range(10):
+        path = str(tmp_path / f"jobs{trial}.sqlite3")
+        stores = [SqliteJobStore(path) for _ in range(4)]
+        together = threading.Barrier(len(stores))  # all four at once
+
+        def open_it(store: SqliteJobStore, together: threading.Barrier) -> None:
+            together.wait()
+            try:
+                store._connect()
+            except Exception as error:  # noqa: BLE001 - each failure is the finding
+                failures.append(f"{type(error).__name__}: {error}")
+
+        threads = [threading.Thread(target=open_it, args=(store, together)) for store in stores]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for store in stores:
+            if store._connection is not None:
+                store._connection.close()
+    assert failures == []
+
+
 def test_named_parameters_become_numbered() -> None:
     sql, names = numbered("SELECT :a, :b::int, x::text, :a")
     assert sql == "SELECT $1, $2::int, x::text, $1" and names == ["a", "b"]
