@@ -186,7 +186,7 @@ class DeletedHistoryFinder:
         async with self.limit:
             answer = await self.client.request("GET", url, params=params)
         if answer.status != 200 or answer.resource_type != "Bundle":
-            raise ResolutionError(f"_history?_since: {outcome_text(answer.body, answer.status)}")
+            raise ResolutionError(f"_history: {outcome_text(answer.body, answer.status)}")
         return cast(dict[str, Any], answer.body)
 
     async def _judge_all(self, keys: list[Key], patient: Key,
@@ -259,10 +259,15 @@ class Listing:
 
     def cleared(self) -> set[Key]:
         """Candidates proven not the patient's by the listing alone (see the class)."""
-        whole = self.stopped_at is None
         return {key for key, at in self.deleted_at.items()
-                if key not in self.touching and key != self.patient
-                and (listed := self.versions.get(key, set())) == set(range(min(listed, default=at) if whole else 1, at))}
+                if key not in self.touching and key != self.patient and self._unbroken(key, at)}
+
+    def _unbroken(self, key: Key, at: int) -> bool:
+        """The listed versions of ``key`` run without a gap up to the one before its DELETE
+        (``at``): from version 1, or, when the listing was not stopped at its bound, from any."""
+        listed = self.versions.get(key, set())
+        first = min(listed, default=at) if self.stopped_at is None else 1
+        return listed == set(range(first, at))
 
 
 def _oldest(entries: list[Any]) -> str:
