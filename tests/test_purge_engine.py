@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -192,7 +193,7 @@ async def test_the_earlier_deletes_listing_counts_each_change_once_while_the_ser
     async def written_between_pages(request: httpx.Request) -> None:
         if request.url.path.endswith("/fhir/_history"):
             pages.append(str(request.url))
-            if request.url.params.get("_count") == "5":  # before each page of the listing
+            if len(request.url.params.get_list("_at")) == 2:  # before each page of the window
                 seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{seed.patient[:-2]}-w{len(pages)}-{i}"}
                                         for i in range(3)])
 
@@ -254,7 +255,73 @@ async def test_resources_older_than_the_patient_are_judged_by_the_listing_withou
     assert seeds.snapshot(hapi_base, keep) == before
 
 
+@pytest.mark.hapi
+async def test_an_expunge_beside_the_listing_cannot_hide_an_earlier_delete(hapi_base) -> None:
+    """Another purge's ``$expunge`` removes history rows while this purge lists the system
+    history (a cohort's members are purged side by side). HAPI pages that history by offset from
+    its newest change: rows removed from pages already listed pull the later entries up, and the
+    next page passes over as many. Here two resources of no patient, deleted last, are expunged
+    once the first page (their four entries) is listed: the next page would start past the
+    DELETE of the patient's Condition deleted before the purge. It is still found and its
+    history removed; the control stays byte-identical."""
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    seeds.write(hapi_base, seed.resources)
+    gone = {"resourceType": "Condition", "id": f"{seed.patient}-gone", "code": {"text": "gone"},
+            "subject": seeds.ref("Patient", seed.patient)}
+    others = [{"resourceType": "Observation", "id": f"{seed.patient}-other{i}", "status": "final",
+               "code": {"text": "nobody's"}} for i in range(2)]
+    for resource in (gone, *others):  # one change each, in this order: no two share a time
+        assert httpx.put(f"{hapi_base}/{resource['resourceType']}/{resource['id']}", json=resource,
+                         headers=seeds.FHIR).status_code == 201
+        assert httpx.delete(f"{hapi_base}/{resource['resourceType']}/{resource['id']}",
+                            headers=seeds.FHIR).status_code == 200
+    before = seeds.snapshot(hapi_base, seed.untouchable)
+    pages: list[str] = []
+
+    async def expunged_after_the_first_page(request: httpx.Request) -> None:
+        if request.url.path.endswith("/fhir/_history") and len(request.url.params.get_list("_at")) == 2:
+            pages.append(str(request.url))
+            if len(pages) == 2:  # another purge's hard deletes, between two pages of the listing
+                for other in others:
+                    expunged = httpx.post(f"{hapi_base}/Observation/{other['id']}/$expunge", headers=seeds.FHIR, json={
+                        "resourceType": "Parameters", "parameter": [
+                            {"name": "expungeDeletedResources", "valueBoolean": True},
+                            {"name": "expungePreviousVersions", "valueBoolean": True}]})
+                    assert expunged.status_code == 200, expunged.text
+
+    _, result = await _purge_observed(hapi_base, seed.patient, Phases(), expunged_after_the_first_page, page_size=4)
+    earlier = result.purge.earlier_deleted
+    condition = ("Condition", gone["id"])
+    assert condition in earlier.found and condition in earlier.hard_deleted, (earlier, pages)
+    history = httpx.get(f"{hapi_base}/Condition/{gone['id']}/_history", headers=seeds.FHIR)
+    assert history.status_code in (404, 410) or not history.json().get("entry"), history.text
+    assert result.complete, result
+    assert seeds.present(hapi_base, seed.in_scope) == []
+    assert seeds.snapshot(hapi_base, seed.untouchable) == before
+
+
 _DELETED = {"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}
+
+
+@contextlib.asynccontextmanager
+async def _hapi_finder(history: Any, page_size: int, created: str = "2026-01-01T00:00:00.000+00:00",
+                       **mock: Any) -> AsyncIterator[DeletedHistoryFinder]:
+    """A HAPI kind's finder whose system ``_history`` is answered by ``history`` (respx), for
+    Patient/p1 created at ``created``, its searches and listing pages of ``page_size``."""
+    from purgeproxy.engine.compartment import Resolver
+    from purgeproxy.fhir.definitions import definitions_for
+    from purgeproxy.servers.registry import kind_named
+    from tests.fake_upstream import BASE
+
+    with respx.mock(**mock) as router:
+        router.get(f"{BASE}/Patient/p1/_history").respond(200, json={"resourceType": "Bundle", "type": "history",
+            "entry": [{"resource": {"resourceType": "Patient", "id": "p1",
+                                    "meta": {"versionId": "1", "lastUpdated": created}}}]})
+        router.get(f"{BASE}/_history").mock(side_effect=history)
+        async with httpx.AsyncClient() as http:
+            client, limit = FhirClient(BASE, http), asyncio.Semaphore(2)
+            resolver = Resolver(client, definitions_for("4.0.1"), {"Observation": ("subject",)}, page_size, limit)
+            yield DeletedHistoryFinder(client, limit, page_size, resolver, SETTINGS.policy, kind_named("hapi"))
 
 
 @pytest.mark.parametrize(("newest", "later", "window"), [
@@ -276,11 +343,6 @@ async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest
     purge the newest change is its Patient's DELETE) the upstream is asked for a change after
     its newest change after its clock: with none, the window ends at the clock; with one, at its
     time; where that is a DELETE again, the listing takes no window and runs to the end."""
-    from purgeproxy.engine.compartment import Resolver
-    from purgeproxy.fhir.definitions import definitions_for
-    from purgeproxy.servers.registry import kind_named
-    from tests.fake_upstream import BASE
-
     created = "2026-01-01T00:00:00.000+00:00"
     listed: list[list[str]] = []
     asked_after: list[list[str]] = []
@@ -297,17 +359,85 @@ async def test_the_history_window_ends_at_the_newest_change_or_not_at_all(newest
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": entries or [],
                                          "meta": {"lastUpdated": "2026-01-01T00:00:05.000+00:00"}})
 
-    with respx.mock(assert_all_called=True) as router:
-        router.get(f"{BASE}/Patient/p1/_history").respond(200, json={"resourceType": "Bundle", "type": "history",
-            "entry": [{"resource": {"resourceType": "Patient", "id": "p1", "meta": {"versionId": "1", "lastUpdated": created}}}]})
-        router.get(f"{BASE}/_history").mock(side_effect=history)
-        async with httpx.AsyncClient() as http:
-            client, limit = FhirClient(BASE, http), asyncio.Semaphore(2)
-            resolver = Resolver(client, definitions_for("4.0.1"), {"Observation": ("subject",)}, 5, limit)
-            finder = DeletedHistoryFinder(client, limit, 5, resolver, SETTINGS.policy, kind_named("hapi"))
-            await finder.list_deletes(("Patient", "p1"), lambda key: False)
+    async with _hapi_finder(history, 5, created, assert_all_called=True) as finder:
+        await finder.list_deletes(("Patient", "p1"), lambda key: False)
     assert listed == [window]
     assert asked_after == ([] if later is None else [["gt2026-01-01T00:00:05.000+00:00"]])
+
+
+_NEWEST = {"resourceType": "Bundle", "type": "history", "meta": {"lastUpdated": "2026-01-01T00:00:09.000+00:00"},
+           "entry": [{"resource": {**_CHANGED, "meta": {"lastUpdated": "2026-01-01T00:00:09.000+00:00"}}}]}
+
+
+def _window_entry(index: int) -> dict[str, Any]:
+    """Entry ``index`` of a fake window: Observation/o<i> deleted, o0 the newest change."""
+    return {"fullUrl": f"Observation/o{index}", "request": {"method": "DELETE", "url": f"Observation/o{index}/_history/2"}}
+
+
+@pytest.mark.parametrize(("removed", "offsets", "again"), [
+    ({}, [0, 3, 6, 9], False),  # 12 entries in pages of 3, each page starting with the one listed last
+    # two listed entries removed before page 2: the page before (offset 0) is read to find its place
+    ({2: [0, 1]}, [0, 3, 0, 3, 6], False),
+    # the last entry listed removed itself: not in the page before either, listed again from the start
+    ({2: [3]}, [0, 3, 0, 0, 3, 6, 9], True),
+    # more entries than a page removed before the last listed: not in the page before, listed again
+    ({3: [0, 1, 2, 3, 4]}, [0, 3, 6, 3, 0, 3], True),
+], ids=["still", "moved-up", "last-listed-removed", "moved-more-than-a-page"])
+async def test_a_window_listed_while_entries_are_removed_misses_none(removed, offsets, again) -> None:
+    """HAPI pages its history window by offset; an ``$expunge`` beside the listing removes rows
+    from it (``removed``: before the n-th page request, these entries of the window), which moves
+    the later ones up. Every entry still in the window is listed, each once: a page that does not
+    start with the last entry listed makes the listing find that entry in the page before, and
+    where it is not there, list the window ``again`` from its start (``offsets``: each page's)."""
+    from tests.fake_upstream import BASE
+
+    window = [_window_entry(index) for index in range(12)]
+    requests: list[int] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":  # the window's end: the newest change stamped
+            return httpx.Response(200, json=_NEWEST)
+        requests.append(int(request.url.params["_offset"]))
+        for entry in [window[index] for index in removed.get(len(requests), [])]:
+            entries.remove(entry)
+        offset, count = int(request.url.params["_offset"]), int(request.url.params["_count"])
+        more = [{"relation": "next", "url": f"{BASE}/_history?more"}] if offset + count < len(entries) else []
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "link": more,
+                                         "entry": entries[offset:offset + count]})
+
+    entries = list(window)
+    async with _hapi_finder(history, 3, assert_all_called=True) as finder:
+        listing = await finder.list_deletes(("Patient", "p1"), lambda key: False)
+    assert listing is not None and requests == offsets
+    still = {("Observation", entry["fullUrl"].split("/")[1]) for entry in entries}
+    assert still <= listing.deleted and listing.entries == len(listing.deleted)
+    assert (listing.deleted == still) == (again or not removed)
+
+
+async def test_a_window_that_keeps_moving_is_said_unlisted() -> None:
+    """Where the window's entries are removed before every page, the listing gives up after
+    ``LISTING_ATTEMPTS`` passes and says why: the outcome then says such history may remain."""
+    from purgeproxy.engine.compartment import Resolution
+    from purgeproxy.engine.deleted_history import LISTING_ATTEMPTS
+    from tests.fake_upstream import BASE
+
+    entries = [_window_entry(index) for index in range(60)]
+    pages: list[str] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":
+            return httpx.Response(200, json=_NEWEST)
+        pages.append(request.url.params["_offset"])
+        offset, count = int(request.url.params["_offset"]), int(request.url.params["_count"])
+        page = entries[offset:offset + count]
+        del entries[:count]  # another client expunges as much as a page between any two
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": page,
+                                         "link": [{"relation": "next", "url": f"{BASE}/_history?more"}]})
+
+    async with _hapi_finder(history, 3) as finder:
+        found = await finder.find(Resolution("p1", True))
+    assert found.unlisted and "removed from the window while it was listed" in found.unlisted, found
+    assert found.found == [] and pages == ["0", "3", "0"] * LISTING_ATTEMPTS  # page 1, page 2, the page before
 
 
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:

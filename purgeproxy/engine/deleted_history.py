@@ -4,7 +4,7 @@ A soft-deleted resource is invisible to search, so the compartment searches neve
 HAPI its earlier versions stay readable in ``_history``. They are found in the system history
 since the patient's first version (``_history?_since=``; nothing that references the patient can
 be older than the patient), which lists every resource changed since, deletions included (on
-HAPI up to the newest change when the listing starts: see ``_listing_query``). Each resource
+HAPI up to the newest change when the listing starts: see ``_window``). Each resource
 with a DELETE there, unless the listing alone proves it is not the patient's (``Listing``), has
 its instance ``_history`` read: it must still be deleted (no version
 after that DELETE; where the listing does not say which version the DELETE made, a read
@@ -25,7 +25,8 @@ and the outcome says back to when.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -38,6 +39,9 @@ from purgeproxy.fhir.client import FhirClient
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link, outcome_text
 from purgeproxy.servers.base import ServerKind
+
+# a window listed again from its start when its pages lost their place (see ``_window_pages``)
+LISTING_ATTEMPTS = 3
 
 
 @dataclass
@@ -130,38 +134,94 @@ class DeletedHistoryFinder:
 
     async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:
         """Every resource with a DELETE in the system history since ``since``, but ``ours``
-        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
-        listing = Listing(patient, self.resolver, ours, self.client.base_url)
+        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent).
+        A window whose pages lost their place (``_Shifted``) is listed again from its start."""
+        window = await self._window(since)
+        for _ in range(LISTING_ATTEMPTS):
+            listing = Listing(patient, self.resolver, ours, self.client.base_url)
+            try:
+                async with aclosing(self._linked_pages(since) if window is None
+                                    else self._window_pages(window)) as pages:
+                    async for entries, more in pages:
+                        for entry in entries:
+                            listing.take(entry)
+                        if more and self.max_entries is not None and listing.entries >= self.max_entries:
+                            listing.stopped_at = _oldest(entries)
+                            break
+                return listing
+            except _Shifted:
+                continue
+        raise ResolutionError(f"_history: entries were removed from the window while it was listed, "
+                              f"{LISTING_ATTEMPTS} times")
+
+    async def _linked_pages(self, since: str) -> AsyncGenerator[tuple[list[Any], bool], None]:
+        """The history since ``since`` by the upstream's own next links: (entries, more follow)."""
         url: str | None = "_history"
-        params: list[tuple[str, str]] | None = await self._listing_query(since)
+        params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            if url is None:
-                return listing
-            page = await self._history_page(url, params)
-            entries = page.get("entry") or []
-            for entry in entries:
-                listing.take(entry)
+            page = await self._history_page(url or "_history", params)
             url, params = next_link(page, self.client.base_url, seen), None
-            if url is not None and self.max_entries is not None and listing.entries >= self.max_entries:
-                listing.stopped_at = _oldest(entries)
-                return listing
+            yield page.get("entry") or [], url is not None
+            if url is None:
+                return
         raise ResolutionError("the upstream's history paging does not end")
 
-    async def _listing_query(self, since: str) -> list[tuple[str, str]]:
-        """Every change since ``since``; on an upstream that takes a window of its history
-        (``ServerKind.history_window``), only those up to its newest change now. Such an upstream
-        (HAPI) pages by offset from its newest change, so changes written while the listing runs
-        (this purge's own deletes among them) would push entries already listed onto the next
-        page: measured on HAPI 8.4, 3,800 of 13,800 entries listed twice beside the deletes of
-        10,000 resources. Where no window can be proven to hold every change made so far, the
-        listing runs to the end as on any other upstream."""
-        unbounded = [("_since", since), ("_count", str(self.page_size))]
+    async def _window_pages(self, window: list[tuple[str, str]]) -> AsyncGenerator[tuple[list[Any], bool], None]:
+        """The window by ``_offset``, each page starting at the last entry listed: an ``$expunge``
+        beside the listing (another purge's, a cohort's members go side by side) removes rows the
+        offsets count, so the entries after them move up and a plain next page would pass over as
+        many (the trap test: the DELETE of the patient's own Condition). The window's end is fixed,
+        so its entries only ever move up: where the page does not start with the last entry listed,
+        the page before it is read to find that entry again (``_realigned``)."""
+        last: tuple[Any, ...] | None = None  # the last entry listed ...
+        position = 0  # ... and where it stands in the window now
+        for _ in range(MAX_PAGES):
+            offset, page = position, await self._window_page(window, position)
+            entries = page.get("entry") or []
+            if last is None:
+                fresh = entries
+            elif entries[:1] and _identity(entries[0]) == last:
+                fresh = entries[1:]
+            else:  # moved up by 1 to a page's size: the page before ends with it, an upstream's cap or not
+                offset = max(0, position - self.page_size)
+                page, entries, fresh = await self._realigned(window, offset, last)
+            more = any(link.get("relation") == "next" for link in page.get("link") or [])
+            yield fresh, more
+            if not (more and entries):
+                return
+            last, position = _identity(entries[-1]), offset + len(entries) - 1
+        raise ResolutionError("the upstream's history paging does not end")
+
+    async def _realigned(self, window: list[tuple[str, str]], offset: int,
+                         last: tuple[Any, ...]) -> tuple[dict[str, Any], list[Any], list[Any]]:
+        """The page at ``offset`` and what follows the last entry listed on it; ``_Shifted`` when
+        it is not there (it was removed itself, or more entries than a page were)."""
+        page = await self._window_page(window, offset)
+        entries = page.get("entry") or []
+        at = next((index for index, entry in enumerate(entries) if _identity(entry) == last), None)
+        if at is None:
+            raise _Shifted
+        return page, entries, entries[at + 1:]
+
+    async def _window_page(self, window: list[tuple[str, str]], offset: int) -> dict[str, Any]:
+        """One page of the window from ``offset``, one entry longer than the listing's pages: each
+        starts with the last entry listed."""
+        return await self._history_page("_history", [*window, ("_count", str(self.page_size + 1)),
+                                                     ("_offset", str(offset))])
+
+    async def _window(self, since: str) -> list[tuple[str, str]] | None:
+        """The window of every change since ``since`` up to the newest change now, on an
+        upstream that takes one (``ServerKind.history_window``); None: the listing runs to the
+        end by next links. Such an upstream (HAPI) pages by offset from its newest change, so
+        changes written while the listing runs (this purge's own deletes among them) would push
+        entries already listed onto the next page: measured on HAPI 8.4, 3,800 of 13,800 entries
+        listed twice beside the deletes of 10,000 resources. Where no window can be proven to
+        hold every change made so far, the listing runs to the end as on any other upstream."""
         if not self.kind.history_window:
-            return unbounded
+            return None
         end = await self._window_end(await self._history_page("_history", [("_since", since), ("_count", "1")]))
-        return unbounded if end is None else [("_at", f"ge{since}"), ("_at", f"le{end}"),
-                                              ("_count", str(self.page_size))]
+        return None if end is None else [("_at", f"ge{since}"), ("_at", f"le{end}")]
 
     async def _window_end(self, newest: dict[str, Any]) -> str | None:
         """Where a window holding every change made so far ends, from a one-entry page (``newest``):
@@ -222,8 +282,8 @@ class Listing:
     patient's 10,000, all written before this patient: 31.3 / 32.0 s when each of those was read
     and judged, 20.8 / 18.5 s now. A version missing in between, or the DELETE's version
     unknown, and the candidate is read and judged. What the rule rests on besides: no entry of
-    the window was missed, which an ``$expunge`` inside it while it is listed could cause by
-    shifting HAPI's offset pages (as it could hide a DELETE from any listing).
+    the window was missed, which its pages make sure of where an ``$expunge`` beside the listing
+    moves the window's entries (``DeletedHistoryFinder._window_pages``).
     """
 
     patient: Key
@@ -268,6 +328,21 @@ class Listing:
         listed = self.versions.get(key, set())
         first = min(listed, default=at) if self.stopped_at is None else 1
         return listed == set(range(first, at))
+
+
+class _Shifted(Exception):
+    """The window's pages lost their place: the last entry listed cannot be found again."""
+
+
+def _identity(entry: Any) -> tuple[Any, ...]:
+    """What tells one history entry from another: its request (HAPI's names the version) and,
+    for a version, the version's id and time."""
+    if not isinstance(entry, dict):
+        return (repr(entry),)
+    request, body = entry.get("request") or {}, entry.get("resource") or {}
+    meta = body.get("meta") or {} if isinstance(body, dict) else {}
+    return (entry.get("fullUrl"), str(request.get("method")), str(request.get("url")),
+            str(meta.get("versionId")), str(meta.get("lastUpdated")))
 
 
 def _oldest(entries: list[Any]) -> str:
