@@ -162,15 +162,16 @@ class DeletedHistoryFinder:
 
     async def _linked_pages(self, since: str) -> AsyncGenerator[tuple[list[Any], bool], None]:
         """The history since ``since`` by the upstream's own next links: (entries, more follow)."""
-        url: str | None = "_history"
+        url = "_history"
         params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            page = await self._history_page(url or "_history", params)
-            url, params = next_link(page, self.client.base_url, seen), None
-            yield page.get("entry") or [], url is not None
-            if url is None:
+            page = await self._history_page(url, params)
+            link = next_link(page, self.client.base_url, seen)
+            yield page.get("entry") or [], link is not None
+            if link is None:
                 return
+            url, params = link, None
         raise ResolutionError("the upstream's history paging does not end")
 
     async def _window_pages(self, window: list[tuple[str, str]]) -> AsyncGenerator[tuple[list[Any], bool], None]:
