@@ -290,9 +290,10 @@ async def test_a_hard_purge_beside_its_history_listing_still_finds_earlier_delet
     """With a hard delete the transactions start beside the system-history listing; the
     resources deleted before the purge are listed behind 60 of the patient's own later writes,
     which the purge deletes and expunges (small pages and batches make them overlap), and must
-    still be found and expunged. That no ``$expunge`` goes before the listing ends is shown by
-    tests/test_deletion_versions.py: HAPI's history pages are not shifted by an expunge, so this
-    test passes without that wait too (measured)."""
+    still be found and expunged. No ``$expunge`` goes before the listing ends (shown by
+    tests/test_deletion_versions.py): an expunge does move the entries of HAPI's history pages
+    (tests/test_purge_engine.py::test_an_expunge_beside_the_listing_cannot_hide_an_earlier_delete,
+    whose listing finds its place again), and this test passes without that wait too."""
     base = hapi_base
     seed = seeds.build(sizes={"Observation": 2, "Condition": 2}, shared=False)
     seeds.write(base, seed.resources)
@@ -423,6 +424,32 @@ def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_the
                                ("other", "gap", "mine", "bare", "early", "late", "older", "since2")}
     cleared = ["other"] if stopped else ["other", "early", "older", "since2"]
     assert listing.cleared() == {("Observation", i) for i in cleared}
+
+
+@pytest.mark.parametrize("entry", ["DELETE", {"request": "DELETE"}, {"request": {"method": "PUT"}},
+                                   {"resource": {"resourceType": "Observation", "meta": {"versionId": "1"}}}],
+                         ids=["not-an-object", "request-not-an-object", "no-resource", "resource-without-id"])
+def test_a_history_entry_that_is_neither_a_version_nor_a_delete_stops_the_listing(entry) -> None:
+    """An entry the listing cannot read may be a DELETE of the patient's: passing over it would
+    leave that history unsaid. The listing stops instead (the outcome says such history may
+    remain); an entry whose ``meta`` is not an object is still a version, of no known number."""
+    import asyncio
+
+    from purgeproxy.engine.compartment import Resolver
+    from purgeproxy.engine.deleted_history import Listing
+    from purgeproxy.fhir.client import FhirClient
+    from purgeproxy.fhir.definitions import definitions_for
+    from purgeproxy.fhir.search import ResolutionError
+
+    definitions = definitions_for("4.0.1")
+    resolver = Resolver(FhirClient("http://up.test/fhir", httpx.AsyncClient()), definitions,
+                        dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
+    listing = Listing(("Patient", "p"), resolver, lambda key: False, "http://up.test/fhir")
+    listing.take({"request": {"method": "DELETE", "url": "Observation/o1/_history/2"}})
+    listing.take({"resource": {"resourceType": "Observation", "id": "o1", "meta": ["1"]}})
+    assert listing.deleted == {("Observation", "o1")} and listing.versions == {}
+    with pytest.raises(ResolutionError, match="neither a version of a resource nor a DELETE"):
+        listing.take(entry)
 
 
 def test_a_history_shows_its_resource_still_deleted_only_when_it_can_tell() -> None:

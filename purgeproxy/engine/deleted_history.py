@@ -328,7 +328,9 @@ class Listing:
     stopped_at: str | None = None  # the listing stopped at its bound: the time of its oldest change
 
     def take(self, entry: Any) -> None:
-        request = entry.get("request") or {} if isinstance(entry, dict) else {}
+        """One entry listed: a DELETE or a version; ``ResolutionError`` for one that is neither
+        (nothing can be proven from it, and a DELETE may hide in it)."""
+        request = _mapping(entry.get("request")) if isinstance(entry, dict) else {}
         body = entry.get("resource") if isinstance(entry, dict) else None
         self.entries += 1
         if request.get("method") == "DELETE":
@@ -343,9 +345,11 @@ class Listing:
             listed = (body["resourceType"], body["id"])
             if self.resolver.check(body, self.patient) is not None:  # 2.6 µs a body
                 self.touching.add(listed)
-            version = _int((body.get("meta") or {}).get("versionId"))
+            version = _int(_mapping(body.get("meta")).get("versionId"))
             if listed in self.deleted_at and version is not None:
                 self.versions.setdefault(listed, set()).add(version)
+        else:
+            raise ResolutionError("_history: an entry is neither a version of a resource nor a DELETE")
 
     def cleared(self) -> set[Key]:
         """Candidates proven not the patient's by the listing alone (see the class)."""
@@ -378,10 +382,15 @@ def _identity(entry: Any) -> tuple[Any, ...]:
     for a version, the version's id and time."""
     if not isinstance(entry, dict):
         return (repr(entry),)
-    request, body = entry.get("request") or {}, entry.get("resource") or {}
-    meta = body.get("meta") or {} if isinstance(body, dict) else {}
-    return (entry.get("fullUrl"), str(request.get("method")), str(request.get("url")),
+    request, meta = _mapping(entry.get("request")), _mapping(_mapping(entry.get("resource")).get("meta"))
+    return (str(entry.get("fullUrl")), str(request.get("method")), str(request.get("url")),
             str(meta.get("versionId")), str(meta.get("lastUpdated")))
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """``value`` where it is a JSON object, else an empty one: an upstream's answer is not trusted
+    to have the shape FHIR gives it."""
+    return value if isinstance(value, dict) else {}
 
 
 def _oldest(entries: list[Any]) -> str:
