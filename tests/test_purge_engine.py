@@ -424,10 +424,10 @@ async def test_a_window_listed_pages_ahead_misses_none(monkeypatch, removed) -> 
     asked before the last page comes). A page fetched ahead that
     does not start where the listing now stands is dropped; either way every entry still in the
     window is listed, each once."""
-    from purgeproxy.engine import deleted_history
+    from purgeproxy.fhir import history
     from tests.fake_upstream import BASE
 
-    monkeypatch.setattr(deleted_history, "PAGES_BEFORE_AHEAD", 1)
+    monkeypatch.setattr(history, "PAGES_BEFORE_AHEAD", 1)
     entries = [_window_entry(index) for index in range(30)]
     requests: list[int] = []
     in_flight = [0, 0]  # now, at most

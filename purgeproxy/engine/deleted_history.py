@@ -25,29 +25,24 @@ and the outcome says back to when.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 from purgeproxy.engine.compartment import Resolution, Resolver
 from purgeproxy.engine.deletion import hard_delete_each
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.verify import HISTORY_BATCH, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.history import HistoryPages, Shifted, json_object
 from purgeproxy.fhir.references import Key, is_valid_id
-from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link, outcome_text
+from purgeproxy.fhir.search import ResolutionError
 from purgeproxy.servers.base import ServerKind
 
-# a window listed again from its start when its pages lost their place (see ``_window_pages``)
+# a window listed again from its start when its pages lost their place (``HistoryPages.window``)
 LISTING_ATTEMPTS = 3
-# once this many pages of a window were listed, the next two are in flight at once: a long listing
-# is a HAPI purge's longest path, a short one only contends with the deletes. Measured on HAPI 8.4
-# (bench's six patients): 10,000 purged first 28.9 -> 25.0 s (the loop 21.4-21.8 s); 650, whose
-# listing is shorter than this, median 1.84 -> 1.80 s; two in flight from the first page made it
-# worse there (1.68 -> 1.83 s)
-PAGES_BEFORE_AHEAD = 8
 
 
 @dataclass
@@ -141,13 +136,13 @@ class DeletedHistoryFinder:
     async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:
         """Every resource with a DELETE in the system history since ``since``, but ``ours``
         (checked as each page arrives: a DELETE the purge sent is known to it before it is sent).
-        A window whose pages lost their place (``_Shifted``) is listed again from its start."""
+        A window whose pages lost their place (``Shifted``) is listed again from its start."""
         window = await self._window(since)
         for _ in range(LISTING_ATTEMPTS):
             listing = Listing(patient, self.resolver, ours, self.client.base_url)
             try:
-                async with aclosing(self._linked_pages(since) if window is None
-                                    else self._window_pages(window)) as pages:
+                history = self._pages()
+                async with aclosing(history.linked(since) if window is None else history.window(window)) as pages:
                     async for entries, more in pages:
                         for entry in entries:
                             listing.take(entry)
@@ -155,90 +150,13 @@ class DeletedHistoryFinder:
                             listing.stopped_at = _oldest(entries)
                             break
                 return listing
-            except _Shifted:
+            except Shifted:
                 continue
         raise ResolutionError(f"_history: entries were removed from the window while it was listed, "
                               f"{LISTING_ATTEMPTS} times")
 
-    async def _linked_pages(self, since: str) -> AsyncGenerator[tuple[list[Any], bool], None]:
-        """The history since ``since`` by the upstream's own next links: (entries, more follow)."""
-        url = "_history"
-        params: list[tuple[str, str]] | None = [("_since", since), ("_count", str(self.page_size))]
-        seen: set[str] = set()
-        for _ in range(MAX_PAGES):
-            page = await self._history_page(url, params)
-            link = next_link(page, self.client.base_url, seen)
-            yield page.get("entry") or [], link is not None
-            if link is None:
-                return
-            url, params = link, None
-        raise ResolutionError("the upstream's history paging does not end")
-
-    async def _window_pages(self, window: list[tuple[str, str]]) -> AsyncGenerator[tuple[list[Any], bool], None]:
-        """The window by ``_offset``, each page starting at the last entry listed: an ``$expunge``
-        beside the listing (another purge's, a cohort's members go side by side) removes rows the
-        offsets count, so the entries after them move up and a plain next page would pass over as
-        many (the trap test: the DELETE of the patient's own Condition). The window's end is fixed,
-        so its entries only ever move up: where the page does not start with the last entry listed,
-        the page before it is read to find that entry again (``_realigned``). After
-        ``PAGES_BEFORE_AHEAD`` pages the next two are fetched at once, where the last page's length
-        puts them; one that does not start where the listing then stands is not taken."""
-        last: tuple[Any, ...] | None = None  # the last entry listed ...
-        position = 0  # ... and where it stands in the window now
-        ahead: dict[int, asyncio.Future[dict[str, Any]]] = {}  # offset -> the page fetched ahead
-        try:
-            for number in range(MAX_PAGES):
-                offset, page = position, await self._page_at(window, position, ahead)
-                entries = page.get("entry") or []
-                if last is None:
-                    fresh = entries
-                elif entries[:1] and _identity(entries[0]) == last:
-                    fresh = entries[1:]
-                else:  # moved up by 1 to a page's size: the page before ends with it, capped or not
-                    offset = max(0, position - self.page_size)
-                    page, entries, fresh = await self._realigned(window, offset, last)
-                more = any(link.get("relation") == "next" for link in page.get("link") or [])
-                if not (more and entries):
-                    yield fresh, more
-                    return
-                last, position = _identity(entries[-1]), offset + len(entries) - 1
-                if number + 1 >= PAGES_BEFORE_AHEAD:  # the next two, each as long as this one
-                    self._fetch_ahead(window, ahead, [position, position + len(entries) - 1])
-                yield fresh, more
-            raise ResolutionError("the upstream's history paging does not end")
-        finally:
-            _drop(ahead)
-
-    async def _page_at(self, window: list[tuple[str, str]], offset: int,
-                       ahead: dict[int, asyncio.Future[dict[str, Any]]]) -> dict[str, Any]:
-        """The page at ``offset``: the one fetched ahead where it starts there, else fetched now."""
-        fetched = ahead.pop(offset, None)
-        return await fetched if fetched is not None else await self._window_page(window, offset)
-
-    def _fetch_ahead(self, window: list[tuple[str, str]], ahead: dict[int, asyncio.Future[dict[str, Any]]],
-                     offsets: list[int]) -> None:
-        """The pages at ``offsets`` in flight, and no others fetched ahead."""
-        _drop({offset: ahead.pop(offset) for offset in list(ahead) if offset not in offsets})
-        for offset in offsets:
-            if offset not in ahead:
-                ahead[offset] = asyncio.ensure_future(self._window_page(window, offset))
-
-    async def _realigned(self, window: list[tuple[str, str]], offset: int,
-                         last: tuple[Any, ...]) -> tuple[dict[str, Any], list[Any], list[Any]]:
-        """The page at ``offset`` and what follows the last entry listed on it; ``_Shifted`` when
-        it is not there (it was removed itself, or more entries than a page were)."""
-        page = await self._window_page(window, offset)
-        entries = page.get("entry") or []
-        at = next((index for index, entry in enumerate(entries) if _identity(entry) == last), None)
-        if at is None:
-            raise _Shifted
-        return page, entries, entries[at + 1:]
-
-    async def _window_page(self, window: list[tuple[str, str]], offset: int) -> dict[str, Any]:
-        """One page of the window from ``offset``, one entry longer than the listing's pages: each
-        starts with the last entry listed."""
-        return await self._history_page("_history", [*window, ("_count", str(self.page_size + 1)),
-                                                     ("_offset", str(offset))])
+    def _pages(self) -> HistoryPages:
+        return HistoryPages(self.client, self.limit, self.page_size)
 
     async def _window(self, since: str) -> list[tuple[str, str]] | None:
         """The window of every change since ``since`` up to the newest change now, on an
@@ -250,7 +168,7 @@ class DeletedHistoryFinder:
         hold every change made so far, the listing runs to the end as on any other upstream."""
         if not self.kind.history_window:
             return None
-        end = await self._window_end(await self._history_page("_history", [("_since", since), ("_count", "1")]))
+        end = await self._window_end(await self._pages().page("_history", [("_since", since), ("_count", "1")]))
         return None if end is None else [("_at", f"ge{since}"), ("_at", f"le{end}")]
 
     async def _window_end(self, newest: dict[str, Any]) -> str | None:
@@ -265,19 +183,11 @@ class DeletedHistoryFinder:
         if not entries or clock is None:
             return None
         if _stamp(entries[0]) is None:
-            entries = (await self._history_page("_history", [("_at", f"gt{clock}"), ("_count", "1")])).get("entry") or []
+            entries = (await self._pages().page("_history", [("_at", f"gt{clock}"), ("_count", "1")])).get("entry") or []
             if not entries:
                 return clock
         stamp = _stamp(entries[0])
         return None if stamp is None else _latest([clock, stamp])
-
-    async def _history_page(self, url: str, params: list[tuple[str, str]] | None) -> dict[str, Any]:
-        """One page of the system history, or ``ResolutionError`` saying what the upstream answered."""
-        async with self.limit:
-            answer = await self.client.request("GET", url, params=params)
-        if answer.status != 200 or answer.resource_type != "Bundle":
-            raise ResolutionError(f"_history: {outcome_text(answer.body, answer.status)}")
-        return cast(dict[str, Any], answer.body)
 
     async def _judge_all(self, keys: list[Key], patient: Key,
                          deleted_at: dict[Key, int]) -> list[frozenset[str] | None]:
@@ -313,7 +223,7 @@ class Listing:
     and judged, 20.8 / 18.5 s now. A version missing in between, or the DELETE's version
     unknown, and the candidate is read and judged. What the rule rests on besides: no entry of
     the window was missed, which its pages make sure of where an ``$expunge`` beside the listing
-    moves the window's entries (``DeletedHistoryFinder._window_pages``).
+    moves the window's entries (``fhir.history.HistoryPages.window``).
     """
 
     patient: Key
@@ -330,7 +240,7 @@ class Listing:
     def take(self, entry: Any) -> None:
         """One entry listed: a DELETE or a version; ``ResolutionError`` for one that is neither
         (nothing can be proven from it, and a DELETE may hide in it)."""
-        request = _mapping(entry.get("request")) if isinstance(entry, dict) else {}
+        request = json_object(entry.get("request")) if isinstance(entry, dict) else {}
         body = entry.get("resource") if isinstance(entry, dict) else None
         self.entries += 1
         if request.get("method") == "DELETE":
@@ -345,7 +255,7 @@ class Listing:
             listed = (body["resourceType"], body["id"])
             if self.resolver.check(body, self.patient) is not None:  # 2.6 µs a body
                 self.touching.add(listed)
-            version = _int(_mapping(body.get("meta")).get("versionId"))
+            version = _int(json_object(body.get("meta")).get("versionId"))
             if listed in self.deleted_at and version is not None:
                 self.versions.setdefault(listed, set()).add(version)
         else:
@@ -362,35 +272,6 @@ class Listing:
         listed = self.versions.get(key, set())
         first = min(listed, default=at) if self.stopped_at is None else 1
         return listed == set(range(first, at))
-
-
-def _drop(ahead: dict[int, asyncio.Future[dict[str, Any]]]) -> None:
-    """Pages fetched ahead and not taken, cancelled; the failure of one already answered is
-    retrieved, not raised (its page was never part of the listing)."""
-    for fetched in ahead.values():
-        if not fetched.cancel() and not fetched.cancelled():
-            fetched.exception()
-    ahead.clear()
-
-
-class _Shifted(Exception):
-    """The window's pages lost their place: the last entry listed cannot be found again."""
-
-
-def _identity(entry: Any) -> tuple[Any, ...]:
-    """What tells one history entry from another: its request (HAPI's names the version) and,
-    for a version, the version's id and time."""
-    if not isinstance(entry, dict):
-        return (repr(entry),)
-    request, meta = _mapping(entry.get("request")), _mapping(_mapping(entry.get("resource")).get("meta"))
-    return (str(entry.get("fullUrl")), str(request.get("method")), str(request.get("url")),
-            str(meta.get("versionId")), str(meta.get("lastUpdated")))
-
-
-def _mapping(value: Any) -> dict[str, Any]:
-    """``value`` where it is a JSON object, else an empty one: an upstream's answer is not trusted
-    to have the shape FHIR gives it."""
-    return value if isinstance(value, dict) else {}
 
 
 def _oldest(entries: list[Any]) -> str:
