@@ -36,13 +36,10 @@ from purgeproxy.engine.deletion import hard_delete_each
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.verify import HISTORY_BATCH, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient
-from purgeproxy.fhir.history import HistoryPages, Shifted, json_object
+from purgeproxy.fhir.history import HistoryPages, json_object
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.fhir.search import ResolutionError
 from purgeproxy.servers.base import ServerKind
-
-# a window listed again from its start when its pages lost their place (``HistoryPages.window``)
-LISTING_ATTEMPTS = 3
 
 
 @dataclass
@@ -135,25 +132,18 @@ class DeletedHistoryFinder:
 
     async def _deleted_since(self, since: str, ours: Callable[[Key], bool], patient: Key) -> Listing:
         """Every resource with a DELETE in the system history since ``since``, but ``ours``
-        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent).
-        A window whose pages lost their place (``Shifted``) is listed again from its start."""
+        (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
         window = await self._window(since)
-        for _ in range(LISTING_ATTEMPTS):
-            listing = Listing(patient, self.resolver, ours, self.client.base_url)
-            try:
-                history = self._pages()
-                async with aclosing(history.linked(since) if window is None else history.window(window)) as pages:
-                    async for entries, more in pages:
-                        for entry in entries:
-                            listing.take(entry)
-                        if more and self.max_entries is not None and listing.entries >= self.max_entries:
-                            listing.stopped_at = _oldest(entries)
-                            break
-                return listing
-            except Shifted:
-                continue
-        raise ResolutionError(f"_history: entries were removed from the window while it was listed, "
-                              f"{LISTING_ATTEMPTS} times")
+        listing = Listing(patient, self.resolver, ours, self.client.base_url)
+        history = self._pages()
+        async with aclosing(history.linked(since) if window is None else history.window(window)) as pages:
+            async for entries, more in pages:
+                for entry in entries:
+                    listing.take(entry)
+                if more and self.max_entries is not None and listing.entries >= self.max_entries:
+                    listing.stopped_at = _oldest(entries)
+                    break
+        return listing
 
     def _pages(self) -> HistoryPages:
         return HistoryPages(self.client, self.limit, self.page_size)
