@@ -420,6 +420,37 @@ async def test_a_window_listed_while_entries_are_removed_misses_none(removed, of
     assert listing.deleted - still <= {("Observation", f"o{index}") for gone in removed.values() for index in gone}
 
 
+async def test_an_entry_listed_again_under_another_name_is_taken_alone() -> None:
+    """HAPI names a resource it is expunging that moment by its database key (``Observation/901``)
+    instead of its id: an entry already listed shows up again under that name among entries
+    listed. Here o0 is removed before page 3 and o5, listed on page 2, is named 901 from then on:
+    page 3 does not start with an entry listed, so the page before is read back, and there 901
+    sits between o4 and o6, both listed. It is taken (a name not listed is never passed over);
+    o6 is not listed twice."""
+    from tests.fake_upstream import BASE
+
+    window = [_window_entry(index) for index in range(12)]
+    requests: list[int] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":
+            return httpx.Response(200, json=_NEWEST)
+        requests.append(int(request.url.params["_offset"]))
+        if len(requests) == 3:
+            del window[0]
+            window[4] = {"fullUrl": "Observation/901", "request": {"method": "DELETE", "url": "Observation/901/_history/2"}}
+        offset, count = int(request.url.params["_offset"]), int(request.url.params["_count"])
+        more = [{"relation": "next", "url": f"{BASE}/_history?more"}] if offset + count < len(window) else []
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "link": more,
+                                         "entry": window[offset:offset + count]})
+
+    async with _hapi_finder(history, 3, assert_all_called=True) as finder:
+        listing = await finder.list_deletes(("Patient", "p1"), lambda key: False)
+    assert listing is not None and requests == [0, 3, 6, 3, 6, 9]
+    assert listing.deleted == {("Observation", f"o{index}") for index in range(12)} | {("Observation", "901")}
+    assert listing.entries == 13  # each name once
+
+
 @pytest.mark.parametrize("removed", [{}, {4: [0, 1]}, {4: [5]}, {5: list(range(12))}],
                          ids=["still", "moved-up", "last-listed-removed", "moved-more-than-a-page"])
 async def test_a_window_listed_pages_ahead_misses_none(monkeypatch, removed) -> None:
