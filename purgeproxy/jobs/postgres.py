@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from purgeproxy.jobs.sql import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, TABLE, SqlJobStore, numbered
+from purgeproxy.jobs.sql import SCHEMA, SqlJobStore, numbered, upgrades
 
 SCHEMA_LOCK = 0x70757267  # an advisory lock id: replicas starting together create the schema once
 SUBMIT_LOCK = 0x70757268  # taken by each submit, so that two replicas cannot both pass a quota
@@ -32,11 +32,7 @@ class PostgresJobStore(SqlJobStore):
         self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
         async with self._pool.acquire() as connection, connection.transaction():
             await connection.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            for statement in SCHEMA:
-                await connection.execute(statement)
-            for column, kind in ADDED_COLUMNS:
-                await connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
-            for statement in ADDED_INDEXES:
+            for statement in [*SCHEMA, *upgrades(None)]:
                 await connection.execute(statement)
 
     async def fetch(self, sql: str, params: Mapping[str, Any]) -> Sequence[Mapping[str, Any]]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import re
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from purgeproxy.jobs.store import (
@@ -39,11 +39,24 @@ SCHEMA = (
     f"CREATE UNIQUE INDEX IF NOT EXISTS {TABLE}_active ON {TABLE} (target) WHERE status IN {_ACTIVE}",
     f"CREATE INDEX IF NOT EXISTS {TABLE}_queue ON {TABLE} (status, created_at)",
 )
-# Columns added after the table's first release: each backend adds those an older table lacks.
+# Columns added after the table's first release, which an older table lacks.
 # ``parent``: the fan-out job a per-patient child belongs to (NULL for a job somebody submitted).
-ADDED_COLUMNS = (("caller", "TEXT"), ("parent", "TEXT"))
+_ADDED_COLUMNS = (("caller", "TEXT"), ("parent", "TEXT"))
 # Indexes on added columns, created once the columns exist.
-ADDED_INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_parent ON {TABLE} (parent)",)
+_ADDED_INDEXES = (f"CREATE INDEX IF NOT EXISTS {TABLE}_parent ON {TABLE} (parent)",)
+
+
+def upgrades(present: Collection[str] | None) -> list[str]:
+    """What brings a table made by ``SCHEMA`` (perhaps by an older release) to this one: the
+    columns added since, then their indexes. ``present``: the table's columns, for a database
+    that cannot add a column only where it is missing (SQLite has no ``ADD COLUMN IF NOT
+    EXISTS``); None for one that can (PostgreSQL)."""
+    if present is None:
+        columns = [f"ALTER TABLE {TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}" for column, kind in _ADDED_COLUMNS]
+    else:
+        columns = [f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}" for column, kind in _ADDED_COLUMNS
+                   if column not in present]
+    return [*columns, *_ADDED_INDEXES]
 # The quota is checked by the statement that inserts, so that two submits cannot both pass it.
 INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, caller, status, created_at, updated_at)
     SELECT :id, :operation, :target, :payload, :caller, 'new', {{now}}, {{now}}

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from purgeproxy.jobs.sql import ADDED_COLUMNS, ADDED_INDEXES, SCHEMA, TABLE, SqlJobStore
+from purgeproxy.jobs.sql import SCHEMA, TABLE, SqlJobStore, upgrades
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -76,10 +76,7 @@ def _ensure_schema(connection: sqlite3.Connection) -> None:
     for statement in SCHEMA:
         connection.execute(statement)
     present = {row["name"] for row in connection.execute(f"PRAGMA table_info({TABLE})")}
-    for column, kind in ADDED_COLUMNS:
-        if column not in present:
-            connection.execute(f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}")
-    for statement in ADDED_INDEXES:
+    for statement in upgrades(present):
         connection.execute(statement)
 
 
