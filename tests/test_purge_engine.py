@@ -375,28 +375,33 @@ def _window_entry(index: int) -> dict[str, Any]:
     return {"fullUrl": f"Observation/o{index}", "request": {"method": "DELETE", "url": f"Observation/o{index}/_history/2"}}
 
 
-@pytest.mark.parametrize(("removed", "offsets"), [
-    ({}, [0, 3, 6, 9]),  # 12 entries in pages of 3, each page starting with the one listed last
+@pytest.mark.parametrize(("removed", "first", "offsets"), [
+    ({}, 3, [0, 3, 6, 9]),  # 12 entries in pages of 3, each page starting with the one listed last
     # two listed entries removed before page 2: the page before (offset 0) starts with listed ones
-    ({2: [0, 1]}, [0, 3, 0, 3, 6]),
+    ({2: [0, 1]}, 3, [0, 3, 0, 3, 6]),
     # the last entry listed removed itself: the page before starts with the ones listed before it
-    ({2: [3]}, [0, 3, 0, 3, 6, 9]),
+    ({2: [3]}, 3, [0, 3, 0, 3, 6, 9]),
     # more entries than a page removed before the last listed: read back two pages
-    ({3: [0, 1, 2, 3, 4]}, [0, 3, 6, 3, 0, 3]),
+    ({3: [0, 1, 2, 3, 4]}, 3, [0, 3, 6, 3, 0, 3]),
+    # the same, read back one entry first, then up to a page: 5 (1 entry), 2 (3), 0 (2)
+    ({3: [0, 1, 2, 3, 4]}, 1, [0, 3, 6, 5, 2, 0, 2, 5]),
     # every entry listed removed: read back to the window's start, where all are new
-    ({3: [0, 1, 2, 3, 4, 5, 6]}, [0, 3, 6, 3, 0, 3]),
+    ({3: [0, 1, 2, 3, 4, 5, 6]}, 3, [0, 3, 6, 3, 0, 3]),
     # entries removed before every page (a sibling's expunges all along the listing)
-    ({2: [0], 3: [4, 5], 4: [1, 2, 3], 5: [6], 6: [7, 8]}, [0, 3, 0, 3, 0, 3, 0]),
-], ids=["still", "moved-up", "last-listed-removed", "moved-more-than-a-page", "all-listed-removed",
-        "moved-before-every-page"])
-async def test_a_window_listed_while_entries_are_removed_misses_none(removed, offsets) -> None:
+    ({2: [0], 3: [4, 5], 4: [1, 2, 3], 5: [6], 6: [7, 8]}, 3, [0, 3, 0, 3, 0, 3, 0]),
+], ids=["still", "moved-up", "last-listed-removed", "moved-more-than-a-page", "read-back-growing",
+        "all-listed-removed", "moved-before-every-page"])
+async def test_a_window_listed_while_entries_are_removed_misses_none(monkeypatch, removed, first, offsets) -> None:
     """HAPI pages its history window by offset; an ``$expunge`` beside the listing removes rows
     from it (``removed``: before the n-th page request, these entries of the window), which moves
     the later ones up. Every entry still in the window is listed, each once: a page that does not
-    start with entries listed makes the listing read back the pages before it (``offsets``: each
-    page's) to the nearest that does, and list what follows them there; never the window again."""
+    start with entries listed makes the listing read back the entries before it (``first`` of
+    them, then four times as many up to a page; ``offsets``: each request's) to the nearest read
+    that does, and list what it has not there; never the window again."""
+    from purgeproxy.fhir import history
     from tests.fake_upstream import BASE
 
+    monkeypatch.setattr(history, "FIRST_READ_BACK", first)
     window = [_window_entry(index) for index in range(12)]
     requests: list[int] = []
 

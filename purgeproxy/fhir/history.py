@@ -23,6 +23,12 @@ from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link, outcom
 # listing is shorter than this, median 1.84 -> 1.80 s; two in flight from the first page made it
 # worse there (1.68 -> 1.83 s)
 PAGES_BEFORE_AHEAD = 8
+# where a page does not start with an entry listed, the entries before it are read back this many
+# first, then four times as many each time up to a page, each read ending where the last began:
+# the window moved up by as many entries as were removed beside the listing, mostly a few dozen
+# (measured below, ``HistoryPages._found_again``), and a page of HAPI's history costs 0.3-0.4 ms
+# of its CPU an entry
+FIRST_READ_BACK = 64
 
 
 @dataclass(frozen=True)
@@ -70,15 +76,16 @@ class HistoryPages:
         ahead: dict[int, asyncio.Future[dict[str, Any]]] = {}  # offset -> the page fetched ahead
         try:
             for number in range(MAX_PAGES):
-                offset, page, fresh = await self._found_again(bounds, position, await self._page_at(
-                    bounds, position, ahead), listed)
+                asked = position
+                offset, page, fresh = await self._found_again(bounds, asked, await self._page_at(
+                    bounds, asked, ahead), listed)
                 entries = page.get("entry") or []
                 more = any(link.get("relation") == "next" for link in page.get("link") or [])
                 if not (more and entries):
                     yield fresh, more
                     return
                 position = offset + len(entries) - 1
-                if number + 1 >= PAGES_BEFORE_AHEAD:  # the next two, each as long as this one
+                if number + 1 >= PAGES_BEFORE_AHEAD and offset == asked:  # the next two, as long as this
                     self._fetch_ahead(bounds, ahead, [position, position + len(entries) - 1])
                 yield fresh, more
             raise ResolutionError("the upstream's history paging does not end")
@@ -102,12 +109,10 @@ class HistoryPages:
     async def _found_again(self, bounds: list[tuple[str, str]], offset: int, page: dict[str, Any],
                            listed: set[int]) -> tuple[int, dict[str, Any], list[Any]]:
         """Where the listing stands: the page (at ``offset``, or the nearest before it that starts
-        with an entry listed, read back a page at a time) and its entries not listed yet, now
-        added to ``listed``; at the window's start, whatever it starts with (every entry listed
-        before it has left the window). Nothing moved: the page starts with the newest entry
-        listed, and no request is added. Before, a page that had moved by more than a page listed
-        the window again from its start: on HAPI with ten patients of 650 purged four at a time,
-        3 of 46 pages that moved, each costing a listing of every change since its patient.
+        with an entry listed, read back as ``FIRST_READ_BACK`` says) and its entries not listed
+        yet, now added to ``listed``; at the window's start, whatever it starts with (every entry
+        listed before it has left the window). Nothing moved: the page starts with the newest
+        entry listed, and no request is added.
 
         Every entry not listed is taken, wherever it stands on the page: HAPI names a resource
         it is expunging that moment by its database key instead of its id (seen in 3 of 100
@@ -120,6 +125,7 @@ class HistoryPages:
         10,000-resource HAPI purge's window), against 24.9 MB for the identities themselves
         (tracemalloc). An entry not listed taken for one listed by chance (64-bit hashes): about
         once in 3 x 10^11 pages of 1,000 at 60,000 listed."""
+        back = min(self.page_size, FIRST_READ_BACK)
         while True:
             entries = page.get("entry") or []
             digests = [hash(identity(entry)) for entry in entries]
@@ -127,13 +133,14 @@ class HistoryPages:
                 fresh = [entry for entry, digest in zip(entries, digests, strict=True) if digest not in listed]
                 listed.update(digests)
                 return offset, page, fresh
-            offset = max(0, offset - self.page_size)
-            page = await self._window_page(bounds, offset)
+            start = max(0, offset - back)
+            page = await self._window_page(bounds, start, offset - start + 1)  # ends where the last began
+            offset, back = start, min(self.page_size, back * 4)
 
-    async def _window_page(self, bounds: list[tuple[str, str]], offset: int) -> dict[str, Any]:
-        """One page of the window from ``offset``, one entry longer than the listing's pages: each
-        starts with the last entry listed."""
-        return await self.page("_history", [*bounds, ("_count", str(self.page_size + 1)),
+    async def _window_page(self, bounds: list[tuple[str, str]], offset: int, count: int | None = None) -> dict[str, Any]:
+        """``count`` entries of the window from ``offset``; by default one more than the listing's
+        pages: each starts with the last entry listed."""
+        return await self.page("_history", [*bounds, ("_count", str(count or self.page_size + 1)),
                                                      ("_offset", str(offset))])
 
 
