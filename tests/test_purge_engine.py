@@ -497,6 +497,45 @@ async def test_a_window_listed_pages_ahead_misses_none(monkeypatch, removed) -> 
         assert sorted(requests) in (list(range(0, 30, 3)), list(range(0, 33, 3))), requests
 
 
+@pytest.mark.parametrize(("failing", "broken"), [("end", False), ("page 2", True)],
+                         ids=["the-first-request", "after-a-page"])
+async def test_a_listing_that_breaks_off_leaves_a_hard_delete_purge_incomplete(failing, broken) -> None:
+    """An upstream that cannot list its history since a time (its first answer is a refusal)
+    leaves a warning: such history may remain, and nothing could have removed it. One that began
+    to list it and then failed (here HAPI answers 500 for the window's second page) had that
+    history there to be removed: a purge that promised a hard delete is incomplete, and says so."""
+    from purgeproxy.engine.compartment import Resolution
+    from purgeproxy.engine.plan import Plan
+    from purgeproxy.engine.report import result_outcome
+    from purgeproxy.engine.result import PurgeDetails, Result
+    from tests.fake_upstream import BASE
+
+    pages: list[str] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":
+            return httpx.Response(500) if failing == "end" else httpx.Response(200, json=_NEWEST)
+        pages.append(request.url.params["_offset"])
+        if len(pages) == 2:
+            return httpx.Response(500, json={"resourceType": "OperationOutcome", "issue": [
+                {"severity": "error", "code": "exception", "diagnostics": "HAPI-0000: boom"}]})
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history",
+                                         "entry": [_window_entry(index) for index in range(4)],
+                                         "link": [{"relation": "next", "url": f"{BASE}/_history?more"}]})
+
+    async with _hapi_finder(history, 3) as finder:
+        found = await finder.find(Resolution("p1", True))
+    assert found.unlisted and found.broken == broken and found.found == [], found
+    for method, left in (("HAPI $expunge", broken), (None, False)):
+        details = PurgeDetails("p1", Plan("p1", []), earlier_deleted=found)
+        result = Result("$purge", "Patient/p1", False, hard_delete_method=method, purge=details)
+        issues = result_outcome(result)["issue"]
+        said = [i for i in issues if "deleted before this purge could" in i.get("diagnostics", "")]
+        assert result.complete != left and len(said) == 1, issues
+        assert said[0]["severity"] == ("error" if left else "warning"), said
+        assert said[0]["code"] == ("incomplete" if broken else "not-supported"), said
+
+
 async def test_the_engine_tells_its_observer_each_phase(upstream) -> None:
     """The benchmark times phases through this hook, not by patching the engine's methods."""
     seed = seeds.build(sizes={"Observation": 3}, shared=False)

@@ -74,6 +74,20 @@ async def test_a_next_link_that_repeats_is_an_error() -> None:
         await collect()
 
 
+@pytest.mark.parametrize(("links", "url"), [
+    ("not a list", None), (["not an object", {"relation": "self"}], None),
+    (["not an object", {"relation": "next", "url": f"{BASE}?page=2"}], f"{BASE}?page=2"),
+], ids=["links-not-a-list", "no-next", "next-among-odd-links"])
+def test_links_not_shaped_as_fhir_gives_them_are_read_without_failing(links, url) -> None:
+    """A Bundle's ``link`` comes from the upstream: where it is not a list of objects, only the
+    objects in it count (one parsing for next links and for whether more pages follow)."""
+    from purgeproxy.fhir.search import has_next, next_link
+
+    bundle = {"resourceType": "Bundle", "link": links}
+    assert next_link(bundle, BASE, set()) == url
+    assert has_next(bundle) == (url is not None)
+
+
 @respx.mock
 async def test_a_refused_search_says_why() -> None:
     respx.get(f"{BASE}/Observation").respond(400, json={"resourceType": "OperationOutcome", "issue": [

@@ -49,6 +49,7 @@ class EarlierDeleted:
     found: list[Key] = field(default_factory=list)  # the patient's: to hard-delete
     kept: dict[Key, str] = field(default_factory=dict)  # excluded or shared: why kept
     unlisted: str | None = None  # why they could not be listed: such history may remain
+    broken: bool = False  # ... after the upstream had begun to list them (not for want of a way)
     listed_back_to: str | None = None  # the listing stopped at its bound: older deletes not searched
     listed_entries: int = 0  # changes of the system history listed
     hard_deleted: list[Key] = field(default_factory=list)
@@ -81,6 +82,7 @@ class DeletedHistoryFinder:
             await self._find(resolution, result, ours, listed, started)
         except ResolutionError as failure:
             result.found, result.kept, result.unlisted = [], {}, str(failure)
+            result.broken = isinstance(failure, ListingBroken)
             result.listed_back_to = None  # not searched at all, said instead
         finally:
             if listed is not None:
@@ -135,14 +137,20 @@ class DeletedHistoryFinder:
         (checked as each page arrives: a DELETE the purge sent is known to it before it is sent)."""
         window = await self._window(since)
         listing = Listing(patient, self.resolver, ours, self.client.base_url)
-        history = self._pages()
-        async with aclosing(history.linked(since) if window is None else history.window(window)) as pages:
-            async for entries, more in pages:
-                for entry in entries:
-                    listing.take(entry)
-                if more and self.max_entries is not None and listing.entries >= self.max_entries:
-                    listing.stopped_at = _oldest(entries)
-                    break
+        history, answered = self._pages(), window is not None  # the window's end was read from it
+        try:
+            async with aclosing(history.linked(since) if window is None else history.window(window)) as pages:
+                async for entries, more in pages:
+                    answered = True
+                    for entry in entries:
+                        listing.take(entry)
+                    if more and self.max_entries is not None and listing.entries >= self.max_entries:
+                        listing.stopped_at = _oldest(entries)
+                        break
+        except ResolutionError as failure:
+            if answered:
+                raise ListingBroken(failure.text) from failure
+            raise
         return listing
 
     def _pages(self) -> HistoryPages:
@@ -195,6 +203,12 @@ class DeletedHistoryFinder:
             reading = await read_current(self.client, self.limit, unsure[start:start + HISTORY_BATCH])
             deleted.update({key: key in reading.gone for key in unsure[start:start + HISTORY_BATCH]})
         return [_judge(key, patient, self.resolver, histories[key]) if deleted[key] else None for key in keys]
+
+
+class ListingBroken(ResolutionError):
+    """The upstream began to list its history, then could not go on (an answer that is not a
+    page, an entry that is neither a version nor a DELETE, paging that does not end): unlike an
+    upstream that cannot list it at all, the history it did not list was there to be removed."""
 
 
 @dataclass
@@ -275,11 +289,9 @@ def _stamp(entry: Any) -> str | None:
     body) the entry's ``response.lastModified``; None where the upstream gives neither."""
     if not isinstance(entry, dict):
         return None
-    body, response = entry.get("resource"), entry.get("response")
-    meta = body.get("meta") if isinstance(body, dict) else None
-    stamp = meta.get("lastUpdated") if isinstance(meta, dict) else None
-    if stamp is None and isinstance(response, dict):
-        stamp = response.get("lastModified")
+    stamp = json_object(json_object(entry.get("resource")).get("meta")).get("lastUpdated")
+    if stamp is None:
+        stamp = json_object(entry.get("response")).get("lastModified")
     return stamp if isinstance(stamp, str) else None
 
 

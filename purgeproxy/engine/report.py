@@ -231,7 +231,12 @@ def _earlier_deleted(result: Result, purge: PurgeDetails) -> list[dict[str, Any]
     earlier = purge.earlier_deleted
     what = "history of resource(s) deleted before this purge"
     texts = [_info(f"kept ({why}): {what}: {t}/{i}") for (t, i), why in sorted(earlier.kept.items())]
-    if earlier.unlisted:
+    if earlier.broken:
+        left = result.hard_delete_method is not None and not result.dry_run  # as ``left_over`` counts it
+        texts.append(issue("error" if left else "warning", "incomplete",
+                           f"{what} could not be listed to its end ({earlier.unlisted}); "
+                           f"such history of {result.target} may remain"))
+    elif earlier.unlisted:
         texts.append(issue("warning", "not-supported",
                            f"{what} could not be searched on this upstream ({earlier.unlisted}); "
                            f"such history of {result.target} may remain"))

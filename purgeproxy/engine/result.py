@@ -36,7 +36,7 @@ class PurgeDetails:
     def left_over(self, hard: bool) -> bool:
         """Something the purge could not search, read or (with a hard delete) remove."""
         earlier = self.earlier_deleted
-        earlier_left = hard and bool(earlier.failed or earlier.history_remaining)
+        earlier_left = hard and bool(earlier.failed or earlier.history_remaining or earlier.broken)
         return bool(self.plan.unsearchable or self.attachments.unreadable or earlier_left)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
 from purgeproxy.fhir.references import Key
-from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, next_link
+from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, has_next, next_link
 
 
 @dataclass
@@ -233,6 +233,6 @@ def _versions_entry(status: int, body: Any) -> Any:
     if not (status == 200 and isinstance(body, dict) and body.get("resourceType") == "Bundle"
             and body.get("type") == "history"):
         return _UNSURE
-    if any(link.get("relation") == "next" for link in body.get("link") or [] if isinstance(link, dict)):
+    if has_next(body):
         return _UNSURE  # paged: the paging is followed on its own
     return [e["resource"] for e in body.get("entry") or [] if isinstance(e.get("resource"), dict)]

@@ -60,9 +60,21 @@ def outcome_text(body: Any, status: int) -> str:
     return f"search answered {status}"
 
 
+def _next(bundle: Any) -> dict[str, Any] | None:
+    """A Bundle's ``next`` link, where the upstream gave one (links not shaped as FHIR's are not)."""
+    links = bundle.get("link") if isinstance(bundle, dict) else None
+    return next((each for each in links if isinstance(each, dict) and each.get("relation") == "next"), None) \
+        if isinstance(links, list) else None
+
+
+def has_next(bundle: Any) -> bool:
+    """Whether a Bundle says more pages follow."""
+    return _next(bundle) is not None
+
+
 def next_link(bundle: dict[str, Any], base_url: str, seen: set[str]) -> str | None:
     """The next page, only on the upstream itself, and never the same page twice."""
-    link = next((each.get("url") for each in bundle.get("link", []) if each.get("relation") == "next"), None)
+    link = (_next(bundle) or {}).get("url")
     if not link:
         return None
     if not isinstance(link, str):
