@@ -379,14 +379,17 @@ async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources
     assert seeds.snapshot(base, seed.untouchable) == before
 
 
-@pytest.mark.parametrize("stopped", [False, True], ids=["whole", "stopped-at-its-bound"])
-def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_them_not_the_patients(stopped) -> None:
+@pytest.mark.parametrize(("stopped", "from_patient"), [(False, True), (True, True), (False, False)],
+                         ids=["whole", "stopped-at-its-bound", "the-changes-made-during-the-purge"])
+def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_them_not_the_patients(
+        stopped, from_patient) -> None:
     """A resource deleted since the patient was created needs no reads when none of its listed
     versions references the patient, whatever the order they come in, and they run unbroken up
     to its DELETE: from version 1, or, when the listing holds every change since the patient
     was created, from any version (the ones before are older than the patient). Anything else
     (a version missing in between, one that references the patient, an unnumbered DELETE, the
-    listing stopped at its bound and version 1 not in it) is read."""
+    listing stopped at its bound or holding only the changes made during the purge, and version
+    1 not in it) is read."""
     import asyncio
 
     from purgeproxy.engine.compartment import Resolver
@@ -407,7 +410,8 @@ def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_the
     def deleted(oid: str, url_version: str) -> dict[str, Any]:
         return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
 
-    listing = Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base)
+    listing = Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base,
+                      "2026-01-01T00:00:00Z", from_patient=from_patient)
     entries = [deleted("other", "/_history/3"), version("other", 2, "q"), version("other", 1, "q"),
                deleted("gap", "/_history/3"), version("gap", 1, "q"),  # version 2 not listed
                deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),
@@ -422,7 +426,7 @@ def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_the
     listing.stopped_at = "2026-01-01T00:00:00Z" if stopped else None
     assert listing.deleted == {("Observation", i) for i in
                                ("other", "gap", "mine", "bare", "early", "late", "older", "since2")}
-    cleared = ["other"] if stopped else ["other", "early", "older", "since2"]
+    cleared = ["other"] if stopped or not from_patient else ["other", "early", "older", "since2"]
     assert listing.cleared() == {("Observation", i) for i in cleared}
 
 
@@ -444,7 +448,7 @@ def test_a_history_entry_that_is_neither_a_version_nor_a_delete_stops_the_listin
     definitions = definitions_for("4.0.1")
     resolver = Resolver(FhirClient("http://up.test/fhir", httpx.AsyncClient()), definitions,
                         dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
-    listing = Listing(("Patient", "p"), resolver, lambda key: False, "http://up.test/fhir")
+    listing = Listing(("Patient", "p"), resolver, lambda key: False, "http://up.test/fhir", "2026-01-01T00:00:00Z")
     listing.take({"request": {"method": "DELETE", "url": "Observation/o1/_history/2"}})
     listing.take({"resource": {"resourceType": "Observation", "id": "o1", "meta": ["1"]}})
     assert listing.deleted == {("Observation", "o1")} and listing.versions == {}

@@ -301,14 +301,49 @@ async def test_an_expunge_beside_the_listing_cannot_hide_an_earlier_delete(hapi_
     assert seeds.snapshot(hapi_base, seed.untouchable) == before
 
 
+@pytest.mark.hapi
+async def test_a_resource_deleted_by_another_client_during_the_purge_has_its_history_removed(hapi_base) -> None:
+    """Another client deletes one of the patient's Observations once the listing of earlier
+    deletes has read its window's end and before the compartment searches reach Observation:
+    the searches no longer find it and the window (every change up to its end) does not hold
+    its DELETE, so its history (the version naming the patient) would stay while a hard-delete
+    purge says complete. The changes made since the window's end are listed once the purge's
+    own deletes are done: its history is found and removed. The control stays byte-identical."""
+    seed = seeds.build(sizes={"Observation": 3}, shared=False)
+    seeds.write(hapi_base, seed.resources)
+    before = seeds.snapshot(hapi_base, seed.untouchable)
+    victim = ("Observation", f"{seed.patient}-obs0")
+    window_read, deleted = asyncio.Event(), asyncio.Event()
+
+    async def deleted_between_the_window_and_the_search(request: httpx.Request) -> None:
+        if request.url.path.endswith("/fhir/_history") and len(request.url.params.get_list("_at")) == 2:
+            window_read.set()  # its end was read: the window's first page is asked for
+        elif request.url.path.endswith("/fhir") and b'"Observation?' in request.content and not deleted.is_set():
+            await asyncio.wait_for(window_read.wait(), 30)
+            if not deleted.is_set():
+                deleted.set()
+                assert httpx.delete(f"{hapi_base}/{victim[0]}/{victim[1]}", headers=seeds.FHIR).status_code == 200
+
+    _, result = await _purge_observed(hapi_base, seed.patient, Phases(), deleted_between_the_window_and_the_search)
+    assert deleted.is_set() and victim not in result.planned, result.planned  # the trap was sprung
+    earlier = result.purge.earlier_deleted
+    assert victim in earlier.found and victim in earlier.hard_deleted, earlier
+    history = httpx.get(f"{hapi_base}/{victim[0]}/{victim[1]}/_history", headers=seeds.FHIR)
+    assert history.status_code in (404, 410) or not history.json().get("entry"), history.text
+    assert result.complete, result
+    assert seeds.present(hapi_base, seed.in_scope) == []
+    assert seeds.snapshot(hapi_base, seed.untouchable) == before
+
+
 _DELETED = {"request": {"method": "DELETE", "url": "Observation/o9/_history/2"}}
 
 
 @contextlib.asynccontextmanager
 async def _hapi_finder(history: Any, page_size: int, created: str = "2026-01-01T00:00:00.000+00:00",
-                       **mock: Any) -> AsyncIterator[DeletedHistoryFinder]:
+                       reads: dict[str, Any] | None = None, **mock: Any) -> AsyncIterator[DeletedHistoryFinder]:
     """A HAPI kind's finder whose system ``_history`` is answered by ``history`` (respx), for
-    Patient/p1 created at ``created``, its searches and listing pages of ``page_size``."""
+    Patient/p1 created at ``created``, its searches and listing pages of ``page_size``; ``reads``:
+    what other GETs answer (path under the base -> JSON)."""
     from purgeproxy.engine.compartment import Resolver
     from purgeproxy.fhir.definitions import definitions_for
     from purgeproxy.servers.registry import kind_named
@@ -319,6 +354,8 @@ async def _hapi_finder(history: Any, page_size: int, created: str = "2026-01-01T
             "entry": [{"resource": {"resourceType": "Patient", "id": "p1",
                                     "meta": {"versionId": "1", "lastUpdated": created}}}]})
         router.get(f"{BASE}/_history").mock(side_effect=history)
+        for path, body in (reads or {}).items():
+            router.get(f"{BASE}/{path}").respond(200, json=body)
         async with httpx.AsyncClient() as http:
             client, limit = FhirClient(BASE, http), asyncio.Semaphore(2)
             resolver = Resolver(client, definitions_for("4.0.1"), {"Observation": ("subject",)}, page_size, limit)
@@ -495,6 +532,56 @@ async def test_a_window_listed_pages_ahead_misses_none(monkeypatch, removed) -> 
     assert still <= listing.deleted and listing.entries == len(listing.deleted), requests
     if not removed:  # each page once, and at most one past the end (asked before the last page came)
         assert sorted(requests) in (list(range(0, 30, 3)), list(range(0, 33, 3))), requests
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["answered", "the-second-listing-fails"])
+async def test_the_changes_made_during_the_purge_are_listed_from_before_the_first_windows_end(fails) -> None:
+    """HAPI stamps a change with the time its transaction began: a DELETE begun before the first
+    window's end was read and committed after it is stamped inside that window, where the
+    listing has passed. The changes made during the purge are listed from ``LATE_COMMIT`` before
+    that end: o2, deleted at 00:00:08 and missing from the first listing, is found there and
+    judged the patient's; o1, whose DELETE the first listing judged at the same version, is not
+    read again (no route answers its history). Where that listing fails, the upstream had
+    begun to list its history: a hard-delete purge is incomplete (``broken``)."""
+    from purgeproxy.engine.compartment import Resolution
+    from purgeproxy.engine.deleted_history import LATE_COMMIT
+
+    def bundle(entries: list[Any], clock: str | None = None) -> httpx.Response:
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "entry": entries,
+                                         **({"meta": {"lastUpdated": clock}} if clock else {})})
+
+    def version(oid: str, subject: str) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "x"},
+                "meta": {"versionId": "1", "lastUpdated": "2026-01-01T00:00:01.000+00:00"},
+                "subject": {"reference": subject}}
+
+    first = [_window_entry(1), {"fullUrl": "Observation/o1", "resource": version("o1", "Patient/other"),
+                                "request": {"method": "PUT", "url": "Observation/o1/_history/1"}}]
+    late = {"fullUrl": "Observation/o2", "request": {"method": "DELETE", "url": "Observation/o2/_history/2"}}
+    windows: list[list[str]] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        if request.url.params.get("_count") == "1":  # each listing's end: the clock, and the newest change
+            clock = "2026-01-01T00:01:00.000+00:00" if windows else "2026-01-01T00:00:09.000+00:00"
+            return bundle([{"resource": {**_CHANGED, "meta": {"lastUpdated": clock}}}], clock)
+        windows.append(request.url.params.get_list("_at"))
+        if fails and len(windows) == 2:
+            return httpx.Response(500)
+        return bundle(first if len(windows) == 1 else [late, *first])
+
+    o2 = {"resourceType": "Bundle", "type": "history", "entry": [{"resource": version("o2", "Patient/p1")}]}
+    async with _hapi_finder(history, 50, reads={"Observation/o2/_history": o2}, assert_all_called=not fails) as finder:
+        resolution = Resolution("p1", True)
+        found = await finder.find(resolution)
+        assert found.found == [] and found.listing is not None, found
+        await finder.find_since(resolution, found, lambda key: False)
+    assert LATE_COMMIT.total_seconds() == 10
+    assert windows == [["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:09.000+00:00"],
+                       ["ge2025-12-31T23:59:59.000+00:00", "le2026-01-01T00:01:00.000+00:00"]], windows
+    if fails:
+        assert found.broken and found.unlisted and found.found == [], found
+    else:
+        assert found.found == [("Observation", "o2")] and not found.unlisted and found.listed_entries == 5, found
 
 
 @pytest.mark.parametrize(("failing", "broken"), [("end", False), ("page 2", True)],

@@ -30,7 +30,7 @@ from purgeproxy.engine import execute
 from purgeproxy.engine.attachments import AttachmentFinder, Attachments
 from purgeproxy.engine.compartment import Compartment, Resolution, ResolutionError, Resolver, patients_of
 from purgeproxy.engine.context import Context
-from purgeproxy.engine.deleted_history import DeletedHistoryFinder, Listing
+from purgeproxy.engine.deleted_history import DeletedHistoryFinder, EarlierDeleted, Listing
 from purgeproxy.engine.deletion import Deleter, DeletionReport, Progress, Recheck, Versions
 from purgeproxy.engine.observer import NO_OBSERVER, Observer
 from purgeproxy.engine.plan import Plan, Policy, make_plan
@@ -234,14 +234,23 @@ class PurgeEngine:
             side.cancel()  # does nothing unless the purge itself stopped before awaiting it
             if verified is not None:
                 verified.cancel()
-        if read_back and hard and details.earlier_deleted.found:
+        if read_back and hard:
             try:
                 with self.settings.observer.phase("earlier"):
-                    await searches.earlier.remove(details.earlier_deleted)
+                    await self._remove_earlier(resolution, details.earlier_deleted, searches)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         result.errors += problems
         return result
+
+    @staticmethod
+    async def _remove_earlier(resolution: Resolution, earlier: EarlierDeleted, searches: _SideSearches) -> None:
+        """With a hard delete, once the purge's own searches and deletes are done: the changes
+        made since the listing of earlier deletes ended are listed too (``find_since``: what
+        another client deleted meanwhile), and the history of every resource found is removed."""
+        await searches.earlier.find_since(resolution, earlier, searches.attempted.__contains__)
+        if earlier.found:
+            await searches.earlier.remove(earlier)
 
     async def _verify(self, result: Result, hard: bool) -> bool:
         """What was deleted read back (``execute.verify``); False when the upstream failed it."""
