@@ -493,6 +493,48 @@ async def test_an_entry_listed_again_under_another_name_is_taken_alone() -> None
     assert listing.entries == 13  # each name once
 
 
+@pytest.mark.parametrize(("written", "removed"), [
+    ({2: [(0, 2)]}, {}),  # two changes at the head before page 2
+    ({2: [(0, 4)], 3: [(0, 4)]}, {}),  # more than a page at the head, twice
+    ({3: [(5, 1)]}, {}),  # one committed late, among the entries listed
+    ({2: [(0, 3)]}, {3: [0, 1, 2, 3, 4]}),  # written at the head, then listed ones removed
+], ids=["at-the-head", "more-than-a-page", "committed-late", "written-then-removed"])
+async def test_a_window_open_at_its_end_misses_none_of_what_it_held(written, removed) -> None:
+    """A window with no ``le`` (the changes made during the purge, listed after its last search)
+    takes the changes written while it is listed: they push the entries after them down, so a
+    page may start among the entries listed again. Every entry it held when it began is listed,
+    each once, however many are written before a page (``written``: request -> (where, how many))
+    or removed (``removed``: request -> entries)."""
+    from purgeproxy.fhir.history import HistoryPages
+    from tests.fake_upstream import BASE
+
+    window = [_window_entry(index) for index in range(12)]
+    held = list(window)
+    requests: list[int] = []
+
+    def history(request: httpx.Request) -> httpx.Response:
+        assert request.url.params.get_list("_at") == ["ge2026-01-01T00:00:00.000+00:00"]
+        requests.append(int(request.url.params["_offset"]))
+        for where, count in written.get(len(requests), []):
+            window[where:where] = [_window_entry(100 * len(requests) + where + i) for i in range(count)]
+        for index in removed.get(len(requests), []):
+            window.remove(_window_entry(index))
+        offset, count = int(request.url.params["_offset"]), int(request.url.params["_count"])
+        more = [{"relation": "next", "url": f"{BASE}/_history?more"}] if offset + count < len(window) else []
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "link": more,
+                                         "entry": window[offset:offset + count]})
+
+    with respx.mock as router:
+        router.get(f"{BASE}/_history").mock(side_effect=history)
+        async with httpx.AsyncClient() as http:
+            pages = HistoryPages(FhirClient(BASE, http), asyncio.Semaphore(2), 3)
+            listed = [entry["fullUrl"] async for entries, _ in pages.window([("_at", "ge2026-01-01T00:00:00.000+00:00")])
+                      for entry in entries]
+    gone = {f"Observation/o{index}" for indices in removed.values() for index in indices}
+    assert {entry["fullUrl"] for entry in held} - gone <= set(listed), requests
+    assert len(listed) == len(set(listed)), requests  # each once
+
+
 @pytest.mark.parametrize("removed", [{}, {4: [0, 1]}, {4: [5]}, {5: list(range(12))}],
                          ids=["still", "moved-up", "last-listed-removed", "moved-more-than-a-page"])
 async def test_a_window_listed_pages_ahead_misses_none(monkeypatch, removed) -> None:
@@ -561,8 +603,9 @@ async def test_the_changes_made_during_the_purge_are_listed_from_before_the_firs
     windows: list[list[str]] = []
 
     def history(request: httpx.Request) -> httpx.Response:
-        if request.url.params.get("_count") == "1":  # each listing's end: the clock, and the newest change
-            clock = "2026-01-01T00:01:00.000+00:00" if windows else "2026-01-01T00:00:09.000+00:00"
+        if request.url.params.get("_count") == "1":  # the first listing's end: the clock, and the newest change
+            assert not windows
+            clock = "2026-01-01T00:00:09.000+00:00"
             return bundle([{"resource": {**_CHANGED, "meta": {"lastUpdated": clock}}}], clock)
         windows.append(request.url.params.get_list("_at"))
         if fails and len(windows) == 2:
@@ -577,7 +620,7 @@ async def test_the_changes_made_during_the_purge_are_listed_from_before_the_firs
         await finder.find_since(resolution, found, lambda key: False)
     assert LATE_COMMIT.total_seconds() == 10
     assert windows == [["ge2026-01-01T00:00:00.000+00:00", "le2026-01-01T00:00:09.000+00:00"],
-                       ["ge2025-12-31T23:59:59.000+00:00", "le2026-01-01T00:01:00.000+00:00"]], windows
+                       ["ge2025-12-31T23:59:59.000+00:00"]], windows  # open at its end: asked after the last search
     if fails:
         assert found.broken and found.unlisted and found.found == [], found
     else:

@@ -69,7 +69,10 @@ class HistoryPages:
         many (the trap test: the DELETE of the patient's own Condition). The window's end is fixed,
         so its entries only ever move up and the ones listed stay before the ones not: where a
         page does not start with an entry listed, the pages before it are read back to the nearest
-        that does, and what is not listed there is listed next (``_found_again``). After
+        that does, and what is not listed there is listed next (``_found_again``). A window open
+        at its end (no ``le``) also takes the changes written while it is listed: they go in at
+        its head (or, committed late, among its entries) and push the entries after them down,
+        so a page may start further back among the entries listed, never past one not listed. After
         ``PAGES_BEFORE_AHEAD`` pages the next two are fetched at once, where the last page's
         length puts them; each is taken the same way."""
         listed: set[int] = set()  # every entry listed, by its identity's hash (see ``_found_again``)
