@@ -119,7 +119,7 @@ class DeletedHistoryFinder:
             late = await self._deleted_since(since or first.since, ours, resolution.patient_key, from_patient=False)
             result.listed_entries += late.entries
             judged = {key for key, at in late.deleted_at.items() if first.deleted_at.get(key) == at}
-            await self._take(late, resolution, result, ours, judged | set(result.found) | set(result.kept))
+            await self._take(late, resolution, result, ours, skip=judged | set(result.found) | set(result.kept))
         except (ResolutionError, UpstreamError) as failure:  # what was found before stays found, and is removed
             result.unlisted, result.broken = failure.text, True
 
@@ -149,13 +149,14 @@ class DeletedHistoryFinder:
         await self._take(deletes, resolution, result, ours)
 
     async def _take(self, deletes: Listing, resolution: Resolution, result: EarlierDeleted,
-                    ours: Callable[[Key], bool], judged: set[Key] | None = None) -> None:
-        """The listing's candidates judged into ``result`` (found or kept), but those ``judged`` already."""
-        patient, cleared = resolution.patient_key, deletes.cleared() | (judged or set())
+                    ours: Callable[[Key], bool], skip: set[Key] | None = None) -> None:
+        """The listing's candidates judged into ``result`` (found or kept), but those in ``skip``
+        (judged already)."""
+        patient, cleared = resolution.patient_key, deletes.cleared() | (skip or set())
         wanted = [key for key in sorted(deletes.deleted) if (key[0] in self.resolver.compartment
                   or (key == patient and resolution.patient_in_scope)) and not ours(key) and key not in cleared]
-        judged_now = await self._judge_all(wanted, patient, deletes.deleted_at)
-        for key, verdict in zip(wanted, judged_now, strict=True):
+        judged = await self._judge_all(wanted, patient, deletes.deleted_at)
+        for key, verdict in zip(wanted, judged, strict=True):
             if verdict is None:
                 continue
             if key[0] in self.policy.excluded_types:
@@ -185,7 +186,7 @@ class DeletedHistoryFinder:
             async with aclosing(self._history_since(since, end, from_patient)) as pages:
                 async for entries, more in pages:
                     answered = True
-                    if end is None and listing.entries == 0:  # up to the newest change it lists
+                    if from_patient and end is None and listing.entries == 0:  # by next links: up to its newest change
                         listing.until = _latest([stamp for stamp in map(_stamp, entries) if stamp is not None])
                     for entry in entries:
                         listing.take(entry)

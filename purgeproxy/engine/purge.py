@@ -237,20 +237,11 @@ class PurgeEngine:
         if read_back and hard:
             try:
                 with self.settings.observer.phase("earlier"):
-                    await self._remove_earlier(resolution, details.earlier_deleted, searches)
+                    await searches.remove_earlier(resolution, details.earlier_deleted)
             except UpstreamError as failure:  # the deletes are done and verified: keep their report
                 result.errors.append(f"history could not be read back: {failure.text}")
         result.errors += problems
         return result
-
-    @staticmethod
-    async def _remove_earlier(resolution: Resolution, earlier: EarlierDeleted, searches: _SideSearches) -> None:
-        """With a hard delete, once the purge's own searches and deletes are done: the changes
-        made since the listing of earlier deletes ended are listed too (``find_since``: what
-        another client deleted meanwhile), and the history of every resource found is removed."""
-        await searches.earlier.find_since(resolution, earlier, searches.attempted.__contains__)
-        if earlier.found:
-            await searches.earlier.remove(earlier)
 
     async def _verify(self, result: Result, hard: bool) -> bool:
         """What was deleted read back (``execute.verify``); False when the upstream failed it."""
@@ -518,6 +509,14 @@ class _SideSearches:
     earlier: DeletedHistoryFinder
     attempted: set[Key]  # every resource this purge sends a DELETE for, before it does
     listing: asyncio.Future[Listing | None] | None  # the system history, listed from the start (``_early_listing``)
+
+    async def remove_earlier(self, resolution: Resolution, earlier: EarlierDeleted) -> None:
+        """With a hard delete, once the purge's own searches and deletes are done: the changes
+        made since the listing of earlier deletes ended are listed too (``find_since``: what
+        another client deleted meanwhile), and the history of every resource found is removed."""
+        await self.earlier.find_since(resolution, earlier, self.attempted.__contains__)
+        if earlier.found:
+            await self.earlier.remove(earlier)
 
     @classmethod
     def of(cls, engine: PurgeEngine, request: PurgeRequest, resolver: Resolver) -> _SideSearches:

@@ -57,6 +57,8 @@ def upgrades(present: Collection[str] | None) -> list[str]:
         columns = [f"ALTER TABLE {TABLE} ADD COLUMN {column} {kind}" for column, kind in _ADDED_COLUMNS
                    if column not in present]
     return [*columns, *_ADDED_INDEXES]
+
+
 # The quota is checked by the statement that inserts, so that two submits cannot both pass it.
 INSERT = f"""INSERT INTO {TABLE} (id, operation, target, payload, caller, status, created_at, updated_at)
     SELECT :id, :operation, :target, :payload, :caller, 'new', {{now}}, {{now}}
