@@ -379,17 +379,8 @@ async def test_a_patient_deleted_before_the_purge_is_expunged_with_its_resources
     assert seeds.snapshot(base, seed.untouchable) == before
 
 
-@pytest.mark.parametrize(("stopped", "from_patient"), [(False, True), (True, True), (False, False)],
-                         ids=["whole", "stopped-at-its-bound", "the-changes-made-during-the-purge"])
-def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_them_not_the_patients(
-        stopped, from_patient) -> None:
-    """A resource deleted since the patient was created needs no reads when none of its listed
-    versions references the patient, whatever the order they come in, and they run unbroken up
-    to its DELETE: from version 1, or, when the listing holds every change since the patient
-    was created, from any version (the ones before are older than the patient). Anything else
-    (a version missing in between, one that references the patient, an unnumbered DELETE, the
-    listing stopped at its bound or holding only the changes made during the purge, and version
-    1 not in it) is read."""
+def listing_of(entries: list[dict[str, Any]], from_patient: bool = True, ours: str = "") -> Any:
+    """A ``Listing`` of the system history for Patient/p that has taken ``entries``."""
     import asyncio
 
     from purgeproxy.engine.compartment import Resolver
@@ -401,17 +392,36 @@ def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_the
     base = "http://up.test/fhir"
     resolver = Resolver(FhirClient(base, httpx.AsyncClient()), definitions,
                         dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
-
-    def version(oid: str, n: int, patient: str) -> dict[str, Any]:
-        return {"request": {"method": "PUT", "url": f"Observation/{oid}/_history/{n}"},
-                "resource": {"resourceType": "Observation", "id": oid, "meta": {"versionId": str(n)},
-                             "status": "final", "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}}
-
-    def deleted(oid: str, url_version: str) -> dict[str, Any]:
-        return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
-
-    listing = Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", "ours"), base,
+    listing = Listing(("Patient", "p"), resolver, lambda key: key == ("Observation", ours), base,
                       "2026-01-01T00:00:00Z", from_patient=from_patient)
+    for entry in entries:
+        listing.take(entry)
+    return listing
+
+
+def version(oid: str, n: int, patient: str) -> dict[str, Any]:
+    """A history entry: version ``n`` of Observation/``oid``, about Patient/``patient``."""
+    return {"request": {"method": "PUT", "url": f"Observation/{oid}/_history/{n}"},
+            "resource": {"resourceType": "Observation", "id": oid, "meta": {"versionId": str(n)},
+                         "status": "final", "code": {"text": "x"}, "subject": {"reference": f"Patient/{patient}"}}}
+
+
+def deleted(oid: str, url_version: str) -> dict[str, Any]:
+    """A history entry: the DELETE of Observation/``oid`` (``url_version``: "/_history/N" or "")."""
+    return {"request": {"method": "DELETE", "url": f"Observation/{oid}{url_version}"}}
+
+
+@pytest.mark.parametrize(("stopped", "from_patient"), [(False, True), (True, True), (False, False)],
+                         ids=["whole", "stopped-at-its-bound", "the-changes-made-during-the-purge"])
+def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_them_not_the_patients(
+        stopped, from_patient) -> None:
+    """A resource deleted since the patient was created needs no reads when none of its listed
+    versions references the patient, whatever the order they come in, and they run unbroken up
+    to its DELETE: from version 1, or, when the listing holds every change since the patient
+    was created, from any version (the ones before are older than the patient). Anything else
+    (a version missing in between, one that references the patient, an unnumbered DELETE, the
+    listing stopped at its bound or holding only the changes made during the purge, and version
+    1 not in it) is read."""
     entries = [deleted("other", "/_history/3"), version("other", 2, "q"), version("other", 1, "q"),
                deleted("gap", "/_history/3"), version("gap", 1, "q"),  # version 2 not listed
                deleted("mine", "/_history/3"), version("mine", 2, "q"), version("mine", 1, "p"),
@@ -421,13 +431,48 @@ def test_the_history_listing_clears_only_deletes_whose_listed_versions_prove_the
                deleted("older", "/_history/2"),  # version 1 not listed: older than the patient
                deleted("since2", "/_history/3"), version("since2", 2, "q"),  # version 1 older
                deleted("ours", "/_history/2"), version("ours", 1, "p")]
-    for entry in entries:
-        listing.take(entry)
+    listing = listing_of(entries, from_patient, ours="ours")
     listing.stopped_at = "2026-01-01T00:00:00Z" if stopped else None
     assert listing.deleted == {("Observation", i) for i in
                                ("other", "gap", "mine", "bare", "early", "late", "older", "since2")}
-    cleared = ["other"] if stopped or not from_patient else ["other", "early", "older", "since2"]
+    cleared = ["other", "early"] if stopped or not from_patient else ["other", "early", "older", "since2"]
     assert listing.cleared() == {("Observation", i) for i in cleared}
+
+
+@pytest.mark.parametrize(("first_is", "cleared"), [
+    ("whole", ["seen", "new"]), ("past-what-it-keeps", ["new"]), ("not-given", ["new"])])
+def test_the_changes_made_during_the_purge_are_cleared_with_the_versions_the_first_listing_kept(
+        first_is, cleared, monkeypatch) -> None:
+    """Beside a cohort's purges, what another member deletes during this one's purge is in the
+    second listing, its versions mostly in the first (written after this patient, still live
+    then). Such a candidate needs no reads when the two list its every version from 1 and none
+    references the patient; one missing in between, or in neither (it may have been written
+    after the patient and committed late), and it is read. Past the resources whose versions it
+    keeps (``MAX_KEPT``), the first listing keeps no more, and their candidates are read."""
+    import purgeproxy.engine.deleted_history as history
+
+    monkeypatch.setattr(history, "MAX_KEPT", 3 if first_is == "past-what-it-keeps" else history.MAX_KEPT)
+    first = listing_of([version("gapped", 1, "q"), version("touched", 1, "p"), version("late", 1, "q"),
+                        version("seen", 1, "q")])
+    assert (("Observation", "seen") in first.versions) == (first_is != "past-what-it-keeps")
+    second = listing_of([deleted("seen", "/_history/2"), deleted("touched", "/_history/2"),
+                         deleted("unseen", "/_history/3"),  # versions in neither listing
+                         deleted("gapped", "/_history/4"), version("gapped", 3, "q"),  # version 2 missing
+                         deleted("new", "/_history/2"), version("new", 1, "q"),  # listed whole here
+                         deleted("bare", "")], from_patient=False)
+    assert second.cleared(None if first_is == "not-given" else first) == {("Observation", i) for i in cleared}
+
+
+def test_a_resource_written_past_the_versions_kept_is_read() -> None:
+    """Versions are kept as the bits of one int: one past ``MAX_VERSION`` (a resource written that
+    often, or an upstream's odd number) leaves the resource to be read, as does such a DELETE."""
+    from purgeproxy.engine.deleted_history import MAX_VERSION
+
+    past = MAX_VERSION + 1
+    listing = listing_of([deleted("often", f"/_history/{past + 1}"), *[version("often", n, "q") for n in range(1, past + 1)],
+                          deleted("odd", "/_history/2"), version("odd", 1, "q"), version("odd", 10 ** 12, "q"),
+                          deleted("fine", "/_history/2"), version("fine", 1, "q")])
+    assert listing.cleared() == {("Observation", "fine")}
 
 
 @pytest.mark.parametrize("entry", ["DELETE", {"request": "DELETE"}, {"request": {"method": "PUT"}},
@@ -437,18 +482,9 @@ def test_a_history_entry_that_is_neither_a_version_nor_a_delete_stops_the_listin
     """An entry the listing cannot read may be a DELETE of the patient's: passing over it would
     leave that history unsaid. The listing stops instead (the outcome says such history may
     remain); an entry whose ``meta`` is not an object is still a version, of no known number."""
-    import asyncio
-
-    from purgeproxy.engine.compartment import Resolver
-    from purgeproxy.engine.deleted_history import Listing
-    from purgeproxy.fhir.client import FhirClient
-    from purgeproxy.fhir.definitions import definitions_for
     from purgeproxy.fhir.search import ResolutionError
 
-    definitions = definitions_for("4.0.1")
-    resolver = Resolver(FhirClient("http://up.test/fhir", httpx.AsyncClient()), definitions,
-                        dict(definitions.patient_compartment), 10, asyncio.Semaphore(1))
-    listing = Listing(("Patient", "p"), resolver, lambda key: False, "http://up.test/fhir", "2026-01-01T00:00:00Z")
+    listing = listing_of([])
     listing.take({"request": {"method": "DELETE", "url": "Observation/o1/_history/2"}})
     listing.take({"resource": {"resourceType": "Observation", "id": "o1", "meta": ["1"]}})
     assert listing.deleted == {("Observation", "o1")} and listing.versions == {}
