@@ -119,11 +119,8 @@ class DeletedHistoryFinder:
         first = result.listing
         if first is None or result.unlisted is not None:
             return
-        since = _before(first.until, LATE_COMMIT) if first.until is not None else None
-        if since is not None and first.stopped_at is not None:  # not back past its bound either
-            since = _latest([since, first.stopped_at]) or since
         try:
-            late = await self._deleted_since(since or first.since, ours, resolution.patient_key, from_patient=False)
+            late = await self._deleted_since(first.continued_from(), ours, resolution.patient_key, from_patient=False)
             result.listed_entries += late.entries
             judged = {key for key, at in late.deleted_at.items() if first.deleted_at.get(key) == at}
             await self._take(late, resolution, result, ours, skip=judged | set(result.found) | set(result.kept),
@@ -359,16 +356,29 @@ class Listing:
         unprovable (``UNPROVABLE``: read and judged)."""
         kept = self.versions.get(key)
         if kept is None:
-            if key[0] not in self.resolver.compartment or (len(self.versions) >= MAX_KEPT and key not in self.deleted_at):
+            if key[0] not in self.resolver.compartment:
+                return
+            if len(self.versions) >= MAX_KEPT and key not in self.deleted_at:
                 return
             key = (sys.intern(key[0]), key[1])  # one string per type, not per resource: 3.6 MB of 13.3 at 60,000
         bit = 1 << version if version <= MAX_VERSION else UNPROVABLE
         self.versions[key] = (kept or 0) | bit
 
+    def continued_from(self) -> str:
+        """Where a listing of the changes made after this one starts: ``LATE_COMMIT`` before its
+        end (a change committed late is stamped before it), but not back past its bound; from its
+        own start where no end is known."""
+        start = _before(self.until, LATE_COMMIT) if self.until is not None else None
+        if start is None:
+            return self.since
+        if self.stopped_at is not None:
+            return _latest([start, self.stopped_at]) or start
+        return start
+
     def cleared(self, before: Listing | None = None) -> set[Key]:
         """Candidates proven not the patient's by the listing alone, or with ``before``, the listing
         this one continues (see the class): its versions join this one's."""
-        touching = self.touching | before.touching if before is not None else self.touching
+        touching = (self.touching | before.touching) if before is not None else self.touching
         return {key for key, at in self.deleted_at.items()
                 if key not in touching and key != self.patient and self._unbroken(key, at, before)}
 
@@ -381,10 +391,14 @@ class Listing:
         kept = self.versions.get(key, 0) | (before.versions.get(key, 0) if before is not None else 0)
         if kept < 0 or at > MAX_VERSION:
             return False
-        below = kept & ((1 << at) - 1)
-        whole = self.from_patient and self.stopped_at is None
-        first = (below & -below).bit_length() - 1 if whole and below else at if whole else 1
-        return below == (1 << at) - (1 << first)
+        below = kept & ((1 << at) - 1)  # the bits of versions 0 to at - 1
+        if not (self.from_patient and self.stopped_at is None):
+            first = 1
+        elif below:
+            first = (below & -below).bit_length() - 1  # the lowest version listed
+        else:
+            first = at  # none listed: all older than the patient
+        return below == (1 << at) - (1 << first)  # exactly the versions first to at - 1
 
 
 def _oldest(entries: list[Any]) -> str:
