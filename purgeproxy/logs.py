@@ -54,7 +54,9 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # one write a line (``print`` makes two: the message, then its newline): the workers of
+        # ``serve --workers`` share stderr, and two lines written at once ran together on one
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
 

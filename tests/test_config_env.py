@@ -125,6 +125,28 @@ def test_several_workers_log_the_config_warnings_once(tmp_path: Path) -> None:
     assert len(warned) == len(set(warned))  # each once, not once per worker
 
 
+def test_each_log_line_is_written_whole_in_one_write() -> None:
+    """The workers of ``serve --workers`` share one stderr: a line written in two pieces (the
+    message, then its newline, as ``print`` writes it) can run into another worker's line, which
+    a JSON log pipeline then cannot read (seen in CI: two ``starting`` lines on one)."""
+    script = ("import json, sys\n"
+              "writes = []\n"
+              "class Recorder:\n"
+              "    def write(self, text): writes.append(text); return len(text)\n"
+              "    def flush(self): pass\n"
+              "    def isatty(self): return False\n"
+              "sys.stderr = Recorder()\n"
+              "from purgeproxy import logs\n"
+              "logs.configure('info')\n"
+              "logs.get_logger('purgeproxy').info('one', n=1)\n"
+              "logs.get_logger('purgeproxy').warning('two')\n"
+              "print(json.dumps(writes))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    writes = json.loads(run.stdout)
+    assert len(writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes
+    assert [json.loads(text)["event"] for text in writes] == ["one", "two"]
+
+
 def test_an_unreachable_postgresql_stops_serve_with_one_line_and_no_password() -> None:
     run = _serve({"PURGEPROXY_JOBS__STORE": "postgresql://purge:s3cret-pw@127.0.0.1:9/purgeproxy"})
     assert run.returncode == 2
