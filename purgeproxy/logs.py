@@ -11,13 +11,16 @@ exception is logged by type and stack frames, never by its message, which may qu
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
+import time
 import traceback
 from collections.abc import MutableMapping
 from typing import Any
 
+import orjson
 import structlog
 
 _threshold = logging.NOTSET  # the configured level; until configure(), everything (structlog's default)
@@ -33,12 +36,12 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     numeric = logging.getLevelName(level.upper())
     _threshold = numeric
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty(), sort_keys=True)
-                     if fmt == "console" else structlog.processors.JSONRenderer(sort_keys=True))
+                     if fmt == "console" else structlog.processors.JSONRenderer(serializer=_json_line))
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         _logger_name,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _timestamp,
         exception_frames,
     ]
     handler = logging.StreamHandler(sys.stderr)
@@ -81,6 +84,35 @@ def current_request_id() -> str | None:
     ``X-Request-Id`` so that the upstream's logs can be joined with the proxy's."""
     value = structlog.contextvars.get_contextvars().get("request_id")
     return value if isinstance(value, str) else None
+
+
+def _json_line(event: dict[str, Any], **fallback: Any) -> str:
+    """One JSON line, keys sorted. orjson rather than the standard library's ``json``: the access
+    log writes a line per request, and at the default level (info) it was the pass-through's
+    costliest step (~25 µs of ~90 µs of CPU a request, ``python -m bench --only passthrough``);
+    orjson renders the line in a third of json's time. What orjson cannot encode (an integer past
+    64 bits) is rendered as before, by ``json`` with structlog's ``repr`` fallback."""
+    try:
+        return orjson.dumps(event, default=fallback.get("default"),
+                            option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(event, sort_keys=True, separators=(",", ":"), **fallback)
+
+
+_second: tuple[int, str] = (0, "")
+
+
+def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """ISO 8601 UTC time with microseconds, as structlog's ``TimeStamper(fmt="iso", utc=True)``
+    writes it, the date and time of day formatted once a second: structlog's builds a timezone-aware
+    datetime and its ISO form for every line (2.4 µs of the access log's 10.7 µs a line)."""
+    global _second
+    now = time.time()
+    whole = int(now)
+    if whole != _second[0]:
+        _second = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+    event["timestamp"] = f"{_second[1]}.{int((now - whole) * 1_000_000):06d}Z"
+    return event
 
 
 def _logger_name(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -63,6 +63,11 @@ def leaks(since: int) -> list[str]:
     return found
 
 
+def events_in(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines in a process's stderr, parsed (other lines are left out)."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def _has_query(line: str) -> bool:
     try:
         event = json.loads(line)

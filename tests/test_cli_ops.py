@@ -20,6 +20,7 @@ import pytest
 from purgeproxy.cli import main
 from tests import seed as seeds
 from tests.helpers import ASYNC, AUTH, TOKEN
+from tests.log_capture import events_in
 
 
 async def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -115,7 +116,8 @@ async def test_purge_from_file_with_config_runs_the_engine_directly(
 
     code, out, err = await command("purge", "--config", str(config), "--from-file", str(ids), "--json")
     assert code == 0, out + err
-    assert '"event": "audit"' in err and '"caller": "cli:' in err  # the audit line, JSON on stderr
+    audit = [event for event in events_in(err) if event["event"] == "audit"]  # JSON on stderr
+    assert audit and all(event["caller"].startswith("cli:") for event in audit)
     result = json.loads(out)["results"][0]
     assert (result["patient"], result["verdict"], result["ok"]) == (built.patient, "success", True)
     assert result["outcome"]["issue"][0]["diagnostics"].startswith(f"All resources for Patient/{built.patient}")
