@@ -76,24 +76,49 @@ class Summary:
 
 
 Results = dict[tuple[str, int], list[LoadResult]]
-CpuPerRequest = dict[tuple[str, int], list[float]]  # µs of CPU per request, per run
 
 
-def _cpu_seconds(child: Child) -> float:
-    """User + system CPU of a target's process and its children (workers), from /proc."""
-    total = 0
-    pids = [child.popen.pid]
-    try:
-        pids += [int(p) for p in Path(f"/proc/{child.popen.pid}/task/{child.popen.pid}/children").read_text().split()]
-    except OSError:
-        pass
-    for pid in pids:
+@dataclass(frozen=True)
+class Usage:
+    """What a target's processes (itself and its workers) used so far, from /proc: CPU seconds,
+    and the involuntary context switches of their main threads (see ``_body``)."""
+
+    cpu: float = 0.0
+    preempted: int = 0
+
+    @classmethod
+    def of(cls, child: Child) -> Usage:
+        pids = [child.popen.pid]
         try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            pids += [int(p) for p in Path(f"/proc/{child.popen.pid}/task/{child.popen.pid}/children").read_text().split()]
         except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            pass
+        ticks, preempted = 0, 0
+        for pid in pids:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            ticks += int(fields[11]) + int(fields[12])
+            preempted += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
+        return cls(ticks / os.sysconf("SC_CLK_TCK"), preempted)
+
+
+@dataclass(frozen=True)
+class PerRequest:
+    """One run's use per request answered."""
+
+    cpu_us: float
+    preempted: float
+
+    @classmethod
+    def between(cls, before: Usage, after: Usage, requests: int) -> PerRequest:
+        n = max(requests, 1)
+        return cls((after.cpu - before.cpu) / n * 1e6, (after.preempted - before.preempted) / n)
+
+
+UsePerRequest = dict[tuple[str, int], list[PerRequest]]  # per target and concurrency, per run
 
 
 def start_purgeproxy_at(procs: Processes, upstream: Target, revision: str) -> Target:
@@ -145,26 +170,27 @@ def start_targets(procs: Processes, settings: Settings) -> tuple[list[Target], l
     return targets, notes
 
 
-def measure(targets: list[Target], settings: Settings, say: Callable[[str], None]) -> tuple[Results, CpuPerRequest]:
+def measure(targets: list[Target], settings: Settings, say: Callable[[str], None]) -> tuple[Results, UsePerRequest]:
     """Warm every target up, then the interleaved matrix of wrk runs."""
     for target in targets:
         run_wrk(target.patient_url, 20, settings.warmup_seconds)
     results: Results = {}
-    cpu: CpuPerRequest = {}
+    use: UsePerRequest = {}
     for rep in range(settings.reps):
         order = targets[rep % len(targets):] + targets[:rep % len(targets)]
         for connections in settings.concurrencies:
             for target in order:
-                before = _cpu_seconds(target.child)
+                before = Usage.of(target.child)
                 result = run_wrk(target.patient_url, connections, settings.seconds)
-                per_request = (_cpu_seconds(target.child) - before) / max(result.requests, 1) * 1e6
+                per_request = PerRequest.between(before, Usage.of(target.child), result.requests)
                 results.setdefault((target.key, connections), []).append(result)
-                cpu.setdefault((target.key, connections), []).append(per_request)
+                use.setdefault((target.key, connections), []).append(per_request)
                 say(f"rep {rep + 1}/{settings.reps} c={connections:<3} {target.label:<30} "
                     f"{result.rps:9.0f} req/s  p50 {result.p50_ms:7.2f} ms  "
-                    f"p99 {result.p99_ms:7.2f} ms  CPU {per_request:5.0f} µs/req"
+                    f"p99 {result.p99_ms:7.2f} ms  CPU {per_request.cpu_us:5.0f} µs/req  "
+                    f"preempted {per_request.preempted:4.2f}/req"
                     + (f"  {result.errors} errors" if result.errors else ""))
-    return results, cpu
+    return results, use
 
 
 def _verdict(ok: bool) -> str:
@@ -235,15 +261,16 @@ def _say_verdicts(targets: list[Target], results: Results, settings: Settings,
             f"{t.label} {Summary.of(results[(t.key, c)]).rps:,.0f} req/s" for t in targets))
 
 
-def _tables(targets: list[Target], results: Results, cpu: CpuPerRequest, settings: Settings) -> str:
+def _tables(targets: list[Target], results: Results, use: UsePerRequest, settings: Settings) -> str:
     parts = []
     header = ["target", "req/s", "median ms", "p99 ms", "throughput / direct",
-              "added median ms", "p99 / nginx", "CPU µs/req"]
+              "added median ms", "p99 / nginx", "CPU µs/req", "preempted /req"]
     for connections in settings.concurrencies:
         s = _summaries(targets, results, connections)
         gated = connections <= GATED_UP_TO
         rows = [[*_row(t, s[t.key], s["direct"], s.get("nginx"), gated),
-                 f"{statistics.median(cpu[(t.key, connections)]):,.0f}"] for t in targets]
+                 f"{statistics.median(u.cpu_us for u in use[(t.key, connections)]):,.0f}",
+                 f"{statistics.median(u.preempted for u in use[(t.key, connections)]):.2f}"] for t in targets]
         parts += [f"### Concurrency {connections}", "", table(header, rows), ""]
     return "\n".join(parts)
 
@@ -271,7 +298,7 @@ def _charts(targets: list[Target], results: Results, settings: Settings, docs_di
     ]
 
 
-def _body(targets: list[Target], results: Results, cpu: CpuPerRequest, settings: Settings, notes: list[str],
+def _body(targets: list[Target], results: Results, use: UsePerRequest, settings: Settings, notes: list[str],
           elapsed: float) -> str:
     return "\n".join([
         f"`GET /fhir/Patient/example` (1,144-byte `application/fhir+json` body) from a fake "
@@ -290,7 +317,13 @@ def _body(targets: list[Target], results: Results, cpu: CpuPerRequest, settings:
         *(f"- {note}" for note in notes),
         f"- Pass-through part took {elapsed:.0f} s.",
         "",
-        _tables(targets, results, cpu, settings),
+        "*CPU µs/req* is the target's processes' user + system CPU over the requests answered; "
+        "*preempted /req* how many times per request the kernel took the CPU from their main "
+        "threads while they could still run (involuntary context switches, /proc): the load "
+        "generator, the upstream and the proxy share the cores, and a proxy preempted in the "
+        "middle of a burst of requests holds all of them back.",
+        "",
+        _tables(targets, results, use, settings),
         _raw_runs(targets, results, settings),
     ])
 
@@ -314,7 +347,7 @@ def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str
         say(note)
     load_before = os.getloadavg()
     try:
-        results, cpu = measure(targets, settings, say)
+        results, use = measure(targets, settings, say)
     finally:
         procs.stop_all()
     elapsed = time.monotonic() - started
@@ -322,4 +355,4 @@ def run(procs: Processes, settings: Settings, docs_dir: Path, say: Callable[[str
     say(notes[-1])
     _say_verdicts(targets, results, settings, say)
     charts = _charts(targets, results, settings, docs_dir)
-    return Section("Pass-through overhead", _body(targets, results, cpu, settings, notes, elapsed), charts)
+    return Section("Pass-through overhead", _body(targets, results, use, settings, notes, elapsed), charts)
