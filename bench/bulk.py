@@ -31,7 +31,7 @@ import httpx
 
 from bench.purge import hapi, medplum, patient_resources, write
 from bench.report import Section
-from bench.targets import Processes, free_port, wait_ready
+from bench.targets import Processes, cpu_seconds, free_port, wait_ready
 from purgeproxy.config import Purge
 
 TOKEN = "bench-bulk-token"
@@ -84,15 +84,6 @@ class Row:
 
     def per_resource_ms(self, cpu: float) -> float:
         return 1000 * cpu / self.resources if self.resources else 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (0 once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def listener_pid(port: int) -> int | None:

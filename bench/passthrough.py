@@ -27,7 +27,9 @@ from bench.targets import (
     Child,
     Processes,
     Target,
+    cpu_seconds,
     free_port,
+    preempted,
     purgeproxy_supports_workers,
     start_httpx,
     start_nginx,
@@ -93,16 +95,7 @@ class Usage:
             pids += [int(p) for p in Path(f"/proc/{child.popen.pid}/task/{child.popen.pid}/children").read_text().split()]
         except OSError:
             pass
-        ticks, preempted = 0, 0
-        for pid in pids:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                status = Path(f"/proc/{pid}/status").read_text()
-            except OSError:
-                continue
-            ticks += int(fields[11]) + int(fields[12])
-            preempted += int(status.split("nonvoluntary_ctxt_switches:")[1].split()[0])
-        return cls(ticks / os.sysconf("SC_CLK_TCK"), preempted)
+        return cls(sum(cpu_seconds(pid) for pid in pids), sum(preempted(pid) for pid in pids))
 
 
 @dataclass(frozen=True)

@@ -236,9 +236,10 @@ def start_nginx(procs: Processes, upstream: Target) -> Target | None:
     return target
 
 
-def rss_kb(pid: int) -> tuple[int, int]:
-    """(VmRSS, VmHWM) of a process in kB, from /proc; (0, 0) once it is gone."""
-    values = {"VmRSS": 0, "VmHWM": 0}
+def _status(pid: int, *names: str) -> dict[str, int]:
+    """The named counts of ``/proc/PID/status`` (the first number of each line); 0 each once the
+    process is gone."""
+    values = dict.fromkeys(names, 0)
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             name, _, rest = line.partition(":")
@@ -246,4 +247,25 @@ def rss_kb(pid: int) -> tuple[int, int]:
                 values[name] = int(rest.split()[0])
     except (OSError, ValueError):
         pass
+    return values
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in kB, from /proc; (0, 0) once it is gone."""
+    values = _status(pid, "VmRSS", "VmHWM")
     return values["VmRSS"], values["VmHWM"]
+
+
+def preempted(pid: int) -> int:
+    """How often so far the kernel took the CPU from the process's main thread while it could
+    still run (involuntary context switches); 0 once it is gone."""
+    return _status(pid, "nonvoluntary_ctxt_switches")["nonvoluntary_ctxt_switches"]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (0 once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

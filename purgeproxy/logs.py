@@ -103,9 +103,10 @@ _second: tuple[int, str] = (0, "")
 
 
 def _timestamp(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-    """ISO 8601 UTC time with microseconds, as structlog's ``TimeStamper(fmt="iso", utc=True)``
-    writes it, the date and time of day formatted once a second: structlog's builds a timezone-aware
-    datetime and its ISO form for every line (2.4 µs of the access log's 10.7 µs a line)."""
+    """ISO 8601 UTC time to the microsecond (``2026-11-25T00:46:01.000123Z``, the form of structlog's
+    ``TimeStamper(fmt="iso", utc=True)``, which drops a zero fraction), the date and time of day
+    formatted once a second: structlog's builds a timezone-aware datetime and its ISO form for
+    every line (2.4 µs of the access log's 10.7 µs a line)."""
     global _second
     now = time.time()
     whole = int(now)

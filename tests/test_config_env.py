@@ -4,7 +4,6 @@ be opened stopping ``serve`` with one line instead of a traceback."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from purgeproxy.config import ConfigError, load_config, parse_config
+from tests.log_capture import events_in
 from tests.served import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -104,7 +104,7 @@ def test_a_store_that_cannot_be_written_stops_serve_with_one_line(tmp_path: Path
     blocker.write_text("")
     run = _serve({"PURGEPROXY_JOBS__STORE": str(blocker / "jobs.sqlite3"), "PURGEPROXY_EXPUNGE__ALLOW_EVERYTHING": "true"})
     assert run.returncode == 2
-    logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    logged = events_in(run.stderr)
     assert any(entry["event"] == "config_warning" and entry["detail"].startswith("expunge.allow_everything:")
                for entry in logged)  # serve logs what check-config warns about
     assert "Traceback" not in run.stderr + run.stdout
@@ -118,33 +118,11 @@ def test_several_workers_log_the_config_warnings_once(tmp_path: Path) -> None:
     run = _serve({"PURGEPROXY_JOBS__STORE": str(blocker / "jobs.sqlite3"), "PURGEPROXY_EXPUNGE__ALLOW_EVERYTHING": "true",
                   "PURGEPROXY_SERVER__PORT": str(free_port()), "PURGEPROXY_SERVER__WORKERS": "2"})
     assert run.returncode == 2
-    logged = [json.loads(line) for line in run.stderr.splitlines() if line.startswith("{")]
+    logged = events_in(run.stderr)
     assert sum(entry["event"] == "starting" for entry in logged) == 2  # both workers ran
     warned = [entry["detail"] for entry in logged if entry["event"] == "config_warning"]
     assert any(detail.startswith("expunge.allow_everything:") for detail in warned)
     assert len(warned) == len(set(warned))  # each once, not once per worker
-
-
-def test_each_log_line_is_written_whole_in_one_write() -> None:
-    """The workers of ``serve --workers`` share one stderr: a line written in two pieces (the
-    message, then its newline, as ``print`` writes it) can run into another worker's line, which
-    a JSON log pipeline then cannot read (seen in CI: two ``starting`` lines on one)."""
-    script = ("import json, sys\n"
-              "writes = []\n"
-              "class Recorder:\n"
-              "    def write(self, text): writes.append(text); return len(text)\n"
-              "    def flush(self): pass\n"
-              "    def isatty(self): return False\n"
-              "sys.stderr = Recorder()\n"
-              "from purgeproxy import logs\n"
-              "logs.configure('info')\n"
-              "logs.get_logger('purgeproxy').info('one', n=1)\n"
-              "logs.get_logger('purgeproxy').warning('two')\n"
-              "print(json.dumps(writes))\n")
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    writes = json.loads(run.stdout)
-    assert len(writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes
-    assert [json.loads(text)["event"] for text in writes] == ["one", "two"]
 
 
 def test_an_unreachable_postgresql_stops_serve_with_one_line_and_no_password() -> None:

@@ -1,4 +1,5 @@
-"""The JSON log lines as they leave the process: one object a line, keys sorted, UTC time."""
+"""The JSON log lines as they leave the process: one object a line, each in one write, keys
+sorted, UTC time."""
 
 from __future__ import annotations
 
@@ -43,3 +44,25 @@ def test_keys_are_sorted_and_what_json_cannot_take_is_still_logged() -> None:
     assert big["size"] == 2 ** 70
     assert odd["by_status"] == {"200": 3} and odd["kinds"] == "{'a'}"  # structlog's repr fallback
     assert list(plain) == sorted(plain) and plain["alpha"] == "é" and plain["level"] == "warning"
+
+
+def test_each_log_line_is_written_whole_in_one_write() -> None:
+    """The workers of ``serve --workers`` share one stderr: a line written in two pieces (the
+    message, then its newline, as ``print`` writes it) can run into another worker's line, which
+    a JSON log pipeline then cannot read (seen in CI: two ``starting`` lines on one)."""
+    script = ("import json, sys\n"
+              "writes = []\n"
+              "class Recorder:\n"
+              "    def write(self, text): writes.append(text); return len(text)\n"
+              "    def flush(self): pass\n"
+              "    def isatty(self): return False\n"
+              "sys.stderr = Recorder()\n"
+              "from purgeproxy import logs\n"
+              "logs.configure('info')\n"
+              "logs.get_logger('purgeproxy').info('one', n=1)\n"
+              "logs.get_logger('purgeproxy').warning('two')\n"
+              "print(json.dumps(writes))\n")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    writes = json.loads(run.stdout)
+    assert len(writes) == 2 and all(text.endswith("\n") and text.count("\n") == 1 for text in writes), writes
+    assert [json.loads(text)["event"] for text in writes] == ["one", "two"]
