@@ -743,6 +743,56 @@ async def test_a_document_written_during_the_purge_goes_with_its_bytes(engine, u
     assert seeds.snapshot(upstream, seed.untouchable) == before
 
 
+async def test_what_other_clients_delete_during_the_purge_is_the_patients_history_only(engine, upstream) -> None:
+    """Trap for the listing of the changes made during a hard-delete purge: while it runs,
+    another client writes an Observation of the patient and deletes it (no search of the purge
+    ever finds it), deletes one of the control patient's Conditions (its version 1 in the first
+    listing, its DELETE in the second, where the two listings clear it unread) and writes and
+    deletes an Observation of the control's. The patient's is hard-deleted, history and all; the
+    control's deleted resources are left as that client's DELETE left them (their histories
+    whole on HAPI), and the rest of the control byte-identical, history included. An upstream
+    that cannot list its history since a time says such history may remain."""
+    seed = seeds.build(sizes={"Observation": 60, "Condition": 2}, shared=False)
+    seeds.write(upstream, seed.resources)
+    gone = next(k for k in seed.untouchable if k[0] == "Condition")  # the control's (nothing cites it)
+    before = seeds.snapshot(upstream, [k for k in seed.untouchable if k != gone])
+    tag = seed.patient[:-2]
+
+    def observation(rid: str, owner: str) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": f"{tag}-{rid}", "status": "final", "code": {"text": "x"},
+                "subject": seeds.ref("Patient", owner)}
+
+    mine = ("Observation", observation("late-mine", seed.patient)["id"])
+    theirs = [("Observation", observation("late-theirs", seed.control)["id"]), gone]
+    deleted_by_them: dict[Any, Any] = {}
+
+    def another_client() -> None:
+        seeds.write(upstream, [observation("late-mine", seed.patient), observation("late-theirs", seed.control)])
+        for rtype, rid in [mine, *theirs]:
+            assert httpx.delete(f"{upstream}/{rtype}/{rid}", headers=seeds.FHIR).status_code in (200, 204)
+        deleted_by_them.update(seeds.snapshot(upstream, theirs))
+
+    async def meanwhile(done: int, planned: int) -> None:
+        if done >= SETTINGS.batch_size and not deleted_by_them:
+            await asyncio.to_thread(another_client)
+
+    result = await engine.run(PurgeRequest(seed.patient, dict(engine.profile.definitions.patient_compartment)),
+                              meanwhile)
+    assert deleted_by_them and seeds.present(upstream, seed.in_scope) == []
+    assert seeds.snapshot(upstream, theirs) == deleted_by_them  # as their DELETE left them
+    assert seeds.snapshot(upstream, [k for k in seed.untouchable if k != gone]) == before
+    assert result.purge is not None
+    earlier = result.purge.earlier_deleted
+    assert not set(theirs) & (set(earlier.found) | set(earlier.hard_deleted))
+    if engine.profile.kind.hard_delete_method is not None and earlier.unlisted is None:
+        assert all(history != b"404" and history != b"410" for _, history in deleted_by_them.values())
+        assert result.complete, result.errors
+        assert mine in earlier.hard_deleted
+        assert httpx.get(f"{upstream}/{mine[0]}/{mine[1]}/_history", headers=seeds.FHIR).status_code in (404, 410)
+    else:  # said, never a silent success
+        assert earlier.unlisted is not None
+
+
 async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(upstream) -> None:
     """A page of 7: the purge deletes page one of each search and searches again many times
     (deep pages never read), referencing resources before what they reference (HAPI refuses
