@@ -18,6 +18,7 @@ import respx
 
 from purgeproxy.engine.compartment import Member
 from purgeproxy.engine.deleted_history import DeletedHistoryFinder
+from purgeproxy.engine.deletion import Deleter
 from purgeproxy.engine.plan import Policy, delete_order
 from purgeproxy.engine.purge import PurgeEngine, PurgeRequest, PurgeSettings
 from purgeproxy.fhir.client import FhirClient, make_http_client
@@ -791,6 +792,48 @@ async def test_what_other_clients_delete_during_the_purge_is_the_patients_histor
         assert httpx.get(f"{upstream}/{mine[0]}/{mine[1]}/_history", headers=seeds.FHIR).status_code in (404, 410)
     else:  # said, never a silent success
         assert earlier.unlisted is not None
+
+
+async def test_a_resource_changed_after_planning_is_read_again_before_its_delete(engine, upstream) -> None:
+    """Trap for the read before each delete batch (on HAPI one ``_id`` search per type): after the
+    resources were examined, another client updates one (still the patient's), moves one to the
+    control patient and deletes one. The deleter deletes the updated one in its new version,
+    keeps the moved one byte-identical, history included, finds the deleted one gone, and deletes
+    the rest. The same searches are asked first without ``no-cache``: HAPI's search cache keeps
+    a search's matches for a minute (measured on 8.4: a primed search still lists a resource
+    updated out of its criteria, though in its new version, and drops a deleted one)."""
+    tag = seeds.new_tag()
+    patient, control = f"{tag}-p", f"{tag}-q"
+
+    def observation(rid: str, owner: str, text: str = "v1") -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": f"{tag}-{rid}", "status": "final", "code": {"text": text},
+                "subject": seeds.ref("Patient", owner)}
+
+    condition = {"resourceType": "Condition", "id": f"{tag}-c", "subject": seeds.ref("Patient", patient)}
+    seeds.write(upstream, [{"resourceType": "Patient", "id": patient}, {"resourceType": "Patient", "id": control},
+                           *(observation(f"o{i}", patient) for i in range(5)), condition, observation("x", control)])
+    keys = [("Observation", f"{tag}-o{i}") for i in range(5)] + [("Condition", condition["id"])]
+    with httpx.Client(headers=seeds.FHIR) as http:
+        examined = {key: http.get(f"{upstream}/{key[0]}/{key[1]}").json()["meta"]["versionId"] for key in keys}
+        for rtype in ("Observation", "Condition"):  # in HAPI's search cache
+            ids = sorted(rid for t, rid in keys if t == rtype)
+            assert http.get(f"{upstream}/{rtype}", params={"_id": ",".join(ids), "_count": str(len(ids))}).status_code == 200
+        updated, moved, deleted = keys[1], keys[2], keys[3]
+        assert http.put(f"{upstream}/Observation/{updated[1]}", json=observation("o1", patient, "v2")).status_code == 200
+        assert http.put(f"{upstream}/Observation/{moved[1]}", json=observation("o2", control, "v2")).status_code == 200
+        assert http.delete(f"{upstream}/Observation/{deleted[1]}").status_code in (200, 204)
+    kept = seeds.snapshot(upstream, [moved, ("Observation", f"{tag}-x"), ("Patient", control)])
+
+    async def references_patient(resources: list[dict[str, Any]]) -> set[Any]:
+        return {(r["resourceType"], r["id"]) for r in resources
+                if r["subject"]["reference"] == f"Patient/{patient}"}
+
+    deleter = Deleter(engine.client, engine.profile.kind, 10, asyncio.Semaphore(4), False, references_patient)
+    report = await deleter.delete(keys, versions=examined)
+    assert sorted(report.deleted) == sorted(k for k in keys if k not in (moved, deleted))
+    assert list(report.changed) == [moved] and report.already_gone == [deleted]
+    assert seeds.present(upstream, keys) == [moved]
+    assert seeds.snapshot(upstream, list(kept)) == kept
 
 
 async def test_sweeps_smaller_than_the_compartment_delete_it_and_nothing_else(upstream) -> None:

@@ -91,15 +91,16 @@ class _ReadAhead:
     longer waits for the previous transaction (on the Medplum engine the reads were as slow as
     the deletes). Used only for exactly the keys it read: a regrouped batch is read afresh."""
 
-    def __init__(self, client: FhirClient, limit: asyncio.Semaphore, enabled: bool = True) -> None:
-        self.client, self.limit, self.enabled = client, limit, enabled
+    def __init__(self, client: FhirClient, limit: asyncio.Semaphore, by_search: bool, enabled: bool = True) -> None:
+        self.client, self.limit, self.by_search, self.enabled = client, limit, by_search, enabled
         self.keys: list[Key] = []
         self.task: asyncio.Future[Reading] | None = None
 
     def start(self, keys: list[Key]) -> None:
         self.drop()
         if keys and self.enabled:
-            self.keys, self.task = list(keys), asyncio.ensure_future(read_current(self.client, self.limit, keys))
+            self.keys, self.task = list(keys), asyncio.ensure_future(
+                read_current(self.client, self.limit, keys, self.by_search))
 
     async def take(self, keys: list[Key]) -> Reading | None:
         task, same = self.task, self.keys == keys
@@ -203,7 +204,7 @@ class Deleter:
         pending = list(order)  # shared by the batches in flight: a conflict pulls a blocker from it
         hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes
         # one batch at a time, the next is read while it goes; side by side, each reads its own
-        ahead = _ReadAhead(self.client, self.limit, enabled=self.transactions == 1)
+        ahead = _ReadAhead(self.client, self.limit, self.server.reads_by_search, enabled=self.transactions == 1)
         running: dict[asyncio.Future[tuple[list[Key], DeletionReport]], list[Key]] = {}
         try:
             while pending or running:
@@ -293,7 +294,7 @@ class Deleter:
         """Read ``keys`` now (``reading``: already read, while the batch before was deleted): what
         is gone is recorded, what changed since planning is examined again; returns the keys to
         delete, with ``pinned`` holding the version each was read in."""
-        reading = reading or await read_current(self.client, self.limit, keys)
+        reading = reading or await read_current(self.client, self.limit, keys, self.server.reads_by_search)
         report.already_gone += reading.gone
         report.failed.update(reading.unreadable)
         changed = [body for key, body in reading.current.items()
