@@ -6,18 +6,19 @@ resource into the batch when it is itself planned for deletion, or else takes th
 resource out and reports what blocks it: it never widens the scope to make a delete succeed.
 
 A resource is deleted only in the state the proxy examined. Just before each batch the engine
-reads every resource again; one whose version differs from the one planned is examined again
-with the operation's own scope check (``recheck``) and deleted in its new version only if it is
-still in scope, otherwise kept and reported as changed since planning. Deletes carry the version
-read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so that an upstream that
-honours it refuses (412) a change made after that read; the batch is then read and examined
-again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in transactions
-but honours ``If-Match`` on a single DELETE, so on those the read just before the delete is what
-pins the version; a change in the moment between that read and the delete cannot be prevented.
-It is seen where the upstream numbers versions 1, 2, 3 and names the version its DELETE wrote
-(HAPI's ``etag``): a delete that wrote more than one version past the one read deleted a state
-the proxy never examined. That resource is reported as an error and its history is not hard
-deleted, so that what was changed can still be restored from it.
+reads every resource again (on HAPI as one ``_id`` search per type:
+``ServerKind.reads_by_search``); one whose version differs from the one planned is examined
+again with the operation's own scope check (``recheck``) and deleted in its new version only if
+it is still in scope, otherwise kept and reported as changed since planning. Deletes carry the
+version read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so that an
+upstream that honours it refuses (412) a change made after that read; the batch is then read and
+examined again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in
+transactions but honours ``If-Match`` on a single DELETE, so on those the read just before the
+delete is what pins the version; a change in the moment between that read and the delete cannot
+be prevented. It is seen where the upstream numbers versions 1, 2, 3 and names the version its
+DELETE wrote (HAPI's ``etag``): a delete that wrote more than one version past the one read
+deleted a state the proxy never examined. That resource is reported as an error and its history
+is not hard deleted, so that what was changed can still be restored from it.
 
 Batches go side by side (``Deleter.transactions``) only where the plan shows that none in flight
 references anything in the next (``refs``), so that order is kept where an upstream enforcing
