@@ -93,7 +93,7 @@ def _forwarded_node(address: str) -> str:
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-_HOST = re.compile(r"^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?$")
+_HOST = re.compile(r"^([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?\Z")
 _FORWARDED_PAIR = re.compile(r'(?i)\b(host|proto)=("[^"]*"|[^;,\s]*)')
 
 

@@ -60,6 +60,8 @@ TRICKS = [
     ("encoded-question-mark", "Patient/a%3Fb/$purge", 400, "invalid", "FHIR id rule"),
     ("encoded-hash", "Patient/a%23b/$purge", 400, "invalid", "FHIR id rule"),
     ("encoded-nul", "Patient/p1%00/$purge", 400, "invalid", "FHIR id rule"),
+    ("encoded-newline", "Patient/p1%0A/$purge", 400, "invalid", "FHIR id rule"),  # `$` matches before it
+    ("encoded-crlf", "Patient/p1%0D%0A/$purge", 400, "invalid", "FHIR id rule"),
     ("empty-segment", "Patient//$purge", 400, "invalid", "empty segments"),
     ("bad-confirm", "Patient/p1/$purge?confirm=yes", 400, "invalid", "confirm must be"),
     ("repeated-confirm", "Patient/p1/$purge?confirm=true&confirm=true", 400, "invalid", "repeated"),

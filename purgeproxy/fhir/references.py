@@ -21,8 +21,8 @@ from typing import Any
 
 from purgeproxy.fhir.definitions import ReferencePath
 
-ID_RULE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
-_RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?$")
+ID_RULE = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")  # \Z: a trailing newline is not an id
+_RELATIVE = re.compile(r"^([A-Z][A-Za-z]+)/([A-Za-z0-9\-.]{1,64})(/_history/[A-Za-z0-9\-.]{1,64})?\Z")
 
 Key = tuple[str, str]  # (resource type, id)
 
