@@ -6,19 +6,18 @@ resource into the batch when it is itself planned for deletion, or else takes th
 resource out and reports what blocks it: it never widens the scope to make a delete succeed.
 
 A resource is deleted only in the state the proxy examined. Just before each batch the engine
-reads every resource again (on HAPI as one ``_id`` search per type:
-``ServerKind.reads_by_search``); one whose version differs from the one planned is examined
-again with the operation's own scope check (``recheck``) and deleted in its new version only if
-it is still in scope, otherwise kept and reported as changed since planning. Deletes carry the
-version read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so that an
-upstream that honours it refuses (412) a change made after that read; the batch is then read and
-examined again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in
-transactions but honours ``If-Match`` on a single DELETE, so on those the read just before the
-delete is what pins the version; a change in the moment between that read and the delete cannot
-be prevented. It is seen where the upstream numbers versions 1, 2, 3 and names the version its
-DELETE wrote (HAPI's ``etag``): a delete that wrote more than one version past the one read
-deleted a state the proxy never examined. That resource is reported as an error and its history
-is not hard deleted, so that what was changed can still be restored from it.
+reads every resource again; one whose version differs from the one planned is examined again
+with the operation's own scope check (``recheck``) and deleted in its new version only if it is
+still in scope, otherwise kept and reported as changed since planning. Deletes carry the version
+read (``ifMatch`` on transaction entries, ``If-Match`` on single DELETEs) so that an upstream that
+honours it refuses (412) a change made after that read; the batch is then read and examined
+again. Measured: HAPI 8.4 ignores both, and the Medplum engine ignores ``ifMatch`` in transactions
+but honours ``If-Match`` on a single DELETE, so on those the read just before the delete is what
+pins the version; a change in the moment between that read and the delete cannot be prevented.
+It is seen where the upstream numbers versions 1, 2, 3 and names the version its DELETE wrote
+(HAPI's ``etag``): a delete that wrote more than one version past the one read deleted a state
+the proxy never examined. That resource is reported as an error and its history is not hard
+deleted, so that what was changed can still be restored from it.
 
 Batches go side by side (``Deleter.transactions``) only where the plan shows that none in flight
 references anything in the next (``refs``), so that order is kept where an upstream enforcing
@@ -92,16 +91,15 @@ class _ReadAhead:
     longer waits for the previous transaction (on the Medplum engine the reads were as slow as
     the deletes). Used only for exactly the keys it read: a regrouped batch is read afresh."""
 
-    def __init__(self, client: FhirClient, limit: asyncio.Semaphore, by_search: bool, enabled: bool = True) -> None:
-        self.client, self.limit, self.by_search, self.enabled = client, limit, by_search, enabled
+    def __init__(self, client: FhirClient, limit: asyncio.Semaphore, enabled: bool = True) -> None:
+        self.client, self.limit, self.enabled = client, limit, enabled
         self.keys: list[Key] = []
         self.task: asyncio.Future[Reading] | None = None
 
     def start(self, keys: list[Key]) -> None:
         self.drop()
         if keys and self.enabled:
-            self.keys, self.task = list(keys), asyncio.ensure_future(
-                read_current(self.client, self.limit, keys, self.by_search))
+            self.keys, self.task = list(keys), asyncio.ensure_future(read_current(self.client, self.limit, keys))
 
     async def take(self, keys: list[Key]) -> Reading | None:
         task, same = self.task, self.keys == keys
@@ -205,7 +203,7 @@ class Deleter:
         pending = list(order)  # shared by the batches in flight: a conflict pulls a blocker from it
         hard: list[asyncio.Future[None]] = []  # a batch's hard deletes run while the next batch goes
         # one batch at a time, the next is read while it goes; side by side, each reads its own
-        ahead = _ReadAhead(self.client, self.limit, self.server.reads_by_search, enabled=self.transactions == 1)
+        ahead = _ReadAhead(self.client, self.limit, enabled=self.transactions == 1)
         running: dict[asyncio.Future[tuple[list[Key], DeletionReport]], list[Key]] = {}
         try:
             while pending or running:
@@ -295,7 +293,7 @@ class Deleter:
         """Read ``keys`` now (``reading``: already read, while the batch before was deleted): what
         is gone is recorded, what changed since planning is examined again; returns the keys to
         delete, with ``pinned`` holding the version each was read in."""
-        reading = reading or await read_current(self.client, self.limit, keys, self.server.reads_by_search)
+        reading = reading or await read_current(self.client, self.limit, keys)
         report.already_gone += reading.gone
         report.failed.update(reading.unreadable)
         changed = [body for key, body in reading.current.items()

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
-from purgeproxy.fhir.references import ID_RULE, Key
-from purgeproxy.fhir.search import MAX_PAGES, STRICT, ResolutionError, entry_answer, has_next, match_entries, next_link
+from purgeproxy.fhir.references import Key
+from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, has_next, next_link
 
 
 @dataclass
@@ -29,53 +29,21 @@ def version_of(resource: dict[str, Any]) -> str | None:
     return version if isinstance(version, str) else None
 
 
-async def read_current(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key],
-                       by_search: bool = False) -> Reading:
+async def read_current(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> Reading:
     """Read every resource now, in one batch Bundle of reads where the upstream answers it in a
-    shape we trust, else one by one. ``by_search`` (``ServerKind.reads_by_search``): first as
-    one ``_id`` search per type (``_found_by_id``); only what it did not return is read."""
-    found = await _found_by_id(client, limit, keys) if by_search and len(keys) > 1 else {}
-    unread = [key for key in keys if key not in found]
-    answers = await _read_batch(client, limit, unread) if len(unread) > 1 else None
-    if answers is None or _reordered(unread, answers, history=False):
-        answers = await asyncio.gather(*(_read_one(client, limit, key) for key in unread))
+    shape we trust, else one by one."""
+    answers = await _read_batch(client, limit, keys) if len(keys) > 1 else None
+    if answers is None or _reordered(keys, answers, history=False):
+        answers = await asyncio.gather(*(_read_one(client, limit, key) for key in keys))
     reading = Reading()
-    for key, (status, body) in zip(unread, answers, strict=True):
+    for key, (status, body) in zip(keys, answers, strict=True):
         if status == 200 and isinstance(body, dict) and (body.get("resourceType"), body.get("id")) == key:
             reading.current[key] = body
         elif status in GONE:
             reading.gone.append(key)
         else:
             reading.unreadable[key] = f"reading it before deleting answered {status or 'nonsense'}"
-    reading.current.update(found)
     return reading
-
-
-async def _found_by_id(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> dict[Key, dict[str, Any]]:
-    """The current bodies of ``keys`` that one batch Bundle of ``_id`` searches, one per type,
-    returned: a search entry is the resource as a read would serve it, and only an entry named
-    by its search, and returned once, counts. What is missing (gone, skipped, paged, refused, a
-    search the upstream answered for other resources) is for the caller to read. Fresh, strict
-    searches (``no-cache``, ``handling=strict``), as the resolution's."""
-    wanted: dict[str, set[str]] = {}
-    for rtype, rid in keys:
-        if ID_RULE.match(rid):
-            wanted.setdefault(rtype, set()).add(rid)
-    if not wanted:
-        return {}
-    urls = [f"{rtype}?_id={','.join(sorted(ids))}&_count={len(ids)}" for rtype, ids in wanted.items()]
-    entries = await _batch_get(client, limit, urls, STRICT)
-    found: dict[Key, dict[str, Any]] = {}
-    twice: set[Key] = set()
-    for (rtype, ids), entry in zip(wanted.items(), entries or [], strict=entries is not None):
-        answer = entry_answer(entry)
-        for resource in match_entries(answer.body) if answer is not None and answer.status == 200 else []:
-            named = resource.get("id")
-            if resource.get("resourceType") == rtype and isinstance(named, str) and named in ids:
-                if (rtype, named) in found:
-                    twice.add((rtype, named))
-                found[rtype, named] = resource
-    return {key: body for key, body in found.items() if key not in twice}
 
 
 async def _read_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> tuple[int, Any]:
@@ -84,14 +52,13 @@ async def _read_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> t
     return answer.status, answer.body
 
 
-async def _batch_get(client: FhirClient, limit: asyncio.Semaphore, urls: list[str],
-                     headers: dict[str, str] | None = None) -> list[Any] | None:
+async def _batch_get(client: FhirClient, limit: asyncio.Semaphore, urls: list[str]) -> list[Any] | None:
     """The entries of one batch Bundle of GETs, one per URL in order; None when the answer is not
     such a Bundle (the caller then reads one by one or says it is unsure)."""
     bundle = {"resourceType": "Bundle", "type": "batch",
               "entry": [{"request": {"method": "GET", "url": url}} for url in urls]}
     async with limit:
-        answer = await client.request("POST", "", json=bundle, headers=headers)
+        answer = await client.request("POST", "", json=bundle)
     entries = answer.body.get("entry") if _is_bundle(answer) else None
     return entries if isinstance(entries, list) and len(entries) == len(urls) else None
 

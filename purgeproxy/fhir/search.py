@@ -194,10 +194,10 @@ async def _first_pages(client: FhirClient, limit: asyncio.Semaphore, searches: l
     entries = answer.body.get("entry") if answer.status == 200 and answer.resource_type == "Bundle" else None
     if not isinstance(entries, list) or len(entries) != len(searches):
         return [None] * len(searches)
-    return [entry_answer(entry) for entry in entries]
+    return [_entry_answer(entry) for entry in entries]
 
 
-def entry_answer(entry: Any) -> FhirResponse | None:
+def _entry_answer(entry: Any) -> FhirResponse | None:
     """A batch entry as if it had been its own request; None when it is not understood."""
     if not isinstance(entry, dict):
         return None

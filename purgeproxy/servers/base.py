@@ -47,10 +47,6 @@ class ServerKind(ABC):
     # ``_offset``: a listing of it can fix its end, so that changes written meanwhile do not push
     # the next page's entries down onto ones already listed
     history_window: ClassVar[bool] = False
-    # it answers one ``_id`` search for many resources with less work than a batch Bundle of reads:
-    # the deletes' reads before each batch go that way (``verify.read_current``). Not the in-memory
-    # engines, whose every search tests each stored resource of the type
-    reads_by_search: ClassVar[bool] = False
     software_names: ClassVar[tuple[str, ...]] = ()  # any of these in software.name, lower case
     requires_operation: ClassVar[str | None] = None  # ... and the statement declares this one
     detection_order: ClassVar[int] = 50  # lower is tried first; the generic kind comes last

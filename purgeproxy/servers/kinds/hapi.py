@@ -47,9 +47,6 @@ class Hapi(ServerKind):
     expunge_keeps_current = True
     normalises_references = True
     history_window = True
-    # 100 resources read before their DELETEs: 40 ms of HAPI 8.4's CPU as one _id search, 92 ms as
-    # a batch of reads (python /work/notes/hapi_read_cost.py, issue 14)
-    reads_by_search = True
 
     def operation_parameters(self, key: Key) -> dict[str, Any]:
         return _EXPUNGE_DELETED
