@@ -21,6 +21,12 @@ def ref(rtype: str, rid: str) -> dict[str, str]:
     return {"reference": f"{rtype}/{rid}"}
 
 
+def observation(oid: str, patient: str, text: str = "x") -> dict[str, Any]:
+    """A minimal Observation of ``patient``; ``text`` tells its versions apart."""
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text},
+            "subject": ref("Patient", patient)}
+
+
 @dataclass
 class Seed:
     """What was written, grouped by what a purge of ``patient`` must do with it."""

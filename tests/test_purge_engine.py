@@ -758,17 +758,14 @@ async def test_what_other_clients_delete_during_the_purge_is_the_patients_histor
     gone = next(k for k in seed.untouchable if k[0] == "Condition")  # the control's (nothing cites it)
     before = seeds.snapshot(upstream, [k for k in seed.untouchable if k != gone])
     tag = seed.patient[:-2]
-
-    def observation(rid: str, owner: str) -> dict[str, Any]:
-        return {"resourceType": "Observation", "id": f"{tag}-{rid}", "status": "final", "code": {"text": "x"},
-                "subject": seeds.ref("Patient", owner)}
-
-    mine = ("Observation", observation("late-mine", seed.patient)["id"])
-    theirs = [("Observation", observation("late-theirs", seed.control)["id"]), gone]
+    late_mine = seeds.observation(f"{tag}-late-mine", seed.patient)
+    late_theirs = seeds.observation(f"{tag}-late-theirs", seed.control)
+    mine = ("Observation", late_mine["id"])
+    theirs = [("Observation", late_theirs["id"]), gone]
     deleted_by_them: dict[Any, Any] = {}
 
     def another_client() -> None:
-        seeds.write(upstream, [observation("late-mine", seed.patient), observation("late-theirs", seed.control)])
+        seeds.write(upstream, [late_mine, late_theirs])
         for rtype, rid in [mine, *theirs]:
             assert httpx.delete(f"{upstream}/{rtype}/{rid}", headers=seeds.FHIR).status_code in (200, 204)
         deleted_by_them.update(seeds.snapshot(upstream, theirs))
@@ -802,20 +799,18 @@ async def test_a_resource_changed_after_planning_is_read_again_before_its_delete
     the deleted one gone, and deletes the rest."""
     tag = seeds.new_tag()
     patient, control = f"{tag}-p", f"{tag}-q"
-
-    def observation(rid: str, owner: str, text: str = "v1") -> dict[str, Any]:
-        return {"resourceType": "Observation", "id": f"{tag}-{rid}", "status": "final", "code": {"text": text},
-                "subject": seeds.ref("Patient", owner)}
-
     condition = {"resourceType": "Condition", "id": f"{tag}-c", "subject": seeds.ref("Patient", patient)}
     seeds.write(upstream, [{"resourceType": "Patient", "id": patient}, {"resourceType": "Patient", "id": control},
-                           *(observation(f"o{i}", patient) for i in range(5)), condition, observation("x", control)])
+                           *(seeds.observation(f"{tag}-o{i}", patient, "v1") for i in range(5)), condition,
+                           seeds.observation(f"{tag}-x", control, "v1")])
     keys = [("Observation", f"{tag}-o{i}") for i in range(5)] + [("Condition", condition["id"])]
     with httpx.Client(headers=seeds.FHIR) as http:
         examined = {key: http.get(f"{upstream}/{key[0]}/{key[1]}").json()["meta"]["versionId"] for key in keys}
         updated, moved, deleted = keys[1], keys[2], keys[3]
-        assert http.put(f"{upstream}/Observation/{updated[1]}", json=observation("o1", patient, "v2")).status_code == 200
-        assert http.put(f"{upstream}/Observation/{moved[1]}", json=observation("o2", control, "v2")).status_code == 200
+        assert http.put(f"{upstream}/Observation/{updated[1]}",
+                        json=seeds.observation(updated[1], patient, "v2")).status_code == 200
+        assert http.put(f"{upstream}/Observation/{moved[1]}",
+                        json=seeds.observation(moved[1], control, "v2")).status_code == 200
         assert http.delete(f"{upstream}/Observation/{deleted[1]}").status_code in (200, 204)
     kept = seeds.snapshot(upstream, [moved, ("Observation", f"{tag}-x"), ("Patient", control)])
 

@@ -26,11 +26,6 @@ pytestmark = pytest.mark.hapi
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", "Cache-Control": "no-cache"}
 
 
-def observation(oid: str, patient: str, text: str) -> dict[str, Any]:
-    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text},
-            "subject": {"reference": f"Patient/{patient}"}}
-
-
 def history_size(base: str, key: Key) -> int:
     """How many versions the upstream's ``_history`` lists (deletions included); 0 when gone."""
     answer = httpx.get(f"{base}/{key[0]}/{key[1]}/_history", headers=FHIR)
@@ -43,7 +38,7 @@ async def test_a_resource_written_again_after_its_delete_keeps_its_whole_history
     the expunge must remove nothing of it (its new version was never examined, and its older ones
     are what can restore it) and the report must say its hard delete failed."""
     tag = seeds.new_tag()
-    observations = [observation(f"{tag}-o{i}", f"{tag}-p", "v1") for i in range(3)]
+    observations = [seeds.observation(f"{tag}-o{i}", f"{tag}-p", "v1") for i in range(3)]
     seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, *observations])
     seeds.write(hapi_base, [{**o, "code": {"text": "v2"}} for o in observations])  # version 2 of each
     keys = [("Observation", o["id"]) for o in observations]
@@ -54,7 +49,7 @@ async def test_a_resource_written_again_after_its_delete_keeps_its_whole_history
 
     async def written_again_first(client: FhirClient, key: Key) -> str | None:
         if key == revived:
-            answer = await client.request("PUT", f"{key[0]}/{key[1]}", json=observation(key[1], f"{tag}-p", "v4"))
+            answer = await client.request("PUT", f"{key[0]}/{key[1]}", json=seeds.observation(key[1], f"{tag}-p", "v4"))
             assert answer.status in (200, 201), answer.body
             written.update(seeds.snapshot(hapi_base, [key]))  # its bytes and whole history, then
         return await expunge(client, key)
@@ -80,14 +75,14 @@ async def test_a_resource_another_client_moved_and_deleted_after_planning_keeps_
     gone: the second's history is the patient's alone and is removed; the first's holds the other
     patient's version, so it is kept byte for byte and reported."""
     tag = seeds.new_tag()
-    observations = [observation(f"{tag}-o{i}", f"{tag}-p", "v1") for i in range(3)]
+    observations = [seeds.observation(f"{tag}-o{i}", f"{tag}-p", "v1") for i in range(3)]
     seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"},
                             {"resourceType": "Patient", "id": f"{tag}-q"}, *observations])
     keys = [("Observation", o["id"]) for o in observations]
     moved, deleted = keys[1], keys[2]
     with httpx.Client(headers=FHIR) as http:
         assert http.put(f"{hapi_base}/Observation/{moved[1]}",
-                        json=observation(moved[1], f"{tag}-q", "v2")).status_code == 200
+                        json=seeds.observation(moved[1], f"{tag}-q", "v2")).status_code == 200
         for key in (moved, deleted):
             assert http.delete(f"{hapi_base}/{key[0]}/{key[1]}").status_code in (200, 204)
     kept = seeds.snapshot(hapi_base, [moved])
@@ -116,7 +111,7 @@ async def test_a_hard_delete_purge_leaves_the_control_patients_deleted_history(m
     """The control patient has resources deleted (soft) before the purge: their history is not the
     purged patient's and must survive the hard delete byte for byte."""
     seed = seeds.build(sizes={"Observation": 6, "Condition": 3}, shared=False)
-    extra = [observation(f"{seed.control}-gone{i}", seed.control, "v1") for i in range(2)]
+    extra = [seeds.observation(f"{seed.control}-gone{i}", seed.control, "v1") for i in range(2)]
     seeds.write(hapi_base, seed.resources + extra)
     seeds.write(hapi_base, [{**o, "code": {"text": "v2"}} for o in extra])
     control_deleted = [("Observation", o["id"]) for o in extra]
@@ -139,7 +134,7 @@ def test_hapi_does_not_run_expunge_entries_of_a_batch(hapi_base: str) -> None:
     """Why the hard delete is not batched: HAPI stores a batch entry's ``Parameters`` body as a new
     resource instead of running ``$expunge`` (hapi-fhir#4158) and removes nothing."""
     tag = seeds.new_tag()
-    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, observation(f"{tag}-o", f"{tag}-p", "v1")])
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, seeds.observation(f"{tag}-o", f"{tag}-p", "v1")])
     key = ("Observation", f"{tag}-o")
     parameters = {"resourceType": "Parameters", "parameter": [{"name": "expungeDeletedResources", "valueBoolean": True}]}
     bundle = {"resourceType": "Bundle", "type": "batch", "entry": [
@@ -156,7 +151,7 @@ def test_hapi_delete_with_expunge_only_submits_a_job(hapi_base: str) -> None:
     """Why ``DELETE Type?_id=...&_expunge=true`` is not the hard delete: HAPI answers at once that a
     batch2 job was submitted (removal comes later, by database id, without a version check)."""
     tag = seeds.new_tag()
-    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, observation(f"{tag}-o", f"{tag}-p", "v1")])
+    seeds.write(hapi_base, [{"resourceType": "Patient", "id": f"{tag}-p"}, seeds.observation(f"{tag}-o", f"{tag}-p", "v1")])
     with httpx.Client() as http:
         answer = http.delete(f"{hapi_base}/Observation", params={"_id": f"{tag}-o", "_expunge": "true"}, headers=FHIR)
     assert answer.status_code == 200

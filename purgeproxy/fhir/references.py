@@ -81,7 +81,7 @@ def reference_forms(key: Key, base_url: str, versions: Iterable[str] = ()) -> li
     prefix = base_url.rstrip("/") + "/"
     forms = [relative, prefix + relative]
     for version in versions:
-        if ID_RULE.match(version):
+        if is_valid_id(version):
             forms += [f"{relative}/_history/{version}", f"{prefix}{relative}/_history/{version}"]
     return forms
 
