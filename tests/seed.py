@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from purgeproxy.fhir.history import instance_history
+
 Key = tuple[str, str]
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
 
@@ -136,14 +138,16 @@ def snapshot(base: str, keys: list[Key]) -> dict[Key, tuple[bytes, bytes]]:
     whole ``_history``: every version's resource, in the server's order.
 
     A history Bundle's own id and timestamp change on every read, so the versions are compared
-    as their JSON, not the Bundle's bytes.
+    as their JSON, not the Bundle's bytes. Read as the proxy reads one (``instance_history``):
+    HAPI lists a history asked without ``_since`` only as far as it counted it up to a minute
+    before.
     """
     with httpx.Client(timeout=60) as http:
         result = {}
         for rtype, rid in keys:
             answer = http.get(f"{base}/{rtype}/{rid}", headers={"Accept": "application/fhir+json"})
             current = answer.content if answer.status_code == 200 else str(answer.status_code).encode()
-            result[(rtype, rid)] = (current, _history(http, f"{base}/{rtype}/{rid}/_history"))
+            result[(rtype, rid)] = (current, _history(http, f"{base}/{instance_history((rtype, rid))}"))
         return result
 
 

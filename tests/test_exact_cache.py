@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from purgeproxy.engine.deleted_history import LATE_COMMIT
 from tests import seed as seeds
 from tests.helpers import AUTH, TOKEN, purge, texts
 from tests.seed import ref
@@ -194,3 +195,69 @@ async def _keep_writing(base: str, patient: str, purge_task: asyncio.Task[Any]) 
                 written.append(oid)
             await asyncio.sleep(0.05)
     return written
+
+
+# --- (e) HAPI's count of a history, reused for a minute ---------------------------------------------
+# HAPI counts an instance's history once and, for about a minute after, lists only as many of its
+# versions (newest first) as it counted, whatever ``Cache-Control`` asks: a history read, then an
+# update, then the same read answered one version of two (HAPI 8.4). A read by anyone primes it.
+
+def history_read(base: str, path: str) -> list[str]:
+    """The version ids a plain ``_history`` read lists (as any client would read it)."""
+    bundle = httpx.get(f"{base}/{path}/_history", headers=FRESH).json()
+    return [e["resource"]["meta"]["versionId"] for e in bundle.get("entry") or [] if "resource" in e]
+
+
+def unattached(oid: str, text: str) -> dict[str, Any]:
+    """An Observation of no patient; ``text`` tells its versions apart."""
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text}}
+
+
+def gone(base: str, path: str) -> bool:
+    return httpx.get(f"{base}/{path}", headers=FHIR).status_code in (404, 410)
+
+
+@pytest.mark.hapi
+async def test_a_history_read_just_before_cannot_hide_a_delete_older_than_the_patients_update(
+        make_proxy, hapi_base) -> None:
+    """The listing of the patient's earlier deletes dates from the patient's first version: an
+    Observation deleted before the patient was updated still has its history removed when the
+    patient's history was read (and counted) just before that update. The delete is older than
+    ``LATE_COMMIT`` before the purge, so only the first listing can find it."""
+    base = hapi_base
+    seed = seeds.build(sizes={"Observation": 2}, shared=False)
+    seeds.write(base, seed.resources)
+    earlier = next(k for k in seed.in_scope if k[0] == "Observation")
+    assert httpx.delete(f"{base}/{earlier[0]}/{earlier[1]}", headers=FHIR).status_code in (200, 204)
+    await asyncio.sleep(LATE_COMMIT.total_seconds() + 1)  # older than what the closing listing lists again
+    assert history_read(base, f"Patient/{seed.patient}") == ["1"]
+    updated = {"resourceType": "Patient", "id": seed.patient, "active": False}
+    assert httpx.put(f"{base}/Patient/{seed.patient}", json=updated, headers=FHIR).status_code == 200
+    assert history_read(base, f"Patient/{seed.patient}") == ["2"]  # the trap is set: version 1 hidden
+    before = seeds.snapshot(base, seed.untouchable)
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+
+    status, outcome = await purge(proxy, seed.patient)
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert f"{earlier[0]}/{earlier[1]}" in texts(outcome)
+    assert gone(base, f"{earlier[0]}/{earlier[1]}/_history/1")
+    assert seeds.snapshot(base, seed.untouchable) == before
+
+
+@pytest.mark.hapi
+async def test_a_history_read_just_before_cannot_hide_a_version_from_erase(make_proxy, hapi_base) -> None:
+    """``$erase`` of version 2 removes it and every older version, though the resource's history
+    was read (and counted) before its third version was written; the third stays."""
+    base, oid = hapi_base, f"{seeds.new_tag()}-o"
+    for text in ("one", "two"):
+        seeds.write(base, [unattached(oid, text)])
+    assert history_read(base, f"Observation/{oid}") == ["2", "1"]
+    seeds.write(base, [unattached(oid, "three")])
+    assert history_read(base, f"Observation/{oid}") == ["3", "2"]  # the trap is set: version 1 hidden
+    proxy = await make_proxy(base, auth={"admin_token": TOKEN})
+
+    status, outcome = await call("POST", f"{proxy}/Observation/{oid}/_history/2/$erase")
+    assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
+    assert gone(base, f"Observation/{oid}/_history/2") and gone(base, f"Observation/{oid}/_history/1")
+    current = httpx.get(f"{base}/Observation/{oid}", headers=FHIR).json()
+    assert current["meta"]["versionId"] == "3" and current["code"] == {"text": "three"}

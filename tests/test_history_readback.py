@@ -15,6 +15,7 @@ import httpx
 
 from purgeproxy.engine.verify import history_left, still_readable
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.history import EVER
 
 BASE = "http://upstream.test/fhir"
 
@@ -31,9 +32,13 @@ class Upstream:
     def __init__(self, histories: dict[str, dict[str, Any] | None], batch: str = "ok") -> None:
         self.histories, self.batch = histories, batch
         self.requests: list[str] = []
+        self.queries: set[str] = set()  # the query of every history asked, in a batch or alone
         self.client = FhirClient(BASE, httpx.AsyncClient(transport=httpx.MockTransport(self.handle)))
 
-    def answer(self, path: str) -> tuple[int, dict[str, Any]]:
+    def answer(self, url: str) -> tuple[int, dict[str, Any]]:
+        path, _, query = url.partition("?")
+        if path.endswith("/_history"):
+            self.queries.add(query)
         found = self.histories.get(path)
         return (200, found) if found is not None else (410, {"resourceType": "OperationOutcome"})
 
@@ -41,7 +46,7 @@ class Upstream:
         if request.method == "GET":
             path = request.url.path.removeprefix("/fhir/")
             self.requests.append(f"GET {path}")
-            status, body = self.answer(path)
+            status, body = self.answer(f"{path}?{request.url.query.decode()}")
             return httpx.Response(status, json=body)
         self.requests.append("POST batch")
         if self.batch == "refuse":
@@ -66,6 +71,13 @@ async def test_histories_are_read_in_one_batch() -> None:
     upstream = Upstream(HISTORIES)
     assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
     assert upstream.requests == ["POST batch"]
+    assert upstream.queries == {f"_since={EVER}"}  # whole on HAPI, which counts one asked without
+
+
+async def test_a_history_read_alone_is_asked_since_ever_too() -> None:
+    upstream = Upstream(HISTORIES, batch="refuse")
+    assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
+    assert upstream.queries == {f"_since={EVER}"}
 
 
 async def test_a_refused_batch_is_read_one_by_one() -> None:

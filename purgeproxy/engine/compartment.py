@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 
 from purgeproxy.fhir.client import GONE, FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
+from purgeproxy.fhir.history import instance_history
 from purgeproxy.fhir.references import Key, all_references, reference_forms, references_at
 from purgeproxy.fhir.search import ResolutionError, next_link, search_each
 
@@ -154,7 +155,7 @@ class Resolver:
         patient = result.patient_key
         versions: list[str] = []
         bodies: list[dict[str, Any]] = []
-        url: str | None = f"{patient[0]}/{patient[1]}/_history"
+        url: str | None = instance_history(patient)
         seen: set[str] = set()
         while url:
             async with self.limit:

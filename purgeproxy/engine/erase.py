@@ -14,6 +14,7 @@ from typing import Any
 
 from purgeproxy.engine.removal import Context, Refused, Result, history_left, remove
 from purgeproxy.fhir.client import GONE
+from purgeproxy.fhir.history import EVER
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.expunge import (
     INSTANCE,
@@ -43,7 +44,7 @@ async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) 
 
 async def history_versions(ctx: Context, key: Key) -> list[tuple[str, bool]]:
     """(version id, is a deletion) newest first, from the instance history; [] when there is none."""
-    answer = await ctx.get(f"{key[0]}/{key[1]}/_history", params={"_count": "1000"})
+    answer = await ctx.get(f"{key[0]}/{key[1]}/_history", params={"_count": "1000", "_since": EVER})
     if answer.status in GONE or answer.resource_type != "Bundle":
         return []
     versions: list[tuple[str, bool]] = []

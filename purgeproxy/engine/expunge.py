@@ -9,6 +9,7 @@ refused unless ``expunge.allow_everything`` is switched on.
 from __future__ import annotations
 
 from purgeproxy.engine.removal import Context, Refused, Result
+from purgeproxy.fhir.history import EVER
 from purgeproxy.servers.expunge import (
     SYSTEM,
     TYPE,
@@ -63,7 +64,7 @@ async def _verify(ctx: Context, rtype: str | None, options: ExpungeOptions, remo
     """Deleted resources must be gone from the type's (or server's) history afterwards."""
     if not (options.deleted_resources or options.everything):
         return
-    answer = await ctx.get(f"{rtype}/_history" if rtype else "_history", params={"_count": "100"})
+    answer = await ctx.get(f"{rtype}/_history" if rtype else "_history", params={"_count": "100", "_since": EVER})
     if answer.status != 200 or answer.resource_type != "Bundle":
         removal.notes.append(f"history could not be read back to verify (answered {answer.status})")
         return

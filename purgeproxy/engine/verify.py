@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from purgeproxy.fhir.client import GONE, FhirClient, FhirResponse
+from purgeproxy.fhir.history import instance_history
 from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, has_next, next_link
 
@@ -149,7 +150,7 @@ async def history_left(client: FhirClient, limit: asyncio.Semaphore, keys: list[
 
 async def _history_one(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> bool:
     async with limit:
-        answer = await client.request("GET", f"{key[0]}/{key[1]}/_history")
+        answer = await client.request("GET", instance_history(key))
     return not answer.serves_no_history
 
 
@@ -157,7 +158,7 @@ async def _history_batch(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     """Whether each key still has history, from one batch Bundle; None where the answer is unsure."""
     if len(keys) < 2:
         return [None] * len(keys)
-    entries = await _batch_get(client, limit, [f"{t}/{i}/_history" for t, i in keys])
+    entries = await _batch_get(client, limit, [instance_history(key) for key in keys])
     answers = None if entries is None else [batch_entry(entry) for entry in entries]
     if answers is None or _reordered(keys, answers, history=True):
         return [None] * len(keys)
@@ -187,7 +188,7 @@ async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
     firsts = [v for group in await asyncio.gather(*(_versions_batch(client, limit, g) for g in groups)) for v in group]
     return list(await asyncio.gather(*(
-        read_history(client, limit, f"{key[0]}/{key[1]}/_history") if first is _UNSURE else _done(first)
+        read_history(client, limit, instance_history(key)) if first is _UNSURE else _done(first)
         for key, first in zip(keys, firsts, strict=True))))
 
 
@@ -220,7 +221,7 @@ async def _done(versions: History) -> History:
 async def _versions_batch(client: FhirClient, limit: asyncio.Semaphore, keys: list[Key]) -> list[Any]:
     """The versions each key's batch entry holds, or ``_UNSURE`` (more pages, not a history, or
     a batch that answers for other resources than it was asked)."""
-    entries = await _batch_get(client, limit, [f"{t}/{i}/_history" for t, i in keys]) if len(keys) > 1 else None
+    entries = await _batch_get(client, limit, [instance_history(key) for key in keys]) if len(keys) > 1 else None
     answers = None if entries is None else [batch_entry(entry) for entry in entries]
     if answers is None or _reordered(keys, answers, history=True):
         return [_UNSURE] * len(keys)

@@ -1,4 +1,15 @@
-"""Pages of an upstream's system ``_history``: by its own next links, or a fixed window by offset.
+"""An upstream's ``_history``: every version of one resource, and the system history's pages (by
+its own next links, or a fixed window by offset).
+
+Every history the proxy reads is asked ``_since`` the earliest instant (``EVER``): HAPI counts a
+history asked without a time once and, for about a minute after, lists only as many versions
+as it counted, newest first, whatever ``Cache-Control`` asks (its default
+``HistoryCountModeEnum.CACHED_ONLY_WITHOUT_OFFSET``). Measured on HAPI 8.4: a resource's history
+read, the resource updated, the same read again answered version 2 alone, in a batch Bundle too;
+so a purge dated its listing of earlier deletes from the patient's second version and ``$erase``
+of a version left an older one, both saying ``success`` (tests/test_exact_cache.py). A history
+asked since a time is neither counted nor cached there; the Medplum engine ignores ``_since`` on
+a resource's history, and elsewhere every version is younger than ``EVER``.
 
 ``engine.deleted_history`` decides what to list (since when, up to which change) and what the
 entries mean; this module only fetches them, each once. A window (HAPI: two ``_at`` values,
@@ -15,7 +26,10 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.references import Key
 from purgeproxy.fhir.search import MAX_PAGES, ResolutionError, has_next, next_link, outcome_text
+
+EVER = "0001-01-01T00:00:00Z"  # the earliest FHIR instant: ``_since`` it, a history is whole (above)
 
 # once this many pages of a window were listed, the next two are in flight at once: a long listing
 # is a HAPI purge's longest path, a short one only contends with the deletes. Measured on HAPI 8.4
@@ -30,6 +44,11 @@ PAGES_BEFORE_AHEAD = 8
 # patients purged four at a time (hard delete): of 113 pages that moved, 48 by at most 64 entries,
 # 63 more by at most 320, 2 further; 25,156 entries read back, where a page each time reads 113,000
 FIRST_READ_BACK = 64
+
+
+def instance_history(key: Key) -> str:
+    """The path of every version of ``key``, asked so that no upstream cuts it short (above)."""
+    return f"{key[0]}/{key[1]}/_history?_since={EVER}"
 
 
 @dataclass(frozen=True)

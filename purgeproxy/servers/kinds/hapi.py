@@ -25,6 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.history import instance_history
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.base import ALL_LEVELS, ServerKind
 from purgeproxy.servers.expunge import expunged_count
@@ -59,5 +60,5 @@ class Hapi(ServerKind):
         read-back after the hard delete still checks it."""
         if expunged_count(body) != 0:
             return None
-        history = await client.request("GET", f"{key[0]}/{key[1]}/_history")
+        history = await client.request("GET", instance_history(key))
         return None if history.serves_no_history else WRITTEN_AGAIN
