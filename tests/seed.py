@@ -23,10 +23,10 @@ def ref(rtype: str, rid: str) -> dict[str, str]:
     return {"reference": f"{rtype}/{rid}"}
 
 
-def observation(oid: str, patient: str, text: str = "x") -> dict[str, Any]:
-    """A minimal Observation of ``patient``; ``text`` tells its versions apart."""
-    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text},
-            "subject": ref("Patient", patient)}
+def observation(oid: str, patient: str | None, text: str = "x") -> dict[str, Any]:
+    """A minimal Observation of ``patient`` (None: of no one); ``text`` tells its versions apart."""
+    subject = {"subject": ref("Patient", patient)} if patient is not None else {}
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text}, **subject}
 
 
 @dataclass
@@ -138,29 +138,40 @@ def snapshot(base: str, keys: list[Key]) -> dict[Key, tuple[bytes, bytes]]:
     whole ``_history``: every version's resource, in the server's order.
 
     A history Bundle's own id and timestamp change on every read, so the versions are compared
-    as their JSON, not the Bundle's bytes. Read as the proxy reads one (``instance_history``):
-    HAPI lists a history asked without ``_since`` only as far as it counted it up to a minute
-    before.
+    as their JSON, not the Bundle's bytes (read whole: ``_history``).
     """
     with httpx.Client(timeout=60) as http:
         result = {}
         for rtype, rid in keys:
             answer = http.get(f"{base}/{rtype}/{rid}", headers={"Accept": "application/fhir+json"})
             current = answer.content if answer.status_code == 200 else str(answer.status_code).encode()
-            result[(rtype, rid)] = (current, _history(http, f"{base}/{instance_history((rtype, rid))}"))
+            status, versions = _history(http, base, (rtype, rid))
+            result[(rtype, rid)] = (current, json.dumps(versions, sort_keys=True).encode() if status == 200
+                                    else str(status).encode())
         return result
 
 
-def _history(http: httpx.Client, url: str) -> bytes:
+def history_size(base: str, key: Key) -> int:
+    """How many entries ``key``'s whole history lists (deletions included); 0 when gone."""
+    with httpx.Client(timeout=60) as http:
+        status, versions = _history(http, base, key)
+    return len(versions) if status == 200 else 0
+
+
+def _history(http: httpx.Client, base: str, key: Key) -> tuple[int, list[Any]]:
+    """The status of ``key``'s history and its every entry as (resource, method), every page read,
+    asked as the proxy asks it (``instance_history``): HAPI lists a history asked without
+    ``_since`` only as far as it counted it up to a minute before."""
     versions: list[Any] = []
+    url = f"{base}/{instance_history(key)}"
     while url:
         answer = http.get(url, headers={"Accept": "application/fhir+json", "Cache-Control": "no-cache"})
         if answer.status_code != 200:
-            return str(answer.status_code).encode()
+            return answer.status_code, []
         bundle = answer.json()
         versions += [(e.get("resource"), (e.get("request") or {}).get("method")) for e in bundle.get("entry") or []]
         url = next((link["url"] for link in bundle.get("link") or [] if link.get("relation") == "next"), "")
-    return json.dumps(versions, sort_keys=True).encode()
+    return 200, versions
 
 
 def present(base: str, keys: list[Key]) -> list[Key]:

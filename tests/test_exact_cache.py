@@ -208,11 +208,6 @@ def history_read(base: str, path: str) -> list[str]:
     return [e["resource"]["meta"]["versionId"] for e in bundle.get("entry") or [] if "resource" in e]
 
 
-def unattached(oid: str, text: str) -> dict[str, Any]:
-    """An Observation of no patient; ``text`` tells its versions apart."""
-    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": text}}
-
-
 def gone(base: str, path: str) -> bool:
     return httpx.get(f"{base}/{path}", headers=FHIR).status_code in (404, 410)
 
@@ -250,9 +245,9 @@ async def test_a_history_read_just_before_cannot_hide_a_version_from_erase(make_
     was read (and counted) before its third version was written; the third stays."""
     base, oid = hapi_base, f"{seeds.new_tag()}-o"
     for text in ("one", "two"):
-        seeds.write(base, [unattached(oid, text)])
+        seeds.write(base, [seeds.observation(oid, None, text)])
     assert history_read(base, f"Observation/{oid}") == ["2", "1"]
-    seeds.write(base, [unattached(oid, "three")])
+    seeds.write(base, [seeds.observation(oid, None, "three")])
     assert history_read(base, f"Observation/{oid}") == ["3", "2"]  # the trap is set: version 1 hidden
     proxy = await make_proxy(base, auth={"admin_token": TOKEN})
 

@@ -1,5 +1,5 @@
 """History (and resource) read-back in batch Bundles: trusted only entry by entry, anything unsure read
-again alone.
+again alone; every history read whole (``_since`` the earliest instant, every page).
 
 A scripted upstream (``httpx.MockTransport``) serves instance histories; real upstreams are covered
 by the purge tests (tests/test_purge.py reads back every hard-deleted resource on HAPI).
@@ -13,9 +13,16 @@ from typing import Any
 
 import httpx
 
+from purgeproxy.engine.context import Context
+from purgeproxy.engine.erase import history_versions
+from purgeproxy.engine.expunge import expunge_bulk
 from purgeproxy.engine.verify import history_left, still_readable
 from purgeproxy.fhir.client import FhirClient
+from purgeproxy.fhir.definitions import definitions_for
 from purgeproxy.fhir.history import EVER
+from purgeproxy.servers.expunge import ExpungeOptions
+from purgeproxy.servers.profile import UpstreamProfile
+from purgeproxy.servers.registry import kind_named
 
 BASE = "http://upstream.test/fhir"
 
@@ -144,3 +151,45 @@ async def test_a_history_batch_answered_out_of_order_proves_nothing() -> None:
     assert await history_left(upstream.client, asyncio.Semaphore(2), KEYS) == [("Observation", "a")]
     assert sorted(upstream.requests) == ["GET Observation/a/_history", "GET Observation/b/_history",
                                          "GET Observation/c/_history", "POST batch"]
+
+
+def _context(handle: Any, kind: str = "hapi") -> Context:
+    http = httpx.AsyncClient(transport=httpx.MockTransport(handle))
+    profile = UpstreamProfile(kind_named(kind), definitions_for("4.0.1"), None)
+    return Context(FhirClient(BASE, http), profile, asyncio.Semaphore(2), 100, 1000, "auto")
+
+
+async def test_the_versions_erase_acts_on_are_read_from_every_page_of_the_history() -> None:
+    """A history of more than one page (HAPI pages at its ``_count``): every version is listed,
+    so a version-level ``$erase`` reaches the oldest."""
+    pages = {"1": ({"3", "2"}, f"{BASE}?_getpages=h&_getpagesoffset=2"), "2": ({"1"}, None)}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        versions, following = pages["2" if "_getpages" in str(request.url) else "1"]
+        links = [{"relation": "next", "url": following}] if following else []
+        entries = [{"resource": {"resourceType": "Observation", "id": "a", "meta": {"versionId": v}}}
+                   for v in sorted(versions, reverse=True)]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history", "link": links, "entry": entries})
+
+    ctx = _context(handle)
+    assert await history_versions(ctx, ("Observation", "a")) == [("3", False), ("2", False), ("1", False)]
+
+
+async def test_a_bulk_expunge_read_back_says_how_far_it_checked() -> None:
+    """The read-back after a type-level ``$expunge`` reads the history's newest page: with more
+    pages it says it checked that far only, not that the history lists no deleted resource."""
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            return httpx.Response(200, json={"resourceType": "Parameters",
+                                             "parameter": [{"name": "count", "valueInteger": 3}]})
+        assert request.url.params["_since"] == EVER
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "history",
+                                         "link": [{"relation": "next", "url": f"{BASE}?_getpages=h"}],
+                                         "entry": [{"resource": {"resourceType": "Observation", "id": "a"},
+                                                    "request": {"method": "PUT", "url": "Observation/a"}}]})
+
+    removal = await expunge_bulk(_context(handle), "Observation", ExpungeOptions(deleted_resources=True, given=True),
+                                 dry_run=False, allow_everything=False)
+    assert not removal.errors and removal.notes == [
+        "verified on the newest 1 changes of the history only: none is a deleted resource; "
+        "older changes were not read back"]

@@ -26,12 +26,6 @@ pytestmark = pytest.mark.hapi
 FHIR = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json", "Cache-Control": "no-cache"}
 
 
-def history_size(base: str, key: Key) -> int:
-    """How many versions the upstream's ``_history`` lists (deletions included); 0 when gone."""
-    answer = httpx.get(f"{base}/{key[0]}/{key[1]}/_history", headers=FHIR)
-    return 0 if answer.status_code in (404, 410) else len(answer.json().get("entry") or [])
-
-
 async def test_a_resource_written_again_after_its_delete_keeps_its_whole_history(hapi_base: str,
                                                                                  monkeypatch: Any) -> None:
     """Between the proxy's DELETE and its ``$expunge`` another client writes the resource again:
@@ -64,9 +58,9 @@ async def test_a_resource_written_again_after_its_delete_keeps_its_whole_history
     assert sorted(report.deleted) == sorted(keys)
     assert sorted(report.hard_deleted) == sorted(k for k in keys if k != revived)
     assert list(report.hard_delete_failed) == [revived]
-    assert history_size(hapi_base, revived) == 4  # two versions, the proxy's delete, the new one
+    assert seeds.history_size(hapi_base, revived) == 4  # two versions, the proxy's delete, the new one
     assert seeds.snapshot(hapi_base, [revived]) == written  # nothing of it expunged
-    assert [history_size(hapi_base, k) for k in keys if k != revived] == [0, 0]
+    assert [seeds.history_size(hapi_base, k) for k in keys if k != revived] == [0, 0]
 
 
 async def test_a_resource_another_client_moved_and_deleted_after_planning_keeps_its_history(hapi_base: str) -> None:
@@ -86,7 +80,7 @@ async def test_a_resource_another_client_moved_and_deleted_after_planning_keeps_
         for key in (moved, deleted):
             assert http.delete(f"{hapi_base}/{key[0]}/{key[1]}").status_code in (200, 204)
     kept = seeds.snapshot(hapi_base, [moved])
-    assert history_size(hapi_base, moved) == 3  # the patient's version, the other's, the deletion
+    assert seeds.history_size(hapi_base, moved) == 3  # the patient's version, the other's, the deletion
 
     async def references_p(resources: list[dict[str, Any]]) -> set[Key]:
         return {(r["resourceType"], r["id"]) for r in resources
@@ -103,7 +97,7 @@ async def test_a_resource_another_client_moved_and_deleted_after_planning_keeps_
     assert sorted(report.hard_deleted) == [keys[0], deleted]
     assert list(report.unexamined) == [moved] and "deleted by another client" in report.unexamined[moved]
     assert seeds.snapshot(hapi_base, [moved]) == kept
-    assert [history_size(hapi_base, k) for k in (keys[0], deleted)] == [0, 0]
+    assert [seeds.history_size(hapi_base, k) for k in (keys[0], deleted)] == [0, 0]
 
 
 async def test_a_hard_delete_purge_leaves_the_control_patients_deleted_history(make_proxy: Any,
@@ -120,13 +114,13 @@ async def test_a_hard_delete_purge_leaves_the_control_patients_deleted_history(m
             assert http.delete(f"{hapi_base}/{rtype}/{rid}", headers=FHIR).status_code in (200, 204)
     untouchable = seed.untouchable + control_deleted
     before = seeds.snapshot(hapi_base, untouchable)
-    assert [history_size(hapi_base, k) for k in control_deleted] == [3, 3]  # two versions and a deletion
+    assert [seeds.history_size(hapi_base, k) for k in control_deleted] == [3, 3]  # two versions and a deletion
 
     proxy = await make_proxy(hapi_base, auth={"admin_token": TOKEN}, purge={"hard_delete": "require"})
     status, outcome = await purge(proxy, seed.patient)
     assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
     assert f"history removed with {kind_named('hapi').hard_delete_method} for {len(seed.in_scope)}" in texts(outcome)
-    assert [history_size(hapi_base, k) for k in seed.in_scope] == [0] * len(seed.in_scope)
+    assert [seeds.history_size(hapi_base, k) for k in seed.in_scope] == [0] * len(seed.in_scope)
     assert seeds.snapshot(hapi_base, untouchable) == before
 
 
@@ -144,7 +138,7 @@ def test_hapi_does_not_run_expunge_entries_of_a_batch(hapi_base: str) -> None:
         answer = http.post(hapi_base, json=bundle, headers=FHIR)
     entry = answer.json()["entry"][0]["response"]
     assert entry["status"].startswith("201") and entry["location"].startswith("Parameters/")
-    assert history_size(hapi_base, key) == 2  # still there: created, deleted
+    assert seeds.history_size(hapi_base, key) == 2  # still there: created, deleted
 
 
 def test_hapi_delete_with_expunge_only_submits_a_job(hapi_base: str) -> None:

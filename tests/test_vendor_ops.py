@@ -62,11 +62,6 @@ def observation(oid: str, subject: str | None, **extra: Any) -> dict[str, Any]:
             **linked, **extra}
 
 
-def history_count(base: str, path: str) -> int:
-    answer = httpx.get(f"{base}/{path}/_history", headers=FHIR)
-    return len(answer.json().get("entry") or []) if answer.status_code == 200 else 0
-
-
 # --- $erase -----------------------------------------------------------------------------------
 
 async def test_erase_removes_the_resource_and_its_history(proxy, upstream) -> None:
@@ -126,7 +121,7 @@ async def test_version_erase_removes_that_version_and_older_or_is_refused(proxy,
     status, outcome = await call("POST", f"{proxy}/Observation/{oid}/_history/{middle}/$erase")
     if kind == "medplum":  # no way to remove one version through the FHIR API: refused, untouched
         assert status == 422 and outcome["issue"][0]["code"] == "not-supported", outcome
-        assert history_count(base, f"Observation/{oid}") == 3
+        assert seeds.history_size(base, ("Observation", oid)) == 3
         return
     assert status == 200 and outcome["issue"][0]["code"] == "success", texts(outcome)
     assert status_of(base, f"Observation/{oid}/_history/{middle}") in (404, 410)
@@ -162,12 +157,12 @@ async def test_instance_expunge_in_hapis_shape_keeps_the_current_version(proxy, 
     status, answer = await call("POST", f"{proxy}/Observation/{oid}/$expunge", hapi_params(previous=True))
     if kind == "medplum":  # the old version cannot be removed on its own
         assert status == 422 and answer["issue"][0]["code"] == "not-supported", answer
-        assert "no $expunge" in texts(answer) and history_count(base, f"Observation/{oid}") == 2
+        assert "no $expunge" in texts(answer) and seeds.history_size(base, ("Observation", oid)) == 2
         return
     assert status == 200 and answer["resourceType"] == "Parameters", answer
     assert answer["parameter"][0] == {"name": "count", "valueInteger": 1}
     assert first_code(answer) == "success", texts(answer)
-    assert history_count(base, f"Observation/{oid}") == 1 and status_of(base, f"Observation/{oid}") == 200
+    assert seeds.history_size(base, ("Observation", oid)) == 1 and status_of(base, f"Observation/{oid}") == 200
 
 
 async def test_instance_expunge_of_a_deleted_resource(proxy, upstream) -> None:

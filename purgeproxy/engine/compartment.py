@@ -13,11 +13,11 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from purgeproxy.engine.verify import read_history, version_of
 from purgeproxy.fhir.client import GONE, FhirClient
 from purgeproxy.fhir.definitions import FhirDefinitions
-from purgeproxy.fhir.history import instance_history
 from purgeproxy.fhir.references import Key, all_references, reference_forms, references_at
-from purgeproxy.fhir.search import ResolutionError, next_link, search_each
+from purgeproxy.fhir.search import ResolutionError, search_each
 
 __all__ = ["Compartment", "Member", "Resolution", "ResolutionError", "Resolver", "patients_of"]
 
@@ -153,28 +153,15 @@ class Resolver:
         """The patient's version ids from its ``_history`` (none when the upstream keeps none);
         the versions read go into ``result.patient_history`` once the whole history is read."""
         patient = result.patient_key
-        versions: list[str] = []
-        bodies: list[dict[str, Any]] = []
-        url: str | None = instance_history(patient)
-        seen: set[str] = set()
-        while url:
-            async with self.limit:
-                answer = await self.client.request("GET", url)
-            if answer.status in GONE:
-                return versions
-            if answer.status != 200 or answer.resource_type != "Bundle":
-                self.versions_unknown[patient] = f"reading its _history answered {answer.status}"
-                return versions
-            for entry in answer.body.get("entry") or []:
-                body = entry.get("resource")
-                if isinstance(body, dict):
-                    bodies.append(body)
-                version = ((body or {}).get("meta") or {}).get("versionId")
-                if isinstance(version, str) and version not in versions:
-                    versions.append(version)
-            url = next_link(answer.body, self.client.base_url, seen)
+        try:
+            bodies = await read_history(self.client, self.limit, patient)
+        except ResolutionError as failure:
+            self.versions_unknown[patient] = failure.text
+            return []
+        if bodies is None:
+            return []
         result.patient_history = bodies
-        return versions
+        return list(dict.fromkeys(version for version in map(version_of, bodies) if version is not None))
 
     async def _read_patient(self, patient_id: str) -> dict[str, Any] | None:
         async with self.limit:

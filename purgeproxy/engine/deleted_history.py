@@ -38,7 +38,7 @@ from purgeproxy.engine.deletion import hard_delete_each
 from purgeproxy.engine.plan import Policy
 from purgeproxy.engine.verify import HISTORY_BATCH, history_left, read_current, read_histories, read_history
 from purgeproxy.fhir.client import FhirClient, UpstreamError
-from purgeproxy.fhir.history import HistoryPages, instance_history, json_object
+from purgeproxy.fhir.history import HistoryPages, json_object
 from purgeproxy.fhir.references import Key, is_valid_id
 from purgeproxy.fhir.search import ResolutionError
 from purgeproxy.servers.base import ServerKind
@@ -133,7 +133,7 @@ class DeletedHistoryFinder:
         """The system history since the patient's first version (``versions``: its history, when
         read already); None when the patient never existed or nothing of it is left to date from."""
         if versions is None:
-            versions = await read_history(self.client, self.limit, instance_history(patient))
+            versions = await read_history(self.client, self.limit, patient)
         if not versions:
             return None
         since = _earliest(versions)

@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from purgeproxy.engine.removal import Context, Refused, Result, history_left, remove
+from purgeproxy.engine.verify import history_entries
 from purgeproxy.fhir.client import GONE
-from purgeproxy.fhir.history import EVER
 from purgeproxy.fhir.references import Key
 from purgeproxy.servers.expunge import (
     INSTANCE,
@@ -43,12 +43,10 @@ async def erase_resource(ctx: Context, key: Key, dry_run: bool, operation: str) 
 
 
 async def history_versions(ctx: Context, key: Key) -> list[tuple[str, bool]]:
-    """(version id, is a deletion) newest first, from the instance history; [] when there is none."""
-    answer = await ctx.get(f"{key[0]}/{key[1]}/_history", params={"_count": "1000", "_since": EVER})
-    if answer.status in GONE or answer.resource_type != "Bundle":
-        return []
+    """(version id, is a deletion) newest first, from the whole instance history, every page;
+    [] when there is none (404/410)."""
     versions: list[tuple[str, bool]] = []
-    for entry in answer.body.get("entry") or []:
+    for entry in await history_entries(ctx.client, ctx.limit, key) or []:
         version = _version_of(entry)
         if version is not None:
             deleted = (entry.get("request") or {}).get("method") == "DELETE"

@@ -188,25 +188,34 @@ async def read_histories(client: FhirClient, limit: asyncio.Semaphore, keys: lis
     groups = [keys[start:start + HISTORY_BATCH] for start in range(0, len(keys), HISTORY_BATCH)]
     firsts = [v for group in await asyncio.gather(*(_versions_batch(client, limit, g) for g in groups)) for v in group]
     return list(await asyncio.gather(*(
-        read_history(client, limit, instance_history(key)) if first is _UNSURE else _done(first)
+        read_history(client, limit, key) if first is _UNSURE else _done(first)
         for key, first in zip(keys, firsts, strict=True))))
 
 
-async def read_history(client: FhirClient, limit: asyncio.Semaphore, path: str) -> History:
-    """The resources of every version in one history, its pages followed (None: 404/410)."""
-    bodies: list[dict[str, Any]] = []
+async def read_history(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> History:
+    """The resources of every version of ``key``, its pages followed (None: 404/410)."""
+    entries = await history_entries(client, limit, key)
+    return None if entries is None else [e["resource"] for e in entries if isinstance(e.get("resource"), dict)]
+
+
+async def history_entries(client: FhirClient, limit: asyncio.Semaphore, key: Key) -> list[dict[str, Any]] | None:
+    """Every entry of ``key``'s history, deletions included, newest first, its pages followed
+    (None: 404/410); asked whole (``instance_history``). Raises ``ResolutionError`` for an
+    answer that is not a history Bundle: a history that cannot be read proves nothing gone."""
+    path = instance_history(key)
+    entries: list[dict[str, Any]] = []
     url: str | None = path
     seen: set[str] = set()
     for _ in range(MAX_PAGES):
         if url is None:
-            return bodies
+            return entries
         async with limit:
             answer = await client.request("GET", url)
         if answer.status in GONE:
             return None
         if not _is_bundle(answer):
             raise ResolutionError(f"reading {path} answered {answer.status}")
-        bodies += [e["resource"] for e in answer.body.get("entry") or [] if isinstance(e.get("resource"), dict)]
+        entries += [e for e in answer.body.get("entry") or [] if isinstance(e, dict)]
         url = next_link(answer.body, client.base_url, seen)
     raise ResolutionError(f"the paging of {path} does not end")
 
